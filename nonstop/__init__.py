@@ -1,0 +1,60 @@
+"""nonstop: a WebSocket client that keeps receiving, whatever the network does.
+
+The sans-IO core lives in :mod:`nonstop.core`; drivers in
+:mod:`nonstop.transports`.
+"""
+
+from __future__ import annotations
+
+from .core import (
+    Alert,
+    AlertKind,
+    AlertPolicy,
+    AppPing,
+    Backoff,
+    Config,
+    ConfigError,
+    Connected,
+    Connecting,
+    Disconnected,
+    FeedCore,
+    InvalidURL,
+    LocalProtocolError,
+    Message,
+    Metrics,
+    NonstopError,
+    NotConnected,
+    Reason,
+    State,
+    Stopped,
+    Subscribed,
+    Subscription,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeedCore",
+    "Config",
+    "Backoff",
+    "Subscription",
+    "AppPing",
+    "AlertPolicy",
+    "AlertKind",
+    "Reason",
+    "State",
+    "Metrics",
+    "Connecting",
+    "Connected",
+    "Subscribed",
+    "Message",
+    "Disconnected",
+    "Alert",
+    "Stopped",
+    "NonstopError",
+    "LocalProtocolError",
+    "ConfigError",
+    "InvalidURL",
+    "NotConnected",
+    "__version__",
+]

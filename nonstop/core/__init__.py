@@ -1,0 +1,86 @@
+"""nonstop.core: the sans-IO heart of nonstop.
+
+A pure, synchronous state machine (:class:`FeedCore`) that connects,
+handshakes, subscribes, watches health and reconnects with backoff, fed bytes
+and ``now`` by a driver.  It imports nothing that does I/O, reads a clock or
+uses the global :mod:`random`.  See ``docs/core.md``.
+"""
+
+from __future__ import annotations
+
+from ._backoff import ceiling, parse_retry_after, retry_delay
+from ._config import AppPing, Backoff, Config, Payload, Subscription
+from ._core import FeedCore
+from ._errors import (
+    ConfigError,
+    InvalidURL,
+    LocalProtocolError,
+    NonstopError,
+    NotConnected,
+)
+from ._events import (
+    Alert,
+    AppEvent,
+    CloseTransport,
+    Connected,
+    Connecting,
+    Disconnected,
+    Effect,
+    Event,
+    Message,
+    OpenTransport,
+    Stopped,
+    Subscribed,
+)
+from ._guard import ERROR, INFO, WARNING, AlertKind, AlertPolicy, Reason, classify_error, level_for
+from ._logfmt import KEYWORDS, format_event, redact_text
+from ._metrics import Metrics
+from ._state import TRANSITIONS, Input, State
+from ._url import Endpoint, parse_url, redact_url
+
+__all__ = [
+    "FeedCore",
+    "Config",
+    "Backoff",
+    "Subscription",
+    "AppPing",
+    "AlertPolicy",
+    "Payload",
+    "State",
+    "Input",
+    "TRANSITIONS",
+    "Reason",
+    "AlertKind",
+    "Metrics",
+    "Event",
+    "Effect",
+    "AppEvent",
+    "OpenTransport",
+    "CloseTransport",
+    "Connecting",
+    "Connected",
+    "Subscribed",
+    "Message",
+    "Disconnected",
+    "Alert",
+    "Stopped",
+    "NonstopError",
+    "LocalProtocolError",
+    "ConfigError",
+    "InvalidURL",
+    "NotConnected",
+    "Endpoint",
+    "parse_url",
+    "redact_url",
+    "redact_text",
+    "format_event",
+    "KEYWORDS",
+    "classify_error",
+    "level_for",
+    "retry_delay",
+    "ceiling",
+    "parse_retry_after",
+    "INFO",
+    "WARNING",
+    "ERROR",
+]

@@ -1,0 +1,73 @@
+"""Backoff: how long to wait before the next connection attempt.
+
+Theory of operation
+-------------------
+One pure function, :func:`retry_delay`, of the number of failures in a row,
+the policy, an injected :class:`random.Random` and an optional server hint.
+The core calls it once per disconnect; tests call it directly.
+
+Server hints only ever lengthen the wait, and the cap bounds everything, hints
+included: a long outage, or a server asking for an hour, never stops the feed
+from trying again within ``cap`` seconds.  The hints are
+
+* ``Retry-After`` on a 429 or 503 upgrade response (seconds, or an HTTP date
+  read against the response's own ``Date`` header: the core has no wall clock);
+* close code 1013 "try again later", or 429/503 without a usable
+  ``Retry-After``: wait the full, un-jittered ceiling for this failure count.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+
+from ._config import Backoff
+
+__all__ = ["retry_delay", "ceiling", "parse_retry_after"]
+
+_MAX_EXPONENT = 1024
+
+
+def ceiling(failures: int, policy: Backoff) -> float:
+    """The largest wait after *failures* failures in a row (>= 1)."""
+    exponent = min(max(failures - 1, 0), _MAX_EXPONENT)
+    try:
+        value = policy.initial * policy.factor**exponent
+    except OverflowError:
+        return policy.cap
+    return min(policy.cap, value)
+
+
+def retry_delay(
+    failures: int, policy: Backoff, rng: random.Random, hint: float | None = None
+) -> float:
+    """Seconds to wait before the next attempt; always within ``[0, cap]``."""
+    top = ceiling(failures, policy)
+    delay = top * (1.0 - policy.jitter * rng.random())
+    if hint is not None:
+        delay = max(delay, hint)
+    return min(policy.cap, max(0.0, delay))
+
+
+def parse_retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """Read ``Retry-After`` (RFC 9110 section 10.2.3) from response headers.
+
+    Returns seconds, or ``None`` when absent or unusable.  An HTTP-date is
+    converted with the response's ``Date`` header as "now".
+    """
+    values = {name.lower(): value for name, value in headers}
+    raw = values.get(b"retry-after")
+    if raw is None:
+        return None
+    text = raw.decode("latin-1").strip()
+    if text.isdigit():
+        return float(int(text))
+    date = values.get(b"date")
+    if date is None:
+        return None
+    try:
+        until = email.utils.parsedate_to_datetime(text)
+        now = email.utils.parsedate_to_datetime(date.decode("latin-1"))
+        return max(0.0, (until - now).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None

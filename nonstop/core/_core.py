@@ -1,0 +1,828 @@
+"""FeedCore: the handler (the anchor), as a sans-IO state machine.
+
+Theory of operation
+-------------------
+``FeedCore`` is the single source of truth for one feed: its state, the
+current connection, the subscriptions to replay, the health clocks, the
+backoff and the alerts.  It never touches a socket or a clock.  The driver
+feeds it *inputs*, each stamped with ``now`` (monotonic seconds):
+
+====================================  =========================================
+input                                 when the driver calls it
+====================================  =========================================
+``start(now)``                        once, to begin
+``transport_opened(now)``             after ``OpenTransport``: TCP (+TLS) is up
+``transport_failed(exc, now)``        opening, reading or writing failed
+``receive_data(data, now)``           bytes arrived (never empty)
+``receive_eof(now)``                  the server closed its side
+``handle_timer(now)``                 ``now >= next_deadline()``
+``send / subscribe / unsubscribe``    the application asks
+``reconnect(now)``                    the application (or the driver's
+                                      slow-consumer policy) wants a new socket
+``stop(now)``                         graceful shutdown, from any state
+====================================  =========================================
+
+and pulls *outputs*: ``data_to_send()`` (bytes to write), ``next_event()``
+(effects for the driver and events for the application, in one ordered
+queue) and ``next_deadline()`` (a pure query).
+
+Each input first checks that the current state can take it (raising
+:class:`LocalProtocolError` with nothing changed), then decides everything at
+once: state changes happen when an input is fed, never when events are pulled.
+Every failure goes through :meth:`FeedCore._disconnect`, the one place that
+counts failures, picks the backoff, asks the guard for alerts and moves the
+state.  That is the whole "fail fast, retry smart" strategy in one method.
+
+Loop the driver runs (STYLE.md 7)::
+
+    while core.state is not State.STOPPED:
+        write(core.data_to_send())
+        while (ev := core.next_event()) is not None: dispatch(ev)
+        wait until readable or core.next_deadline()
+        feed one input: receive_data / receive_eof / transport_failed /
+                        handle_timer(max(deadline, now))
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+
+from ._backoff import ceiling, parse_retry_after, retry_delay
+from ._config import (
+    _RESERVED_HEADERS,
+    Config,
+    Payload,
+    Subscription,
+    encode_message,
+    normalize_headers,
+)
+from ._errors import ConfigError, LocalProtocolError, NotConnected
+from ._events import (
+    Alert,
+    CloseTransport,
+    Connected,
+    Connecting,
+    Disconnected,
+    Event,
+    Message,
+    OpenTransport,
+    Stopped,
+    Subscribed,
+)
+from ._framing import (
+    Accepted,
+    Failed,
+    Framing,
+    HandshakeFailed,
+    PeerClosed,
+    PongReceived,
+    Rejected,
+)
+from ._guard import ERROR, INFO, AlertKind, AlertTracker, Reason, classify_error, level_for
+from ._health import Health, after
+from ._metrics import Metrics
+from ._state import HAS_TRANSPORT, Input, State, next_state
+
+__all__ = ["FeedCore"]
+
+#: Close code we send when we end a healthy-looking connection ourselves.
+GOING_AWAY = 1001
+#: Close code for a graceful stop.
+NORMAL = 1000
+#: Close code when one of the application's callbacks raised.
+INTERNAL_ERROR = 1011
+
+_AUTH_STATUSES = frozenset({401, 403})
+_LATER_STATUSES = frozenset({429, 503})
+_POLICY_CODE = 1008
+_TRY_AGAIN_LATER = 1013
+
+
+class FeedCore:
+    """One feed's whole lifecycle as a synchronous state machine.
+
+    Create it with a :class:`Config` and an injected :class:`random.Random`
+    (the jitter source; seed it for reproducible runs), then call
+    :meth:`start`.
+    """
+
+    def __init__(self, config: Config, *, rng: random.Random) -> None:
+        if not isinstance(config, Config):
+            raise ConfigError(f"config must be a nonstop.core.Config, got {config!r}")
+        self.config = config
+        self._rng = rng
+        self._state = State.IDLE
+        self._events: collections.deque[Event] = collections.deque()
+        self._out = bytearray()
+        self._now = -math.inf
+        self._subs: list[Subscription] = list(config.subscription_list)
+        self._pending_acks: dict[int, float] = {}  # id(sub) -> deadline
+        self._framing: Framing | None = None
+        self._health: Health | None = None
+        # per-attempt / per-connection
+        self._attempt_started = 0.0
+        self._deadline: float | None = None  # connect, handshake or close timeout
+        self._opened_at: float | None = None  # 101 received
+        self._stable_at: float | None = None
+        self._retry_at: float | None = None
+        self._stop_reason: tuple[Reason, str] | None = None
+        self._callback_failed: str | None = None
+        # counters
+        self._started_at: float | None = None
+        self._failures = 0
+        self._attempts = 0
+        self._connections = 0
+        self._lost_at: float | None = None
+        self._last_ttr: float | None = None
+        self._uptime_total = 0.0
+        self._messages = 0
+        self._bytes = 0
+        self._last_message_at: float | None = None
+        self._last_rtt: float | None = None
+        self._disconnects: dict[str, int] = {}
+        self._last_reason: str | None = None
+        self._alerts = AlertTracker(config.alerts)
+
+    # ------------------------------------------------------------------
+    # queries
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def connection(self) -> int:
+        """Number of the current (or last) connection, 0 before the first."""
+        return self._connections
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """What is replayed on every connect, in order."""
+        return tuple(self._subs)
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the transport now; ``b""`` when there are none."""
+        if not self._out:
+            return b""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def next_event(self) -> Event | None:
+        """The next effect or event, in order; ``None`` when the queue is empty."""
+        return self._events.popleft() if self._events else None
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must be called next (a pure query).
+
+        ``None``: nothing is scheduled.  After ``handle_timer(now)`` this is
+        always ``None`` or strictly later than ``now``.
+        """
+        state = self._state
+        if state is State.STOPPED:
+            return None
+        candidates: list[float] = []
+        alert = self._alerts.next_deadline()
+        if alert is not None:
+            candidates.append(alert)
+        if state is State.BACKOFF:
+            assert self._retry_at is not None
+            candidates.append(self._retry_at)
+        elif state is State.OPEN:
+            assert self._health is not None
+            health = self._health.next_deadline()
+            if health is not None:
+                candidates.append(health)
+            if self._pending_acks:
+                candidates.append(min(self._pending_acks.values()))
+            if self._stable_at is not None:
+                candidates.append(self._stable_at)
+        elif self._deadline is not None:
+            candidates.append(self._deadline)
+        return min(candidates) if candidates else None
+
+    def metrics(self, now: float) -> Metrics:
+        """A snapshot of the feed's counters at *now* (changes nothing)."""
+        started = self._started_at
+        running = 0.0 if started is None else max(0.0, now - started)
+        current = 0.0
+        if self._state is State.OPEN and self._opened_at is not None:
+            current = max(0.0, now - self._opened_at)
+        total = self._uptime_total + current
+        last_msg = self._last_message_at
+        return Metrics(
+            state=self._state,
+            running_time=running,
+            uptime=current,
+            total_uptime=total,
+            connected_ratio=min(1.0, total / running) if running > 0 else 0.0,
+            connection=self._connections,
+            attempts=self._attempts,
+            reconnects=max(0, self._connections - 1),
+            reconnects_last_minute=self._count_recent(now),
+            last_time_to_reconnect=self._last_ttr,
+            consecutive_failures=self._failures,
+            messages_received=self._messages,
+            bytes_received=self._bytes,
+            last_message_age=None if last_msg is None else max(0.0, now - last_msg),
+            last_ping_rtt=self._last_rtt,
+            pending_acks=len(self._pending_acks),
+            subscriptions=len(self._subs),
+            disconnects=dict(self._disconnects),
+            last_disconnect_reason=self._last_reason,
+            alerts_active=tuple(sorted(k.value for k in self._alerts.active)),
+        )
+
+    def _count_recent(self, now: float) -> int:
+        return sum(1 for t in self._alerts.reconnect_times if t + 60.0 > now)
+
+    # ------------------------------------------------------------------
+    # input checks
+    def _tick(self, now: float) -> None:
+        """Validate *now* (finite, not going back); call before changing anything."""
+        if not isinstance(now, (int, float)) or isinstance(now, bool) or not math.isfinite(now):
+            raise LocalProtocolError(f"now must be a finite number of seconds, got {now!r}")
+        if now < self._now:
+            raise LocalProtocolError(
+                f"time went backwards: now={now!r} after {self._now!r}; "
+                "pass a monotonic clock"
+            )
+
+    def _require(self, what: str, *states: State) -> None:
+        if self._state not in states:
+            raise LocalProtocolError(f"can't handle {what} in state {self._state.value}")
+
+    def _move(self, event: Input) -> None:
+        self._state = next_state(self._state, event)
+
+    # ------------------------------------------------------------------
+    # inputs from the driver
+    def start(self, now: float) -> None:
+        """Begin: emits ``Connecting`` and ``OpenTransport`` (first attempt, no delay).
+
+        Next: open the transport, then :meth:`transport_opened` or
+        :meth:`transport_failed`.
+        """
+        self._tick(now)
+        next_state(self._state, Input.START)
+        self._now = now
+        self._started_at = now
+        self._alerts.on_down(now)
+        self._begin_attempt(now)
+
+    def transport_opened(self, now: float) -> None:
+        """TCP (and TLS) is up: queues the HTTP upgrade request.
+
+        Next: write :meth:`data_to_send`, then feed the response with
+        :meth:`receive_data`.
+        """
+        self._tick(now)
+        next_state(self._state, Input.TRANSPORT_OPENED)
+        self._now = now
+        try:
+            headers = self._headers()
+        except Exception as exc:  # the user's header provider or its output
+            self._disconnect(now, Reason.CALLBACK_ERROR, f"header provider failed: {exc}",
+                             abort=True)
+            return
+        self._move(Input.TRANSPORT_OPENED)
+        assert self._framing is not None
+        try:
+            self._framing.request(self.config.endpoint, headers, self.config.subprotocols)
+        except ValueError as exc:
+            self._disconnect(now, Reason.CALLBACK_ERROR, f"invalid upgrade headers: {exc}",
+                             abort=True)
+            return
+        self._flush()
+        self._deadline = after(now, self.config.handshake_timeout)
+
+    def transport_failed(self, error: BaseException, now: float) -> None:
+        """Opening, reading or writing failed.  Classified by :func:`classify_error`.
+
+        Next: handle the ``CloseTransport`` that follows (the transport is
+        done either way).
+        """
+        self._tick(now)
+        self._require("transport_failed", *HAS_TRANSPORT)
+        self._now = now
+        reason = classify_error(error)
+        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        if self._state in (State.CLOSING, State.STOPPING):
+            self._close_done(abort=True)
+        else:
+            self._disconnect(now, reason, detail, abort=True)
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the server (never empty: use :meth:`receive_eof`).
+
+        Never raises for what the bytes contain: a bad handshake or frame
+        becomes a ``Disconnected``.  Next: write :meth:`data_to_send` (pongs,
+        close replies) and drain :meth:`next_event`.
+        """
+        self._tick(now)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise LocalProtocolError(f"data must be bytes, got {type(data).__name__}")
+        if not data:
+            raise LocalProtocolError("receive_data(b'') is not EOF: call receive_eof(now)")
+        self._require("receive_data", State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING)
+        self._now = now
+        self._bytes += len(data)
+        framing = self._framing
+        assert framing is not None
+        if self._health is not None:
+            self._health.on_bytes(now)
+        items = framing.feed(bytes(data))
+        for item in items:
+            if isinstance(item, (str, bytes)):
+                self._on_message(item, now)
+            elif isinstance(item, Accepted):
+                self._on_accepted(item, now)
+            elif isinstance(item, PongReceived):
+                if self._health is not None:
+                    self._health.on_pong(item.payload, now)
+                    self._last_rtt = self._health.rtt
+            elif isinstance(item, PeerClosed):
+                self._on_peer_closed(item, now)
+            elif isinstance(item, Failed):
+                if self._state is State.OPEN:
+                    self._disconnect(now, item.reason, item.detail, code=item.code,
+                                     abort=False, close_sent=True)
+                else:  # garbage while closing: stop waiting for a clean end
+                    self._close_done(abort=True)
+            elif isinstance(item, Rejected):
+                self._on_rejected(item, now)
+            else:
+                assert isinstance(item, HandshakeFailed)
+                self._disconnect(now, Reason.HANDSHAKE_FAILED, item.detail, abort=True)
+        if self._callback_failed is not None and self._state is State.OPEN:
+            detail, self._callback_failed = self._callback_failed, None
+            framing.close(INTERNAL_ERROR, "client callback failed")
+            self._disconnect(now, Reason.CALLBACK_ERROR, detail, code=INTERNAL_ERROR,
+                             abort=False, close_sent=True)
+        self._callback_failed = None
+        self._flush()
+
+    def receive_eof(self, now: float) -> None:
+        """The server closed the TCP connection (or TLS sent close_notify)."""
+        self._tick(now)
+        self._require("receive_eof", State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING)
+        self._now = now
+        assert self._framing is not None
+        self._framing.feed_eof()
+        if self._state in (State.CLOSING, State.STOPPING):
+            self._close_done(abort=False)
+        elif self._state is State.HANDSHAKING:
+            self._disconnect(now, Reason.EOF, "connection closed during the handshake", abort=True)
+        else:
+            self._disconnect(now, Reason.EOF, "connection closed without a close frame",
+                             code=1006, abort=True)
+
+    def handle_timer(self, now: float) -> None:
+        """Do every job due at or before *now*; safe early, late or twice.
+
+        Afterwards :meth:`next_deadline` is ``None`` or later than *now*.
+        """
+        self._tick(now)
+        self._now = now
+        for _ in range(64):
+            deadline = self.next_deadline()
+            if deadline is None or deadline > now:
+                break
+            self._fire(now)
+        else:  # pragma: no cover - every job moves its deadline past now
+            raise AssertionError("handle_timer did not converge")
+        self._flush()
+
+    # ------------------------------------------------------------------
+    # inputs from the application
+    def send(self, message: object, now: float) -> None:
+        """Queue a message (``str``: text, ``bytes``: binary, else JSON text).
+
+        Raises :class:`NotConnected` unless the connection is open: nothing
+        is kept for a later connection.
+        """
+        self._tick(now)
+        try:
+            payload = encode_message(message)
+        except ConfigError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        if self._state is not State.OPEN or self._framing is None or not self._framing.is_open:
+            raise NotConnected(f"cannot send while {self._state.value}; wait for Connected")
+        self._now = now
+        self._framing.send(payload)
+        self._flush()
+
+    def subscribe(self, subscription: object, now: float) -> Subscription:
+        """Add a subscription: replayed after every connect, sent now if open."""
+        self._tick(now)
+        sub = Subscription.coerce(subscription)
+        if self._state in (State.STOPPING, State.STOPPED):
+            raise LocalProtocolError(f"can't subscribe in state {self._state.value}")
+        if any(s.payload == sub.payload for s in self._subs):
+            raise LocalProtocolError(f"already subscribed: {sub.label}")
+        self._now = now
+        self._subs.append(sub)
+        if self._state is State.OPEN and self._framing is not None and self._framing.is_open:
+            self._send_subscription(sub, now)
+            self._flush()
+        return sub
+
+    def unsubscribe(self, subscription: object, now: float) -> Subscription:
+        """Forget a subscription (matched by value); send its ``unsubscribe``
+        message if one is configured and the connection is open."""
+        self._tick(now)
+        if isinstance(subscription, Subscription):
+            payload = subscription.payload
+        else:
+            payload = encode_message(subscription, "subscription")
+        for sub in self._subs:
+            if sub.payload == payload:
+                break
+        else:
+            raise LocalProtocolError(f"not subscribed: {payload!r:.60}")
+        self._now = now
+        self._subs.remove(sub)
+        self._pending_acks.pop(id(sub), None)
+        unsub = sub.unsubscribe_payload
+        if (unsub is not None and self._state is State.OPEN and self._framing is not None
+                and self._framing.is_open):
+            self._framing.send(unsub)
+            self._flush()
+        return sub
+
+    def reconnect(self, now: float, *, reason: Reason = Reason.CLIENT_RECONNECT) -> bool:
+        """Close the open connection (code 1001) and reconnect with backoff.
+
+        Returns ``False`` (and does nothing) when no connection is open.
+        """
+        self._tick(now)
+        if self._state is not State.OPEN:
+            return False
+        self._now = now
+        assert self._framing is not None
+        self._framing.close(GOING_AWAY, "reconnecting")
+        self._disconnect(now, reason, "reconnect requested", code=GOING_AWAY, abort=False,
+                         close_sent=True)
+        self._flush()
+        return True
+
+    def stop(self, now: float) -> None:
+        """Graceful shutdown, from any state; idempotent.
+
+        While open: send close 1000, keep delivering messages until the
+        server's close (or ``close_timeout``), then ``CloseTransport`` and
+        ``Stopped``.  Otherwise ``Stopped`` at once.
+        """
+        self._tick(now)
+        if self._state in (State.STOPPING, State.STOPPED):
+            return
+        self._now = now
+        self._stop_reason = (Reason.STOPPED, "stop requested")
+        state = self._state
+        if state is State.OPEN:
+            assert self._framing is not None
+            self._framing.close(NORMAL, "stopping")
+            self._emit_disconnected(now, Reason.STOPPED, "stop requested", code=NORMAL,
+                                    retry_in=None)
+            self._move(Input.STOP)
+            self._deadline = after(now, self.config.close_timeout)
+            self._flush()
+            return
+        if state is State.CLOSING:
+            self._move(Input.STOP)  # keep the running close deadline
+            return
+        if state in (State.CONNECTING, State.HANDSHAKING):
+            self._emit_disconnected(now, Reason.STOPPED, "stop requested", code=None,
+                                    retry_in=None)
+            self._events.append(CloseTransport(abort=True))
+        self._move(Input.STOP)
+        self._finish()
+
+    # ------------------------------------------------------------------
+    # internals: attempts
+    def _begin_attempt(self, now: float) -> None:
+        self._move(Input.START if self._state is State.IDLE else Input.RETRY_DUE)
+        self._attempts += 1
+        self._attempt_started = now
+        self._retry_at = None
+        self._framing = Framing(self.config.max_message_size)
+        self._health = None
+        self._opened_at = None
+        self._stable_at = None
+        self._pending_acks.clear()
+        self._deadline = after(now, self.config.connect_timeout)
+        ep = self.config.endpoint
+        self._events.append(
+            Connecting(attempt=self._failures + 1, total_attempts=self._attempts, url=ep.redacted)
+        )
+        self._events.append(
+            OpenTransport(
+                host=ep.host,
+                port=ep.port,
+                tls=ep.tls,
+                server_hostname=(self.config.server_hostname or ep.host) if ep.tls else None,
+            )
+        )
+
+    def _headers(self) -> list[tuple[str, str]]:
+        config = self.config
+        source = config.headers
+        if callable(source):
+            headers = normalize_headers(source(), "header provider result")
+            for name, _ in headers:
+                if name.lower() in _RESERVED_HEADERS:
+                    raise ConfigError(f"{name!r} is set by the WebSocket handshake itself")
+        elif source is None:
+            headers = []
+        else:
+            headers = normalize_headers(source)
+        names = {name.lower() for name, _ in headers}
+        if config.endpoint.basic_auth is not None and "authorization" not in names:
+            headers.append(("Authorization", config.endpoint.basic_auth))
+        if config.user_agent and "user-agent" not in names:
+            headers.append(("User-Agent", config.user_agent))
+        return headers
+
+    def _on_accepted(self, item: Accepted, now: float) -> None:
+        self._move(Input.ACCEPTED)
+        self._connections += 1
+        self._opened_at = now
+        self._stable_at = after(now, self.config.stable_after)
+        self._deadline = None
+        self._health = Health(self.config, now)
+        downtime = None if self._lost_at is None else now - self._lost_at
+        if downtime is not None:
+            self._last_ttr = downtime
+        self._events.append(
+            Connected(
+                connection=self._connections,
+                attempt=self._failures + 1,
+                subprotocol=item.subprotocol,
+                handshake_time=now - self._attempt_started,
+                downtime=downtime,
+            )
+        )
+        self._alert(self._alerts.on_connected(now, reconnect=self._connections > 1))
+        for sub in self._subs:
+            self._send_subscription(sub, now)
+
+    def _send_subscription(self, sub: Subscription, now: float) -> None:
+        assert self._framing is not None
+        self._framing.send(sub.payload)
+        if sub.ack is None:
+            self._events.append(Subscribed(subscription=sub, connection=self._connections,
+                                           acked=False))
+        else:
+            self._pending_acks[id(sub)] = after(now, sub.ack_timeout)
+
+    def _on_message(self, data: Payload, now: float) -> None:
+        if self._state is State.OPEN and self._callback_failed is None:
+            app = self.config.app_ping
+            if app is not None:
+                try:
+                    is_pong = app.is_pong(data)
+                except Exception as exc:
+                    is_pong = False
+                    self._callback_failed = f"app_ping.is_pong raised {type(exc).__name__}: {exc}"
+                if is_pong:
+                    assert self._health is not None
+                    self._health.on_app_pong()
+                    if not app.deliver_pongs:
+                        return
+            if self._pending_acks:
+                self._match_ack(data)
+        self._messages += 1
+        self._last_message_at = now
+        self._events.append(Message(data=data, connection=self._connections, received_at=now))
+
+    def _match_ack(self, data: Payload) -> None:
+        for sub in self._subs:
+            if id(sub) not in self._pending_acks:
+                continue
+            assert sub.ack is not None
+            try:
+                matched = sub.ack(data)
+            except Exception as exc:
+                self._callback_failed = f"ack matcher of {sub.label} raised {type(exc).__name__}: {exc}"
+                return
+            if matched:
+                del self._pending_acks[id(sub)]
+                self._events.append(Subscribed(subscription=sub, connection=self._connections,
+                                               acked=True))
+                return
+
+    def _on_peer_closed(self, item: PeerClosed, now: float) -> None:
+        if self._state is not State.OPEN:
+            return  # the answer to our close: now wait for EOF
+        code = item.code
+        detail = f"server closed the connection: {item.reason}" if item.reason else (
+            "server closed the connection")
+        hint = None
+        if code == _TRY_AGAIN_LATER:
+            hint = ceiling(self._failures + 1, self.config.backoff)
+        fatal = code in self.config.fatal_close_codes
+        self._disconnect(now, Reason.SERVER_CLOSED, detail, code=code, abort=False,
+                         close_sent=True, hint=hint, fatal=fatal, auth=code == _POLICY_CODE)
+
+    def _on_rejected(self, item: Rejected, now: float) -> None:
+        status = item.status
+        hint = None
+        if status in _LATER_STATUSES:
+            after_hint = parse_retry_after(item.headers)
+            hint = ceiling(self._failures + 1, self.config.backoff) if after_hint is None else after_hint
+        self._disconnect(
+            now, Reason.REJECTED, f"server answered the upgrade with HTTP {status}",
+            status=status, abort=False, hint=hint, fatal=status in self.config.fatal_statuses,
+            auth=status in _AUTH_STATUSES,
+        )
+
+    # ------------------------------------------------------------------
+    # internals: the one failure path
+    def _disconnect(
+        self,
+        now: float,
+        reason: Reason,
+        detail: str,
+        *,
+        abort: bool,
+        code: int | None = None,
+        status: int | None = None,
+        close_sent: bool = False,
+        hint: float | None = None,
+        fatal: bool = False,
+        auth: bool = False,
+    ) -> None:
+        """A connection or attempt ended with *reason*: count it, pick the
+        backoff, raise alerts, and move on.
+
+        ``abort``: the transport is closed at once.  Otherwise
+        (``close_sent``) a close frame is on its way and we wait for the
+        server's answer and EOF, up to ``close_timeout``.
+        """
+        was_open = self._state is State.OPEN
+        self._failures += 1
+        self._disconnects[reason.value] = self._disconnects.get(reason.value, 0) + 1
+        self._last_reason = reason.value
+        self._lost_at = now if was_open or self._lost_at is None else self._lost_at
+        limit = self.config.max_attempts
+        give_up = fatal or (limit is not None and self._failures >= limit)
+        retry_in = None
+        if not give_up:
+            retry_in = retry_delay(self._failures, self.config.backoff, self._rng, hint)
+        self._emit_disconnected(now, reason, detail, code=code, status=status, retry_in=retry_in)
+        self._alerts.on_down(now)
+        self._alert(self._alerts.on_failure(self._failures, auth))
+        self._pending_acks.clear()
+        self._health = None
+        self._stable_at = None
+        if give_up:
+            why = "fatal" if fatal else f"{self._failures} failures in a row (max_attempts)"
+            self._stop_reason = (Reason.GAVE_UP, f"{reason.value}: {why}")
+        else:
+            assert retry_in is not None
+            self._retry_at = now + retry_in
+        if abort or not close_sent:
+            if abort:
+                self._drop_output()
+            self._events.append(CloseTransport(abort=abort))
+            self._move(Input.GIVE_UP if give_up else Input.FAIL)
+            if give_up:
+                self._finish()
+            return
+        self._move(Input.STOP if give_up else Input.CLOSE)
+        self._deadline = after(now, self.config.close_timeout)
+
+    def _emit_disconnected(
+        self, now: float, reason: Reason, detail: str, *, code: int | None,
+        retry_in: float | None, status: int | None = None,
+    ) -> None:
+        """Queue ``Disconnected``; account the uptime of a connection that was open."""
+        was_open = self._state is State.OPEN and self._opened_at is not None
+        if was_open:
+            assert self._opened_at is not None
+            self._uptime_total += now - self._opened_at
+        self._events.append(
+            Disconnected(
+                reason=reason,
+                code=code,
+                status=status,
+                detail=detail,
+                level=level_for(reason, code),
+                connection=self._connections if was_open else None,
+                uptime=now - self._opened_at if was_open and self._opened_at is not None else 0.0,
+                failures=self._failures,
+                retry_in=retry_in,
+                retry_at=None if retry_in is None else now + retry_in,
+            )
+        )
+
+    def _close_done(self, *, abort: bool) -> None:
+        """The close handshake is over (EOF, error or timeout)."""
+        if abort:
+            self._drop_output()
+        self._events.append(CloseTransport(abort=abort))
+        self._deadline = None
+        self._move(Input.CLOSED)
+        if self._state is State.STOPPED:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Enter STOPPED for good: clear alerts, emit ``Stopped``."""
+        self._deadline = None
+        self._retry_at = None
+        self._health = None
+        self._pending_acks.clear()
+        self._alert(self._alerts.reset())
+        reason, detail = self._stop_reason or (Reason.STOPPED, "stop requested")
+        self._events.append(Stopped(reason=reason, detail=detail))
+
+    def _alert(self, changes: list[tuple[AlertKind, bool]]) -> None:
+        for kind, active in changes:
+            self._events.append(
+                Alert(kind=kind, active=active, detail=self._alert_detail(kind, active),
+                      level=ERROR if active else INFO)
+            )
+
+    def _alert_detail(self, kind: AlertKind, active: bool) -> str:
+        policy = self.config.alerts
+        if not active:
+            return f"{kind.value} cleared"
+        if kind is AlertKind.CONSECUTIVE_FAILURES:
+            return f"{self._failures} failures in a row (threshold {policy.consecutive_failures})"
+        if kind is AlertKind.DOWN:
+            return f"no connection for {policy.down_for}s"
+        if kind is AlertKind.RECONNECT_RATE:
+            return (f"{len(self._alerts.reconnect_times)} reconnects in the last 60s "
+                    f"(threshold {policy.reconnects_per_minute})")
+        return f"server refused us ({self._last_reason})"
+
+    # ------------------------------------------------------------------
+    # internals: timers
+    def _fire(self, now: float) -> None:
+        """Run the earliest due job.  Each one moves its own deadline."""
+        changes = self._alerts.handle_timer(now)
+        if changes:
+            self._alert(changes)
+            return
+        state = self._state
+        if state is State.BACKOFF:
+            assert self._retry_at is not None
+            if now >= self._retry_at:
+                self._begin_attempt(now)
+                return
+        elif state is State.OPEN:
+            self._fire_open(now)
+            return
+        elif self._deadline is not None and now >= self._deadline:
+            if state is State.CONNECTING:
+                self._disconnect(now, Reason.CONNECT_TIMEOUT,
+                                 f"TCP/TLS not up within {self.config.connect_timeout}s",
+                                 abort=True)
+            elif state is State.HANDSHAKING:
+                self._disconnect(now, Reason.HANDSHAKE_TIMEOUT,
+                                 f"no upgrade response within {self.config.handshake_timeout}s",
+                                 abort=True)
+            else:  # CLOSING, STOPPING
+                self._close_done(abort=True)
+            return
+        raise AssertionError(f"no job due in state {state.value}")  # pragma: no cover
+
+    def _fire_open(self, now: float) -> None:
+        assert self._health is not None and self._framing is not None
+        pings, failure = self._health.poll(now)
+        if failure is not None:
+            reason, detail = failure
+            self._disconnect(now, reason, detail, code=1006, abort=True)
+            return
+        for ping in pings:
+            if ping is None:
+                assert self.config.app_ping is not None
+                self._framing.send(self.config.app_ping.payload)
+            else:
+                self._framing.ping(ping)
+        for sub in self._subs:
+            deadline = self._pending_acks.get(id(sub))
+            if deadline is not None and now >= deadline:
+                self._framing.close(GOING_AWAY, "subscription not acknowledged")
+                self._disconnect(now, Reason.ACK_TIMEOUT,
+                                 f"{sub.label} not acknowledged within {sub.ack_timeout}s",
+                                 code=GOING_AWAY, abort=False, close_sent=True)
+                return
+        if self._stable_at is not None and now >= self._stable_at:
+            self._stable_at = None
+            self._failures = 0
+            self._alert(self._alerts.on_stable())
+
+    def _drop_output(self) -> None:
+        """Forget unsent bytes: whatever was queued for a dead peer is pointless."""
+        self._out.clear()
+        if self._framing is not None:
+            self._framing.outgoing.clear()
+
+    def _flush(self) -> None:
+        framing = self._framing
+        if framing is not None and framing.outgoing:
+            self._out += framing.outgoing
+            framing.outgoing.clear()
+

@@ -1,0 +1,179 @@
+"""What the core tells the outside world: events for the app, effects for the driver.
+
+Theory of operation
+-------------------
+The core never calls out.  Everything it decides is queued, in order, as one
+of the frozen, slotted, keyword-only dataclasses below, and pulled with
+``FeedCore.next_event()``:
+
+* **Effects** (:class:`OpenTransport`, :class:`CloseTransport`) are orders to
+  the driver: open a TCP/TLS connection, close or abort it.
+* **Events** (everything else) are for the application and its logs.
+
+One queue keeps their relative order meaningful: a ``Disconnected`` comes
+after the last ``Message`` of its connection, and ``Stopped`` is always last.
+Match on :data:`Event` with ``assert_never`` for exhaustiveness.  Don't
+subclass these (h11's rule): they are ``@final``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union, final
+
+from ._config import Payload, Subscription
+from ._guard import AlertKind, Reason
+
+__all__ = [
+    "OpenTransport",
+    "CloseTransport",
+    "Connecting",
+    "Connected",
+    "Subscribed",
+    "Message",
+    "Disconnected",
+    "Alert",
+    "Stopped",
+    "Effect",
+    "AppEvent",
+    "Event",
+]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenTransport:
+    """Effect: open a TCP connection (with TLS if ``tls``) to ``host:port``.
+
+    Then call ``transport_opened(now)`` or ``transport_failed(exc, now)``.
+    The core enforces ``connect_timeout`` itself: if it fires first, a
+    :class:`CloseTransport` follows and the driver must cancel the attempt.
+    """
+
+    host: str
+    port: int
+    tls: bool
+    server_hostname: str | None
+    """Name for SNI and certificate checks; ``None`` when ``tls`` is false."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseTransport:
+    """Effect: close the transport (or cancel its opening) and feed it no more.
+
+    ``abort=True`` means the peer is dead or hostile: close at once without
+    flushing (for TCP, an RST is fine).  ``abort=False``: write what
+    ``data_to_send()`` returned, then close.
+    """
+
+    abort: bool
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connecting:
+    """A connection attempt starts (log keyword ``[CONNECTING]``, or
+    ``[RECONNECTING]`` for every attempt after the feed's first)."""
+
+    attempt: int
+    """Attempts since the last stable connection, from 1."""
+    total_attempts: int
+    """Attempts since :meth:`start`, from 1."""
+    url: str
+    """The URL, redacted."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connected:
+    """The WebSocket handshake succeeded (``[CONNECTED]``)."""
+
+    connection: int
+    """Number of this connection since start, from 1."""
+    attempt: int
+    subprotocol: str | None
+    handshake_time: float
+    """Seconds from the attempt's start (DNS, TCP, TLS, upgrade) to 101."""
+    downtime: float | None
+    """Seconds since the previous connection was lost; ``None`` the first time."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subscribed:
+    """A subscription was sent and, if it has an ACK matcher, acknowledged
+    (``[SUBSCRIBED]``)."""
+
+    subscription: Subscription
+    connection: int
+    acked: bool
+    """True when the server's acknowledgement was matched."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """A complete message from the server (not logged)."""
+
+    data: Payload
+    connection: int
+    received_at: float
+    """The ``now`` of the input that completed the message."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnected:
+    """A connection ended or an attempt failed (``[DISCONNECTED]``).
+
+    Emitted when the failure is *detected*; a close handshake may still be
+    under way.  ``retry_at``/``retry_in`` say when the next attempt starts,
+    ``None`` when the feed is stopping instead.
+    """
+
+    reason: Reason
+    code: int | None
+    """The WebSocket close code: the server's, or the one we sent."""
+    status: int | None
+    """The HTTP status of a rejected upgrade."""
+    detail: str
+    """Human-readable detail, safe to log (no secrets)."""
+    level: int
+    """Log level (``logging.INFO`` for normal closes, else ``ERROR``)."""
+    connection: int | None
+    """Which connection ended; ``None`` if the attempt never connected."""
+    uptime: float
+    """Seconds the connection was open (0 if it never opened)."""
+    failures: int
+    """Failures in a row, this one included (reset to 0 once a connection
+    stays up ``stable_after``; a graceful stop does not count)."""
+    retry_in: float | None
+    retry_at: float | None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """An operator alert started (``active``) or cleared (``[ALERT]``)."""
+
+    kind: AlertKind
+    active: bool
+    detail: str
+    level: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stopped:
+    """The feed is finished (``[STOPPED]``); always the last event."""
+
+    reason: Reason
+    """``STOPPED`` when asked to stop, ``GAVE_UP`` otherwise."""
+    detail: str
+
+
+Effect = Union[OpenTransport, CloseTransport]
+AppEvent = Union[Connecting, Connected, Subscribed, Message, Disconnected, Alert, Stopped]
+Event = Union[OpenTransport, CloseTransport, Connecting, Connected, Subscribed, Message,
+              Disconnected, Alert, Stopped]

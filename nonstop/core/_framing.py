@@ -1,0 +1,274 @@
+"""The framing seam: bytes in, whole messages and control events out.
+
+Theory of operation
+-------------------
+Everything RFC 6455 says about bytes on the wire lives behind this one class,
+so the state machine never sees a frame, and a faster receive path can later
+replace the hot loop without touching the state machine.  Today it is
+wsproto (handshake via h11, frames via wsproto's frame protocol) plus three
+things wsproto does not do for a client:
+
+* **Reassembly with a size limit.**  wsproto hands out frame *pieces* as they
+  arrive; we join them into whole messages and fail with 1009 as soon as a
+  message grows past ``max_message_size`` -- before it is all buffered.
+* **Failure detection.**  On a parse error wsproto yields a
+  ``CloseConnection`` while its state stays ``OPEN``, which looks just like
+  a peer's close (STYLE.md 5).  We tell them apart by the state, queue our own
+  close frame with the right code (1002, 1007) and mark the parser dead: the
+  bytes that follow are discarded, never buffered.
+* **Automatic answers.**  Pings are answered with pongs and a peer's close is
+  echoed (RFC 6455 5.5.1) inside :meth:`feed`; the bytes go to ``outgoing``.
+
+:meth:`feed` returns a list whose items are either a message (``str`` for
+text, ``bytes`` for binary) or one of the small control classes below; plain
+payloads keep the per-message cost to one list append.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, Union
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
+from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+
+from ._config import Payload
+from ._guard import Reason
+from ._url import Endpoint
+
+__all__ = ["Framing", "Accepted", "Rejected", "HandshakeFailed", "PeerClosed",
+           "PongReceived", "Failed", "Item"]
+
+MESSAGE_TOO_BIG: Final = 1009
+PROTOCOL_ERROR: Final = 1002
+INVALID_DATA: Final = 1007
+
+
+class Accepted:
+    __slots__ = ("subprotocol",)
+
+    def __init__(self, subprotocol: str | None) -> None:
+        self.subprotocol = subprotocol
+
+
+class Rejected:
+    __slots__ = ("headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.headers = headers
+
+
+class HandshakeFailed:
+    __slots__ = ("detail",)
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+class PeerClosed:
+    """The server's close frame (already answered if it started the close)."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class PongReceived:
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+class Failed:
+    """We failed the connection: our close frame with ``code`` is queued."""
+
+    __slots__ = ("code", "detail", "reason")
+
+    def __init__(self, reason: Reason, code: int, detail: str) -> None:
+        self.reason = reason
+        self.code = code
+        self.detail = detail
+
+
+Item = Union[str, bytes, Accepted, Rejected, HandshakeFailed, PeerClosed, PongReceived, Failed]
+
+_REASON_FOR_CODE: Final = {
+    INVALID_DATA: Reason.INVALID_DATA,
+    MESSAGE_TOO_BIG: Reason.MESSAGE_TOO_BIG,
+}
+
+
+class Framing:
+    """One connection's wire protocol.  Create a new one per connection."""
+
+    __slots__ = ("_dead", "_max_size", "_parts", "_size", "_ws", "outgoing")
+
+    def __init__(self, max_message_size: int | None) -> None:
+        self._ws = WSConnection(ConnectionType.CLIENT)
+        self._max_size = max_message_size
+        self._parts: list[str] | list[bytes] = []
+        self._size = 0
+        self._dead = False
+        self.outgoing = bytearray()
+
+    # -- handshake --------------------------------------------------------
+    def request(
+        self, endpoint: Endpoint, headers: Sequence[tuple[str, str]], subprotocols: Sequence[str]
+    ) -> None:
+        """Queue the HTTP upgrade request (RFC 6455 4.1).
+
+        Raises ``ValueError`` if h11 refuses a header (checked by the caller).
+        """
+        try:
+            self.outgoing += self._ws.send(
+                Request(
+                    host=endpoint.host_header,
+                    target=endpoint.target,
+                    extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+                    subprotocols=list(subprotocols),
+                )
+            )
+        except (WsLocalProtocolError, UnicodeError) as exc:
+            raise ValueError(str(exc)) from exc
+        except Exception as exc:  # h11.LocalProtocolError and friends
+            raise ValueError(str(exc)) from exc
+
+    @property
+    def is_open(self) -> bool:
+        """True while we may send data frames."""
+        return not self._dead and self._ws.state is ConnectionState.OPEN
+
+    # -- receiving --------------------------------------------------------
+    def feed(self, data: bytes) -> list[Item]:
+        """Parse *data*; return messages and control events in wire order."""
+        if self._dead:
+            return []
+        state = self._ws.state
+        if state in (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING,
+                     ConnectionState.REJECTING):
+            return []  # after the peer's close frame nothing more is read
+        handshaking = state is ConnectionState.CONNECTING
+        try:
+            self._ws.receive_data(data)
+        except WsRemoteProtocolError as exc:
+            self._dead = True
+            return [HandshakeFailed(str(exc))]
+        return self._drain(handshaking)
+
+    def feed_eof(self) -> None:
+        """The peer closed TCP.  Nothing to parse any more."""
+        self._dead = True
+
+    def _drain(self, handshaking: bool) -> list[Item]:
+        out: list[Item] = []
+        ws = self._ws
+        try:
+            for event in ws.events():
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    self._piece(event, out)
+                    if self._dead:
+                        break
+                elif isinstance(event, Ping):
+                    self.outgoing += ws.send(event.response())
+                elif isinstance(event, Pong):
+                    out.append(PongReceived(bytes(event.payload)))
+                elif isinstance(event, CloseConnection):
+                    self._close_event(event, out)
+                    break
+                elif isinstance(event, AcceptConnection):
+                    out.append(Accepted(event.subprotocol))
+                elif isinstance(event, RejectConnection):
+                    self._dead = True
+                    out.append(Rejected(event.status_code, list(event.headers)))
+                    break
+                # RejectData: the body of a rejection, never read.
+        except WsRemoteProtocolError as exc:  # raised lazily during the handshake
+            self._dead = True
+            out.append(HandshakeFailed(str(exc)))
+        return out
+
+    def _piece(self, event: TextMessage | BytesMessage, out: list[Item]) -> None:
+        data: str | bytes | bytearray = event.data
+        if isinstance(data, str):
+            size = len(data) if data.isascii() else len(data.encode("utf-8"))
+        else:
+            size = len(data)
+        if event.message_finished and not self._parts:
+            if self._max_size is not None and size > self._max_size:
+                self._fail(MESSAGE_TOO_BIG, f"message of {size} bytes exceeds max_message_size", out)
+                return
+            out.append(data if isinstance(data, str) else bytes(data))
+            return
+        self._size += size
+        if self._max_size is not None and self._size > self._max_size:
+            self._fail(
+                MESSAGE_TOO_BIG,
+                f"message grew past max_message_size ({self._max_size} bytes)",
+                out,
+            )
+            return
+        self._parts.append(data)  # type: ignore[arg-type]
+        if event.message_finished:
+            parts, self._parts, self._size = self._parts, [], 0
+            if isinstance(data, str):
+                out.append("".join(parts))  # type: ignore[arg-type]
+            else:
+                out.append(b"".join(parts))  # type: ignore[arg-type]
+
+    def _close_event(self, event: CloseConnection, out: list[Item]) -> None:
+        ws = self._ws
+        code = int(event.code)
+        if ws.state is ConnectionState.OPEN:
+            # wsproto's parse failure: it looks like a close but is ours to send.
+            self._fail(code, event.reason or "protocol error", out)
+            return
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            # The server started the close: echo its code (RFC 6455 5.5.1).
+            self.outgoing += ws.send(event.response())
+        out.append(PeerClosed(None if code == 1005 else code, event.reason or ""))
+
+    def _fail(self, code: int, detail: str, out: list[Item]) -> None:
+        self._dead = True
+        self._parts, self._size = [], 0
+        if self._ws.state is ConnectionState.OPEN:
+            self.outgoing += self._ws.send(CloseConnection(code=code, reason=detail[:100]))
+        out.append(Failed(_REASON_FOR_CODE.get(code, Reason.PROTOCOL_ERROR), code, detail))
+
+    # -- sending ----------------------------------------------------------
+    def send(self, payload: Payload) -> None:
+        """Queue a text (``str``) or binary (``bytes``) message."""
+        message: TextMessage | BytesMessage = (
+            TextMessage(data=payload) if isinstance(payload, str) else BytesMessage(data=payload)
+        )
+        self.outgoing += self._ws.send(message)
+
+    def ping(self, payload: bytes) -> None:
+        self.outgoing += self._ws.send(Ping(payload=payload))
+
+    def close(self, code: int, reason: str = "") -> bool:
+        """Queue our close frame if the protocol still allows one."""
+        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING) and not self._dead:
+            self.outgoing += self._ws.send(CloseConnection(code=code, reason=reason))
+            return True
+        return False
+
+    @property
+    def close_answered(self) -> bool:
+        """True once both close frames have crossed."""
+        return self._ws.state is ConnectionState.CLOSED

@@ -1,0 +1,298 @@
+"""The guard (``ConnectionErrorHandler``): classify failures, decide alerts.
+
+Theory of operation
+-------------------
+Every way a connection can end is one :class:`Reason`.  A reason carries its
+log level (a normal close is ``INFO``, everything else ``ERROR``, as the
+strategy asks) so every driver logs the same failure the same way.
+
+Transport errors arrive from the driver as exceptions; :func:`classify_error`
+maps them to a reason by type and ``errno`` (walking ``__cause__``,
+``__context__`` and exception groups), without importing ``socket`` or
+``ssl``: the core stays free of I/O modules, so TLS and DNS errors are
+recognised by their class names.
+
+:class:`AlertTracker` turns a stream of connects and disconnects into
+:class:`~nonstop.core.Alert` decisions with hysteresis: one alert when a
+condition starts, one when it clears, never one per attempt.  It owns two
+timers (``down_for`` firing and the reconnect-rate window sliding) and exposes
+them through :meth:`AlertTracker.next_deadline`.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import errno
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["Reason", "AlertKind", "AlertPolicy", "classify_error", "INFO", "WARNING", "ERROR"]
+
+#: Log levels, equal to the :mod:`logging` constants (the core does not import
+#: logging: it only decides the level, the driver logs).
+INFO: Final = 20
+WARNING: Final = 30
+ERROR: Final = 40
+
+
+class Reason(enum.Enum):
+    """Why a connection ended (the ``reason=`` field of log lines)."""
+
+    SERVER_CLOSED = "server_closed"
+    """The server sent a close frame; ``code`` says which."""
+    EOF = "eof"
+    """The TCP connection ended without a close frame (close code 1006)."""
+    RESET = "reset"
+    """The connection was reset (RST) or broke while writing."""
+    REFUSED = "refused"
+    """Nothing listens on the port (connection refused)."""
+    DNS = "dns"
+    """The host name did not resolve."""
+    TLS = "tls"
+    """The TLS handshake failed: untrusted or expired certificate, wrong host."""
+    NETWORK = "network"
+    """Another operating-system error while connecting or reading."""
+    CONNECT_TIMEOUT = "connect_timeout"
+    """TCP and TLS did not complete within ``connect_timeout``."""
+    REJECTED = "rejected"
+    """The server answered the upgrade with an HTTP status other than 101."""
+    HANDSHAKE_FAILED = "handshake_failed"
+    """The server's upgrade response was not a valid WebSocket handshake."""
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    """No upgrade response within ``handshake_timeout``."""
+    PING_TIMEOUT = "ping_timeout"
+    """No pong (and no other byte) within ``ping_timeout`` of a ping."""
+    SILENCE = "silence"
+    """No byte at all for ``silence_timeout``: a zombie connection."""
+    ACK_TIMEOUT = "ack_timeout"
+    """A subscription was not acknowledged within its ``ack_timeout``."""
+    PROTOCOL_ERROR = "protocol_error"
+    """The server broke RFC 6455 framing (we closed with 1002)."""
+    INVALID_DATA = "invalid_data"
+    """A text message was not valid UTF-8 (we closed with 1007)."""
+    MESSAGE_TOO_BIG = "message_too_big"
+    """A message exceeded ``max_message_size`` (we closed with 1009)."""
+    CALLBACK_ERROR = "callback_error"
+    """A user callback (header provider, ACK or pong matcher) raised."""
+    SLOW_CONSUMER = "slow_consumer"
+    """The application fell behind and the ``disconnect`` policy applied."""
+    CLIENT_RECONNECT = "client_reconnect"
+    """The application asked for a reconnect."""
+    STOPPED = "stopped"
+    """The application stopped the feed."""
+    GAVE_UP = "gave_up"
+    """``max_attempts`` was reached or a fatal status or close code was seen."""
+
+    @property
+    def level(self) -> int:
+        """The log level for this reason when no close code refines it."""
+        return INFO if self in _INFO_REASONS else ERROR
+
+
+_INFO_REASONS: Final = frozenset({Reason.STOPPED, Reason.CLIENT_RECONNECT})
+
+
+def level_for(reason: Reason, code: int | None) -> int:
+    """The log level of a disconnect: normal closes INFO, the rest ERROR."""
+    if reason is Reason.SERVER_CLOSED and code in (1000, 1001, 1005):
+        return INFO
+    return reason.level
+
+
+_TLS_NAMES: Final = frozenset(
+    {"SSLError", "SSLCertVerificationError", "CertificateError", "SSLZeroReturnError",
+     "SSLEOFError", "SSLSyscallError", "BrokenTLSError", "TrioSSLError"}
+)
+_DNS_NAMES: Final = frozenset({"gaierror", "herror"})
+_RESET_ERRNOS: Final = frozenset(
+    {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN}
+)
+_REFUSED_ERRNOS: Final = frozenset({errno.ECONNREFUSED})
+
+
+def _walk(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    stack = [exc]
+    while stack and len(seen) < 32:
+        e = stack.pop()
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        nested = getattr(e, "exceptions", None)
+        if isinstance(nested, (list, tuple)):
+            stack.extend(x for x in nested if isinstance(x, BaseException))
+        for linked in (e.__context__, e.__cause__):
+            if linked is not None:
+                stack.append(linked)
+    return seen
+
+
+def classify_error(exc: BaseException) -> Reason:
+    """Map a transport exception to a :class:`Reason`.
+
+    Looks at the exception, its chained causes and group members: TLS errors
+    by class name, DNS by ``gaierror``, refused and reset by type or errno,
+    timeouts as :attr:`Reason.CONNECT_TIMEOUT`; anything else is
+    :attr:`Reason.NETWORK`.
+    """
+    chain = _walk(exc)
+    names = [{cls.__name__ for cls in type(e).__mro__} for e in chain]
+    for found in names:
+        if found & _TLS_NAMES:
+            return Reason.TLS
+    for found in names:
+        if found & _DNS_NAMES:
+            return Reason.DNS
+    for e in chain:
+        if isinstance(e, ConnectionRefusedError) or (
+            isinstance(e, OSError) and e.errno in _REFUSED_ERRNOS
+        ):
+            return Reason.REFUSED
+    for e, found in zip(chain, names, strict=True):
+        if isinstance(e, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) or (
+            isinstance(e, OSError) and e.errno in _RESET_ERRNOS
+        ) or "BrokenResourceError" in found:
+            return Reason.RESET
+    for e in chain:
+        if isinstance(e, TimeoutError):
+            return Reason.CONNECT_TIMEOUT
+    return Reason.NETWORK
+
+
+class AlertKind(enum.Enum):
+    """What an :class:`~nonstop.core.Alert` is about."""
+
+    CONSECUTIVE_FAILURES = "consecutive_failures"
+    """``consecutive_failures`` connections in a row ended before ``stable_after``."""
+    DOWN = "down"
+    """No open connection for ``down_for`` seconds."""
+    RECONNECT_RATE = "reconnect_rate"
+    """More than ``reconnects_per_minute`` reconnects in the last 60 seconds."""
+    AUTH = "auth"
+    """The server refused us: HTTP 401/403 or close code 1008."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertPolicy:
+    """When to raise an operator alert.  ``None`` disables a condition.
+
+    Each condition raises one alert when it starts and one "cleared" alert
+    when it ends (hysteresis): a feed stuck in a reconnect loop raises one
+    alert, not one per attempt.
+    """
+
+    consecutive_failures: int | None = 5
+    """Alert after this many failed connections in a row (reset after a
+    connection stayed up for ``stable_after``)."""
+    down_for: float | None = 60.0
+    """Alert when no connection has been open for this many seconds."""
+    reconnects_per_minute: int | None = 10
+    """Alert when more reconnects than this happen within 60 seconds; clears
+    when the count in the sliding window falls back to this number."""
+    auth: bool = True
+    """Alert on 401/403 upgrade rejections and close code 1008; clears on the
+    next successful connection."""
+
+    def __post_init__(self) -> None:
+        from ._config import check_positive  # local: _config imports this module
+
+        if self.consecutive_failures is not None:
+            check_positive("alerts.consecutive_failures", self.consecutive_failures, integer=True)
+        if self.down_for is not None:
+            check_positive("alerts.down_for", self.down_for)
+        if self.reconnects_per_minute is not None:
+            check_positive("alerts.reconnects_per_minute", self.reconnects_per_minute, integer=True)
+
+
+RATE_WINDOW: Final = 60.0
+
+
+class AlertTracker:
+    """The alert half of the guard: pure bookkeeping driven by the core."""
+
+    def __init__(self, policy: AlertPolicy) -> None:
+        self.policy = policy
+        self.active: set[AlertKind] = set()
+        self.down_since: float | None = None
+        # Times of reconnects within the window; bounded by the window and by
+        # maxlen, which only matters for a pathological zero backoff.
+        self.reconnect_times: collections.deque[float] = collections.deque(maxlen=10_000)
+
+    def reconnects_in_window(self, now: float) -> int:
+        times = self.reconnect_times
+        while times and times[0] + RATE_WINDOW <= now:
+            times.popleft()
+        return len(times)
+
+    def _set(self, kind: AlertKind, on: bool, out: list[tuple[AlertKind, bool]]) -> None:
+        if on and kind not in self.active:
+            self.active.add(kind)
+            out.append((kind, True))
+        elif not on and kind in self.active:
+            self.active.discard(kind)
+            out.append((kind, False))
+
+    def on_down(self, now: float) -> None:
+        if self.down_since is None:
+            self.down_since = now
+
+    def on_failure(self, failures: int, auth: bool) -> list[tuple[AlertKind, bool]]:
+        out: list[tuple[AlertKind, bool]] = []
+        limit = self.policy.consecutive_failures
+        if limit is not None and failures >= limit:
+            self._set(AlertKind.CONSECUTIVE_FAILURES, True, out)
+        if auth and self.policy.auth:
+            self._set(AlertKind.AUTH, True, out)
+        return out
+
+    def on_connected(self, now: float, reconnect: bool) -> list[tuple[AlertKind, bool]]:
+        out: list[tuple[AlertKind, bool]] = []
+        self.down_since = None
+        self._set(AlertKind.DOWN, False, out)
+        self._set(AlertKind.AUTH, False, out)
+        if reconnect:
+            self.reconnect_times.append(now)
+            limit = self.policy.reconnects_per_minute
+            if limit is not None and self.reconnects_in_window(now) > limit:
+                self._set(AlertKind.RECONNECT_RATE, True, out)
+        return out
+
+    def on_stable(self) -> list[tuple[AlertKind, bool]]:
+        out: list[tuple[AlertKind, bool]] = []
+        self._set(AlertKind.CONSECUTIVE_FAILURES, False, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = []
+        down_for = self.policy.down_for
+        if down_for is not None and self.down_since is not None and AlertKind.DOWN not in self.active:
+            deadlines.append(self.down_since + down_for)
+        if AlertKind.RECONNECT_RATE in self.active and self.reconnect_times:
+            limit = self.policy.reconnects_per_minute
+            assert limit is not None
+            # The window count falls to `limit` when the entry at index
+            # len - limit - 1 leaves the window.
+            index = max(0, len(self.reconnect_times) - limit - 1)
+            deadlines.append(self.reconnect_times[index] + RATE_WINDOW)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[tuple[AlertKind, bool]]:
+        out: list[tuple[AlertKind, bool]] = []
+        down_for = self.policy.down_for
+        if down_for is not None and self.down_since is not None and now >= self.down_since + down_for:
+            self._set(AlertKind.DOWN, True, out)
+        if AlertKind.RECONNECT_RATE in self.active:
+            limit = self.policy.reconnects_per_minute
+            assert limit is not None
+            if self.reconnects_in_window(now) <= limit:
+                self._set(AlertKind.RECONNECT_RATE, False, out)
+        return out
+
+    def reset(self) -> list[tuple[AlertKind, bool]]:
+        """Clear every active alert (on stop)."""
+        out: list[tuple[AlertKind, bool]] = []
+        for kind in sorted(self.active, key=lambda k: k.value):
+            self._set(kind, False, out)
+        self.down_since = None
+        return out

@@ -1,0 +1,60 @@
+"""Metrics: counters kept by the core, read as an immutable snapshot.
+
+Theory of operation
+-------------------
+The core updates a few plain counters as inputs arrive (cheap: one addition
+per chunk of data, one per message).  :meth:`~nonstop.core.FeedCore.metrics`
+turns them into a :class:`Metrics` snapshot for a given ``now``: ages,
+ratios and the reconnects in the last minute are computed at read time, so
+reading metrics never changes the feed.  Counters only ever grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._state import State
+
+__all__ = ["Metrics"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Metrics:
+    """A snapshot of one feed.  Times are seconds; ``None`` means "not yet"."""
+
+    state: State
+    running_time: float
+    """Seconds since ``start``."""
+    uptime: float
+    """Seconds the current connection has been open (0 when not open)."""
+    total_uptime: float
+    """Seconds spent open, all connections together."""
+    connected_ratio: float
+    """``total_uptime / running_time`` (0 before the first second passes)."""
+    connection: int
+    """Connections opened so far (the current one's number when open)."""
+    attempts: int
+    """Connection attempts so far."""
+    reconnects: int
+    """Connections opened after the first one."""
+    reconnects_last_minute: int
+    last_time_to_reconnect: float | None
+    """Downtime before the latest reconnect: loss detected to 101."""
+    consecutive_failures: int
+    """Failures since the last connection that stayed up ``stable_after``."""
+    messages_received: int
+    bytes_received: int
+    """Every byte read from the server, handshakes and frames included."""
+    last_message_age: float | None
+    """Seconds since the last complete message."""
+    last_ping_rtt: float | None
+    """Round trip of the latest answered protocol ping."""
+    pending_acks: int
+    """Subscriptions sent on this connection and not acknowledged yet."""
+    subscriptions: int
+    """Subscriptions that are replayed on every connect."""
+    disconnects: Mapping[str, int]
+    """Disconnects so far, by reason."""
+    last_disconnect_reason: str | None
+    alerts_active: tuple[str, ...]

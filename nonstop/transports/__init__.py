@@ -1,0 +1,1 @@
+"""Drivers that run :class:`nonstop.core.FeedCore` over real sockets (coming next)."""
