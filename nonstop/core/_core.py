@@ -129,6 +129,7 @@ class FeedCore:
         self._retry_at: float | None = None
         self._stop_reason: tuple[Reason, str] | None = None
         self._callback_failed: str | None = None
+        self._paused_at: float | None = None  # reading paused by the driver
         # counters
         self._started_at: float | None = None
         self._failures = 0
@@ -194,7 +195,7 @@ class FeedCore:
             health = self._health.next_deadline()
             if health is not None:
                 candidates.append(health)
-            if self._pending_acks:
+            if self._pending_acks and self._paused_at is None:
                 candidates.append(min(self._pending_acks.values()))
             if self._stable_at is not None:
                 candidates.append(self._stable_at)
@@ -385,7 +386,7 @@ class FeedCore:
         """
         self._tick(now)
         self._now = now
-        for _ in range(64):
+        for _ in range(100_000):
             deadline = self.next_deadline()
             if deadline is None or deadline > now:
                 break
@@ -450,6 +451,38 @@ class FeedCore:
             self._framing.send(unsub)
             self._flush()
         return sub
+
+    def pause_reading(self, now: float) -> None:
+        """The driver stopped reading the socket (backpressure from a slow
+        application).  Liveness cannot be observed while unread bytes pile up
+        in the kernel, so the ping, silence and ACK timeouts are suspended;
+        pings are still sent.  Idempotent.  Next: :meth:`resume_reading`.
+        """
+        self._tick(now)
+        if self._state is State.STOPPED or self._paused_at is not None:
+            return
+        self._now = now
+        self._paused_at = now
+        if self._health is not None:
+            self._health.pause()
+
+    def resume_reading(self, now: float) -> None:
+        """Reading again: liveness clocks restart from *now* and pending ACK
+        deadlines move later by the time spent paused.  Idempotent."""
+        self._tick(now)
+        paused_at = self._paused_at
+        if paused_at is None:
+            return
+        self._now = now
+        self._paused_at = None
+        if self._health is not None:
+            self._health.resume(now)
+        for key, deadline in self._pending_acks.items():
+            self._pending_acks[key] = deadline + (now - paused_at)
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused_at is not None
 
     def reconnect(self, now: float, *, reason: Reason = Reason.CLIENT_RECONNECT) -> bool:
         """Close the open connection (code 1001) and reconnect with backoff.
@@ -551,6 +584,8 @@ class FeedCore:
         self._stable_at = after(now, self.config.stable_after)
         self._deadline = None
         self._health = Health(self.config, now)
+        if self._paused_at is not None:
+            self._health.pause()
         downtime = None if self._lost_at is None else now - self._lost_at
         if downtime is not None:
             self._last_ttr = downtime
@@ -664,7 +699,8 @@ class FeedCore:
         self._failures += 1
         self._disconnects[reason.value] = self._disconnects.get(reason.value, 0) + 1
         self._last_reason = reason.value
-        self._lost_at = now if was_open or self._lost_at is None else self._lost_at
+        if was_open:
+            self._lost_at = now
         limit = self.config.max_attempts
         give_up = fatal or (limit is not None and self._failures >= limit)
         retry_in = None
@@ -803,7 +839,7 @@ class FeedCore:
                 self._framing.ping(ping)
         for sub in self._subs:
             deadline = self._pending_acks.get(id(sub))
-            if deadline is not None and now >= deadline:
+            if deadline is not None and now >= deadline and self._paused_at is None:
                 self._framing.close(GOING_AWAY, "subscription not acknowledged")
                 self._disconnect(now, Reason.ACK_TIMEOUT,
                                  f"{sub.label} not acknowledged within {sub.ack_timeout}s",

@@ -234,8 +234,10 @@ class Framing:
     def _close_event(self, event: CloseConnection, out: list[Item]) -> None:
         ws = self._ws
         code = int(event.code)
-        if ws.state is ConnectionState.OPEN:
-            # wsproto's parse failure: it looks like a close but is ours to send.
+        if ws.state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING):
+            # wsproto's parse failure: it looks like a peer's close, but a real
+            # close frame would have moved the state on (to REMOTE_CLOSING or
+            # CLOSED).  The close frame, if one can still be sent, is ours.
             self._fail(code, event.reason or "protocol error", out)
             return
         if ws.state is ConnectionState.REMOTE_CLOSING:

@@ -44,6 +44,7 @@ class Health:
     __slots__ = (
         "_app",
         "_config",
+        "paused",
         "app_next",
         "app_pong_due",
         "last_rx",
@@ -67,6 +68,7 @@ class Health:
         self.app_next = None if self._app is None else after(now, self._app.interval)
         self.app_pong_due: float | None = None
         self.rtt: float | None = None
+        self.paused = False
 
     def on_bytes(self, now: float) -> None:
         """Any received byte: the socket is alive."""
@@ -80,18 +82,44 @@ class Health:
     def on_app_pong(self) -> None:
         self.app_pong_due = None
 
+    def pause(self) -> None:
+        """The driver stopped reading (backpressure): liveness can't be seen,
+        so no liveness verdict is given; pings still go out."""
+        self.paused = True
+
+    def resume(self, now: float) -> None:
+        """Reading again: every liveness clock restarts from *now*."""
+        self.paused = False
+        self.on_bytes(now)
+        self.app_pong_due = None
+
     def silence_deadline(self) -> float | None:
         timeout = self._config.silence_timeout
         return None if timeout is None else after(self.last_rx, timeout)
 
     def next_deadline(self) -> float | None:
-        candidates = [
-            t
-            for t in (self.next_ping, self.pong_due, self.app_next, self.app_pong_due,
-                      self.silence_deadline())
-            if t is not None
-        ]
+        if self.paused:
+            candidates = [t for t in (self.next_ping, self.app_next) if t is not None]
+        else:
+            candidates = [
+                t
+                for t in (self.next_ping, self.pong_due, self.app_next, self.app_pong_due,
+                          self.silence_deadline())
+                if t is not None
+            ]
         return min(candidates) if candidates else None
+
+    def _verdict(self, now: float) -> tuple[Reason, str] | None:
+        config = self._config
+        if self.pong_due is not None and now >= self.pong_due:
+            return Reason.PING_TIMEOUT, f"no pong or data within {config.ping_timeout}s of a ping"
+        if self.app_pong_due is not None and now >= self.app_pong_due:
+            assert self._app is not None
+            return Reason.PING_TIMEOUT, f"no application pong within {self._app.timeout}s"
+        silence = self.silence_deadline()
+        if silence is not None and now >= silence:
+            return Reason.SILENCE, f"no data for {config.silence_timeout}s"
+        return None
 
     def poll(self, now: float) -> tuple[list[bytes | None], tuple[Reason, str] | None]:
         """Do what is due at *now*.
@@ -101,14 +129,10 @@ class Health:
         dead, the reason and a detail.  Failures win over pings.
         """
         config = self._config
-        if self.pong_due is not None and now >= self.pong_due:
-            return [], (Reason.PING_TIMEOUT, f"no pong or data within {config.ping_timeout}s of a ping")
-        if self.app_pong_due is not None and now >= self.app_pong_due:
-            assert self._app is not None
-            return [], (Reason.PING_TIMEOUT, f"no application pong within {self._app.timeout}s")
-        silence = self.silence_deadline()
-        if silence is not None and now >= silence:
-            return [], (Reason.SILENCE, f"no data for {config.silence_timeout}s")
+        if not self.paused:
+            verdict = self._verdict(now)
+            if verdict is not None:
+                return [], verdict
         pings: list[bytes | None] = []
         if self.next_ping is not None and now >= self.next_ping:
             assert config.ping_interval is not None
