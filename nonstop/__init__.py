@@ -6,6 +6,7 @@ The sans-IO core lives in :mod:`nonstop.core`; drivers in
 
 from __future__ import annotations
 
+from ._api import connect
 from .core import (
     Alert,
     AlertKind,
@@ -30,10 +31,17 @@ from .core import (
     Subscribed,
     Subscription,
 )
+from .transports._anyio import AsyncFeed, WriteStalled
+from .transports._common import FeedGaveUp, Overflow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "connect",
+    "AsyncFeed",
+    "Overflow",
+    "FeedGaveUp",
+    "WriteStalled",
     "FeedCore",
     "Config",
     "Backoff",

@@ -19,23 +19,25 @@ from trying again within ``cap`` seconds.  The hints are
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 
 from ._config import Backoff
 
 __all__ = ["retry_delay", "ceiling", "parse_retry_after"]
 
-_MAX_EXPONENT = 1024
-
-
 def ceiling(failures: int, policy: Backoff) -> float:
     """The largest wait after *failures* failures in a row (>= 1)."""
-    exponent = min(max(failures - 1, 0), _MAX_EXPONENT)
-    try:
-        value = policy.initial * policy.factor**exponent
-    except OverflowError:
-        return policy.cap
-    return min(policy.cap, value)
+    exponent = max(failures - 1, 0)
+    initial, factor, cap = policy.initial, policy.factor, policy.cap
+    if factor == 1.0 or exponent == 0:
+        return min(cap, initial)
+    # The exponent at which the cap is reached; past it, don't compute powers
+    # (they overflow, and clamping the exponent would undershoot the cap for
+    # factors close to 1).
+    if exponent >= math.log(cap / initial) / math.log(factor):
+        return cap
+    return min(cap, initial * factor**exponent)
 
 
 def retry_delay(
@@ -60,8 +62,11 @@ def parse_retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
     if raw is None:
         return None
     text = raw.decode("latin-1").strip()
-    if text.isdigit():
-        return float(int(text))
+    if text.isascii() and text.isdigit():
+        try:
+            return float(int(text))
+        except (ValueError, OverflowError):  # absurdly long: "as long as you like"
+            return math.inf
     date = values.get(b"date")
     if date is None:
         return None

@@ -133,6 +133,7 @@ class FeedCore:
         # counters
         self._started_at: float | None = None
         self._failures = 0
+        self._attempt = 0  # attempts since the last stable connection
         self._attempts = 0
         self._connections = 0
         self._lost_at: float | None = None
@@ -169,6 +170,11 @@ class FeedCore:
         data = bytes(self._out)
         self._out.clear()
         return data
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued and not yet taken by :meth:`data_to_send`."""
+        return len(self._out)
 
     def next_event(self) -> Event | None:
         """The next effect or event, in order; ``None`` when the queue is empty."""
@@ -233,6 +239,7 @@ class FeedCore:
             disconnects=dict(self._disconnects),
             last_disconnect_reason=self._last_reason,
             alerts_active=tuple(sorted(k.value for k in self._alerts.active)),
+            reading_paused=self._paused_at is not None,
         )
 
     def _count_recent(self, now: float) -> int:
@@ -342,7 +349,8 @@ class FeedCore:
             elif isinstance(item, PongReceived):
                 if self._health is not None:
                     self._health.on_pong(item.payload, now)
-                    self._last_rtt = self._health.rtt
+                    if self._health.rtt is not None:
+                        self._last_rtt = self._health.rtt
             elif isinstance(item, PeerClosed):
                 self._on_peer_closed(item, now)
             elif isinstance(item, Failed):
@@ -537,6 +545,7 @@ class FeedCore:
     def _begin_attempt(self, now: float) -> None:
         self._move(Input.START if self._state is State.IDLE else Input.RETRY_DUE)
         self._attempts += 1
+        self._attempt += 1
         self._attempt_started = now
         self._retry_at = None
         self._framing = Framing(self.config.max_message_size)
@@ -547,7 +556,7 @@ class FeedCore:
         self._deadline = after(now, self.config.connect_timeout)
         ep = self.config.endpoint
         self._events.append(
-            Connecting(attempt=self._failures + 1, total_attempts=self._attempts, url=ep.redacted)
+            Connecting(attempt=self._attempt, total_attempts=self._attempts, url=ep.redacted)
         )
         self._events.append(
             OpenTransport(
@@ -592,7 +601,7 @@ class FeedCore:
         self._events.append(
             Connected(
                 connection=self._connections,
-                attempt=self._failures + 1,
+                attempt=self._attempt,
                 subprotocol=item.subprotocol,
                 handshake_time=now - self._attempt_started,
                 downtime=downtime,
@@ -848,6 +857,7 @@ class FeedCore:
         if self._stable_at is not None and now >= self._stable_at:
             self._stable_at = None
             self._failures = 0
+            self._attempt = 0
             self._alert(self._alerts.on_stable())
 
     def _drop_output(self) -> None:

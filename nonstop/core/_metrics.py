@@ -58,3 +58,12 @@ class Metrics:
     """Disconnects so far, by reason."""
     last_disconnect_reason: str | None
     alerts_active: tuple[str, ...]
+    reading_paused: bool = False
+    """The driver stopped reading because the application fell behind."""
+    # Filled in by the drivers (the core has no queue of its own):
+    queued: int = 0
+    """Messages waiting for the application."""
+    messages_dropped: int = 0
+    """Messages dropped by the ``drop_oldest`` or ``disconnect`` policy."""
+    overflows: int = 0
+    """Times the application's queue was full when a message arrived."""

@@ -1,0 +1,441 @@
+"""The anyio driver: one task per feed, on asyncio or trio.
+
+Theory of operation
+-------------------
+:class:`AsyncFeed` runs :class:`~nonstop.core.FeedCore` in one task, the
+loop every driver runs (STYLE.md 7):
+
+1. write ``core.data_to_send()`` (bounded by ``write_timeout``);
+2. drain ``core.next_event()``: effects open or close the stream, messages go
+   to the bounded :class:`~nonstop.transports._common.MessageBuffer`,
+   lifecycle events to the log, the ``on_event`` callback and waiters;
+3. wait -- for the TCP/TLS connect, for bytes, or (backpressure, or no
+   transport) for nothing -- inside a :class:`anyio.CancelScope` whose
+   deadline is ``core.next_deadline()``;
+4. feed exactly one input: ``transport_opened``/``transport_failed``,
+   ``receive_data``/``receive_eof``, or ``handle_timer(max(deadline, now))``.
+
+Every decision is the core's.  The application's calls (``send``,
+``subscribe``, ``stop``, ...) call the core synchronously -- there is one
+event loop thread, so no lock is needed -- and then *kick* the loop: cancel
+its wait scope so step 1 writes the new bytes and step 3 uses the new
+deadline.  A kick never interrupts a TCP/TLS connect unless the core has left
+``CONNECTING`` (a stop), so the attempt is not wasted.
+
+Cancellation: everything lives in one task group.  Leaving the ``async with``
+block stops gracefully (close handshake, bounded by ``close_timeout``);
+cancelling the enclosing scope cancels the task, and the ``finally`` closes
+the stream: no task, socket or file descriptor is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import TypeVar
+
+import anyio
+import anyio.abc
+
+from ..core import (
+    AppEvent,
+    CloseTransport,
+    Connected,
+    Event,
+    FeedCore,
+    Message,
+    Metrics,
+    OpenTransport,
+    Reason,
+    State,
+    Subscription,
+)
+from ..core._state import HAS_TRANSPORT
+from ._common import DriverOptions, MessageBuffer, Observer
+
+__all__ = ["AsyncFeed", "WriteStalled"]
+
+E = TypeVar("E", bound=AppEvent)
+
+#: Application sends wait while more than this many bytes are unwritten.
+HIGH_WATER = 1 << 20
+
+
+class WriteStalled(OSError):
+    """A write did not complete within ``write_timeout``: the server stopped reading."""
+
+
+def _abort_socket(stream: anyio.abc.AnyByteStream) -> None:
+    """Make the coming close an RST (SO_LINGER 0): the peer is dead or hostile."""
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except anyio.TypedAttributeLookupError:  # pragma: no cover - every TCP stream has one
+        return
+    with contextlib.suppress(OSError):  # already closed underneath us
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class AsyncFeed:
+    """A running feed: iterate it for messages; see :func:`nonstop.connect`."""
+
+    def __init__(self, core: FeedCore, options: DriverOptions) -> None:
+        self._core = core
+        self._opts = options
+        self._buffer = MessageBuffer(options.queue_size, options.overflow)
+        self._observer = Observer(core.config.label, options.logger, options.on_event)
+        self._stream: anyio.abc.ByteStream | None = None
+        self._pending_open: OpenTransport | None = None
+        self._wait_scope: anyio.CancelScope | None = None
+        self._in_connect = False
+        self._has_data = anyio.Event()
+        self._space = anyio.Event()
+        self._drained = anyio.Event()
+        self._done = anyio.Event()
+        self._crash: BaseException | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._waiters: list[tuple[Callable[[AppEvent], bool], anyio.Event, list[AppEvent]]] = []
+
+    # ------------------------------------------------------------------
+    # context management
+    async def __aenter__(self) -> AsyncFeed:
+        if self._tg is not None:
+            raise RuntimeError("this feed was already started; call nonstop.connect() again")
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._tg.start(self._run)
+        except BaseException:
+            await self._tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        try:
+            await self._finish_gracefully()
+        finally:
+            self._tg.cancel_scope.cancel()
+            result = await self._tg.__aexit__(exc_type, exc, tb)
+        return result
+
+    async def _finish_gracefully(self) -> None:
+        self.stop()
+        # Shielded but bounded: a stop must finish the close handshake even
+        # when the enclosing scope is being cancelled, but never hang.
+        limit = self._core.config.close_timeout + 2.0
+        with anyio.move_on_after(limit, shield=True):
+            await self._done.wait()
+
+    async def aclose(self) -> None:
+        """Stop gracefully and wait until the feed has stopped."""
+        await self._finish_gracefully()
+
+    def stop(self) -> None:
+        """Ask for a graceful stop without waiting (safe from callbacks)."""
+        if not self._done.is_set():
+            self._core.stop(anyio.current_time())
+            self._kick(force=True)
+
+    # ------------------------------------------------------------------
+    # the application's side
+    def __aiter__(self) -> AsyncFeed:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        return (await self._next_message()).data
+
+    async def records(self) -> AsyncIterator[Message]:
+        """Iterate messages with their metadata (connection number, receive time)."""
+        while True:
+            try:
+                yield await self._next_message()
+            except StopAsyncIteration:
+                return
+
+    async def _next_message(self) -> Message:
+        buffer = self._buffer
+        while True:
+            message = buffer.pop()
+            if message is not None:
+                if not buffer.held and self._core.reading_paused:
+                    self._space.set()
+                return message
+            if self._done.is_set():
+                if self._crash is not None:
+                    raise self._crash
+                gave_up = self._observer.gave_up()
+                if gave_up is not None:
+                    raise gave_up
+                raise StopAsyncIteration
+            if self._has_data.is_set():
+                self._has_data = anyio.Event()
+            await self._has_data.wait()
+
+    async def send(self, message: object) -> None:
+        """Send a message (``str``: text, ``bytes``: binary, else JSON).
+
+        Raises :class:`~nonstop.NotConnected` when no connection is open.
+        Waits while more than 1 MiB is waiting to be written.
+        """
+        self._core.send(message, anyio.current_time())
+        self._kick()
+        while self._core.pending_output > HIGH_WATER and not self._done.is_set():
+            if self._drained.is_set():
+                self._drained = anyio.Event()
+            await self._drained.wait()
+
+    async def subscribe(self, subscription: object) -> Subscription:
+        """Add a subscription (replayed on every connect; sent now if open)."""
+        sub = self._core.subscribe(subscription, anyio.current_time())
+        self._kick()
+        return sub
+
+    async def unsubscribe(self, subscription: object) -> Subscription:
+        """Remove a subscription (its ``unsubscribe`` message is sent if open)."""
+        sub = self._core.unsubscribe(subscription, anyio.current_time())
+        self._kick()
+        return sub
+
+    async def reconnect(self) -> bool:
+        """Close the current connection and reconnect (``False`` if not open)."""
+        started = self._core.reconnect(anyio.current_time())
+        self._kick()
+        return started
+
+    def metrics(self) -> Metrics:
+        """The core's metrics plus the queue's (``queued``, ``messages_dropped``)."""
+        return self._buffer.add_driver_metrics(self._core.metrics(anyio.current_time()))
+
+    @property
+    def state(self) -> State:
+        return self._core.state
+
+    @property
+    def history(self) -> list[AppEvent]:
+        """The last 256 lifecycle events (no messages), oldest first."""
+        return list(self._observer.history)
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        return self._core.subscriptions
+
+    async def wait_for(
+        self,
+        kind: type[E],
+        predicate: Callable[[E], bool] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> E:
+        """Wait for the next lifecycle event of *kind* (matching *predicate*).
+
+        Raises :class:`TimeoutError` after *timeout* seconds, and
+        :class:`~nonstop.FeedGaveUp` or :class:`RuntimeError` if the feed
+        stops first.
+        """
+
+        def match(event: AppEvent) -> bool:
+            return isinstance(event, kind) and (predicate is None or predicate(event))
+
+        box: list[AppEvent] = []
+        entry = (match, anyio.Event(), box)
+        self._waiters.append(entry)
+        try:
+            with anyio.fail_after(timeout):
+                done_wait = self._done
+                async with anyio.create_task_group() as tg:
+                    async def watch_done() -> None:
+                        await done_wait.wait()
+                        entry[1].set()
+
+                    tg.start_soon(watch_done)
+                    await entry[1].wait()
+                    tg.cancel_scope.cancel()
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+        if not box:
+            gave_up = self._observer.gave_up()
+            if gave_up is not None:
+                raise gave_up
+            raise RuntimeError(f"the feed stopped before a {kind.__name__} event")
+        event = box[0]
+        assert isinstance(event, kind)
+        return event
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Return once a connection is open (at once if one is)."""
+        if self._core.state is not State.OPEN:
+            await self.wait_for(Connected, timeout=timeout)
+
+    # ------------------------------------------------------------------
+    # the loop
+    def _kick(self, force: bool = False) -> None:
+        scope = self._wait_scope
+        if scope is None:
+            return
+        if self._in_connect and not force and self._core.state is State.CONNECTING:
+            return  # don't waste a connect attempt for a subscribe
+        scope.cancel()
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        core = self._core
+        try:
+            core.start(anyio.current_time())
+            task_status.started()
+            while True:
+                await self._flush()
+                await self._dispatch()
+                if core.state is State.STOPPED:
+                    break
+                await self._wait()
+        except BaseException as exc:
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                self._crash = exc
+            raise
+        finally:
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                _abort_socket(stream)
+                await anyio.aclose_forcefully(stream)
+            self._done.set()
+            self._has_data.set()
+            self._drained.set()
+
+    def _fail_transport(self, exc: BaseException) -> None:
+        core = self._core
+        if core.state in HAS_TRANSPORT and core.state is not State.CONNECTING:
+            core.transport_failed(exc, anyio.current_time())
+
+    async def _flush(self) -> None:
+        core = self._core
+        data = core.data_to_send()
+        stream = self._stream
+        if data and stream is not None:
+            try:
+                with anyio.fail_after(self._opts.write_timeout):
+                    await stream.send(data)
+            except TimeoutError:
+                self._fail_transport(WriteStalled(
+                    f"write blocked for {self._opts.write_timeout}s: the server is not reading"
+                ))
+            except Exception as exc:
+                self._fail_transport(exc)
+        if core.pending_output <= HIGH_WATER:
+            self._drained.set()
+
+    async def _dispatch(self) -> None:
+        core = self._core
+        buffer = self._buffer
+        delivered = False
+        while (event := core.next_event()) is not None:
+            if type(event) is Message:
+                delivered = True
+                if buffer.push(event) == "disconnect":
+                    core.reconnect(anyio.current_time(), reason=Reason.SLOW_CONSUMER)
+            else:
+                await self._effect_or_event(event)
+        if delivered:
+            self._has_data.set()
+
+    async def _effect_or_event(self, event: Event) -> None:
+        if isinstance(event, OpenTransport):
+            self._pending_open = event
+        elif isinstance(event, CloseTransport):
+            self._pending_open = None
+            await self._close_stream(event.abort)
+        else:
+            assert not isinstance(event, Message)
+            self._observer.observe(event)
+            for match, flag, box in list(self._waiters):
+                if not flag.is_set() and match(event):
+                    box.append(event)
+                    flag.set()
+
+    async def _close_stream(self, abort: bool) -> None:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        if abort:
+            _abort_socket(stream)
+            await anyio.aclose_forcefully(stream)
+            return
+        with anyio.move_on_after(self._core.config.close_timeout, shield=True) as scope:
+            await stream.aclose()
+        if scope.cancelled_caught:
+            await anyio.aclose_forcefully(stream)
+
+    async def _wait(self) -> None:
+        core = self._core
+        held = bool(self._buffer.held)
+        if held and not core.reading_paused:
+            core.pause_reading(anyio.current_time())
+        elif not held and core.reading_paused:
+            core.resume_reading(anyio.current_time())
+        deadline = core.next_deadline()
+        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+            self._wait_scope = scope
+            try:
+                if self._pending_open is not None:
+                    await self._open(self._pending_open)
+                    return
+                stream = self._stream
+                if stream is not None and not held:
+                    await self._read(stream)
+                    return
+                if held:
+                    if self._space.is_set():
+                        self._space = anyio.Event()
+                    await self._space.wait()
+                    return
+                await anyio.sleep_forever()
+            finally:
+                self._wait_scope = None
+        now = anyio.current_time()
+        if deadline is not None and now >= deadline:
+            core.handle_timer(max(deadline, now))
+
+    async def _open(self, effect: OpenTransport) -> None:
+        self._pending_open = None
+        core = self._core
+        self._in_connect = True
+        try:
+            if effect.tls:
+                stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                    effect.host,
+                    effect.port,
+                    ssl_context=self._opts.ssl_context,
+                    tls=True,
+                    tls_hostname=effect.server_hostname,
+                    tls_standard_compatible=False,
+                )
+            else:
+                stream = await anyio.connect_tcp(effect.host, effect.port)
+        except Exception as exc:
+            core.transport_failed(exc, anyio.current_time())
+            return
+        finally:
+            self._in_connect = False
+        self._stream = stream
+        core.transport_opened(anyio.current_time())
+
+    async def _read(self, stream: anyio.abc.ByteStream) -> None:
+        core = self._core
+        try:
+            data = await stream.receive(self._opts.read_size)
+        except anyio.EndOfStream:
+            core.receive_eof(anyio.current_time())
+            return
+        except Exception as exc:
+            self._fail_transport(exc)
+            return
+        core.receive_data(data, anyio.current_time())
+

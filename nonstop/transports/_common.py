@@ -1,0 +1,297 @@
+"""What both drivers share: options, the message buffer, logging, event fan-out.
+
+Theory of operation
+-------------------
+The drivers are thin: they move bytes and sleep.  The few things they do
+beyond that are identical for anyio and blocking sockets, so they live here:
+
+* :func:`build_config` turns ``connect(url, **options)`` keyword arguments into
+  the core's :class:`~nonstop.core.Config`, so both drivers accept exactly
+  the same options with the same defaults.
+* :class:`MessageBuffer` is the bounded queue between the driver and the
+  application, with the slow-consumer policy (``backpressure``,
+  ``drop_oldest``, ``disconnect``).  It is not thread-safe; the blocking
+  driver wraps it in a condition variable.
+* :class:`Observer` logs every lifecycle event with the core's formatter on the
+  ``nonstop`` logger, calls the ``on_event`` callback, keeps a short history
+  and remembers the final ``Stopped``.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import ssl as _ssl
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from ..core import (
+    AlertPolicy,
+    AppEvent,
+    AppPing,
+    Backoff,
+    Config,
+    ConfigError,
+    Message,
+    Metrics,
+    NonstopError,
+    Reason,
+    Stopped,
+    format_event,
+)
+from ..core._config import HeaderProvider, HeadersLike
+
+__all__ = [
+    "Overflow",
+    "FeedGaveUp",
+    "DriverOptions",
+    "build_config",
+    "MessageBuffer",
+    "Observer",
+    "LOGGER",
+]
+
+LOGGER = logging.getLogger("nonstop")
+
+OverflowName = Literal["backpressure", "drop_oldest", "disconnect"]
+
+
+class Overflow(enum.Enum):
+    """What happens when the application falls ``queue_size`` messages behind."""
+
+    BACKPRESSURE = "backpressure"
+    """Stop reading the socket until there is room (nothing is dropped; the
+    server's own buffers and TCP flow control absorb the burst).  Liveness
+    timeouts are suspended meanwhile, pings still go out."""
+    DROP_OLDEST = "drop_oldest"
+    """Keep reading; drop the oldest queued message for each new one."""
+    DISCONNECT = "disconnect"
+    """Drop the connection (reason ``slow_consumer``) and reconnect: for feeds
+    where a fresh snapshot beats a stale backlog."""
+
+
+class FeedGaveUp(NonstopError):
+    """Raised to the consumer when the feed stopped without being asked to:
+    ``max_attempts`` was reached, or a fatal status or close code was seen."""
+
+    def __init__(self, stopped: Stopped) -> None:
+        super().__init__(f"feed gave up: {stopped.detail}")
+        self.stopped = stopped
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverOptions:
+    """Driver-side options (everything else belongs to the core's Config)."""
+
+    ssl_context: _ssl.SSLContext | None
+    queue_size: int
+    overflow: Overflow
+    on_event: Callable[[AppEvent], None] | None
+    read_size: int
+    write_timeout: float
+    logger: logging.Logger
+
+
+def build_config(
+    url: str,
+    *,
+    subscribe: Iterable[object] = (),
+    headers: HeadersLike | HeaderProvider | None = None,
+    subprotocols: Sequence[str] = (),
+    name: str | None = None,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 10.0,
+    silence_timeout: float | None = 60.0,
+    app_ping: AppPing | None = None,
+    connect_timeout: float = 10.0,
+    handshake_timeout: float = 10.0,
+    close_timeout: float = 5.0,
+    stable_after: float = 10.0,
+    backoff: Backoff | None = None,
+    max_attempts: int | None = None,
+    fatal_statuses: Iterable[int] = (),
+    fatal_close_codes: Iterable[int] = (),
+    max_message_size: int | None = 1 << 20,
+    alerts: AlertPolicy | None = None,
+    user_agent: str | None = "nonstop",
+    server_hostname: str | None = None,
+) -> Config:
+    """The core's Config from ``connect()`` keyword arguments."""
+    return Config(
+        url=url,
+        name=name,
+        subscriptions=list(subscribe),
+        headers=headers,
+        subprotocols=tuple(subprotocols),
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        silence_timeout=silence_timeout,
+        app_ping=app_ping,
+        connect_timeout=connect_timeout,
+        handshake_timeout=handshake_timeout,
+        close_timeout=close_timeout,
+        stable_after=stable_after,
+        backoff=backoff if backoff is not None else Backoff(),
+        max_attempts=max_attempts,
+        fatal_statuses=frozenset(fatal_statuses),
+        fatal_close_codes=frozenset(fatal_close_codes),
+        max_message_size=max_message_size,
+        alerts=alerts if alerts is not None else AlertPolicy(),
+        user_agent=user_agent,
+        server_hostname=server_hostname,
+    )
+
+
+def build_driver_options(
+    config: Config,
+    *,
+    ssl: _ssl.SSLContext | None,
+    queue_size: int,
+    overflow: Overflow | OverflowName,
+    on_event: Callable[[AppEvent], None] | None,
+    read_size: int,
+    write_timeout: float,
+    logger: logging.Logger | None,
+) -> DriverOptions:
+    if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+        raise ConfigError(f"ssl must be an ssl.SSLContext or None, got {ssl!r}")
+    if ssl is not None and not config.endpoint.tls:
+        raise ConfigError("ssl was given but the URL is ws://; use wss:// for TLS")
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ConfigError(f"queue_size must be an integer >= 1, got {queue_size!r}")
+    try:
+        policy = Overflow(overflow)
+    except ValueError:
+        choices = ", ".join(o.value for o in Overflow)
+        raise ConfigError(f"overflow must be one of {choices}, got {overflow!r}") from None
+    if on_event is not None and not callable(on_event):
+        raise ConfigError(f"on_event must be callable, got {on_event!r}")
+    if isinstance(read_size, bool) or not isinstance(read_size, int) or read_size < 1024:
+        raise ConfigError(f"read_size must be an integer >= 1024, got {read_size!r}")
+    if not write_timeout > 0:
+        raise ConfigError(f"write_timeout must be > 0, got {write_timeout!r}")
+    context = ssl
+    if context is None and config.endpoint.tls:
+        context = _ssl.create_default_context()
+    return DriverOptions(
+        ssl_context=context,
+        queue_size=queue_size,
+        overflow=policy,
+        on_event=on_event,
+        read_size=read_size,
+        write_timeout=write_timeout,
+        logger=logger if logger is not None else LOGGER,
+    )
+
+
+class MessageBuffer:
+    """The bounded queue of messages between a driver and its application.
+
+    ``push`` returns what the driver must do: ``"ok"``, ``"full"`` (under
+    ``backpressure``: hold the rest and stop reading) or ``"disconnect"``.
+    Messages held back under backpressure wait in :attr:`held` -- at most one
+    received chunk's worth -- and move in as the consumer makes room.
+    """
+
+    __slots__ = ("_queue", "held", "size", "policy", "dropped", "overflows", "closed")
+
+    def __init__(self, size: int, policy: Overflow) -> None:
+        self._queue: collections.deque[Message] = collections.deque()
+        self.held: collections.deque[Message] = collections.deque()
+        self.size = size
+        self.policy = policy
+        self.dropped = 0
+        self.overflows = 0
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def full(self) -> bool:
+        return len(self._queue) >= self.size
+
+    def push(self, message: Message) -> str:
+        queue = self._queue
+        if self.held:
+            self.held.append(message)
+            return "full"
+        if len(queue) < self.size:
+            queue.append(message)
+            return "ok"
+        self.overflows += 1
+        if self.policy is Overflow.BACKPRESSURE:
+            self.held.append(message)
+            return "full"
+        if self.policy is Overflow.DROP_OLDEST:
+            queue.popleft()
+            self.dropped += 1
+            queue.append(message)
+            return "ok"
+        self.dropped += 1
+        return "disconnect"
+
+    def pop(self) -> Message | None:
+        queue = self._queue
+        if not queue:
+            return None
+        message = queue.popleft()
+        held = self.held
+        while held and len(queue) < self.size:
+            queue.append(held.popleft())
+        return message
+
+    def drain_into(self, out: list[Message], limit: int) -> None:
+        """Move up to *limit* messages into *out* (batch consumers)."""
+        while len(out) < limit:
+            message = self.pop()
+            if message is None:
+                return
+            out.append(message)
+
+    def add_driver_metrics(self, metrics: Metrics) -> Metrics:
+        return replace(
+            metrics,
+            queued=len(self._queue) + len(self.held),
+            messages_dropped=self.dropped,
+            overflows=self.overflows,
+        )
+
+
+class Observer:
+    """Logs lifecycle events, calls ``on_event``, keeps history, catches Stopped."""
+
+    __slots__ = ("_label", "_logger", "_callback", "history", "stopped", "callback_errors")
+
+    def __init__(self, label: str, logger: logging.Logger,
+                 callback: Callable[[AppEvent], None] | None) -> None:
+        self._label = label
+        self._logger = logger
+        self._callback = callback
+        self.history: collections.deque[AppEvent] = collections.deque(maxlen=256)
+        self.stopped: Stopped | None = None
+        self.callback_errors = 0
+
+    def observe(self, event: AppEvent) -> None:
+        line = format_event(event, self._label)
+        if line is not None:
+            self._logger.log(line[0], line[1])
+        self.history.append(event)
+        if isinstance(event, Stopped):
+            self.stopped = event
+        if self._callback is not None:
+            try:
+                self._callback(event)
+            except Exception:
+                # A broken callback must not take the feed down; say so loudly.
+                self.callback_errors += 1
+                self._logger.exception("[ALERT] feed=%s on_event callback raised", self._label)
+
+    def gave_up(self) -> FeedGaveUp | None:
+        stopped = self.stopped
+        if stopped is not None and stopped.reason is not Reason.STOPPED:
+            return FeedGaveUp(stopped)
+        return None
+
