@@ -6,6 +6,7 @@ The sans-IO core lives in :mod:`nonstop.core`; drivers in
 
 from __future__ import annotations
 
+from . import sync
 from ._api import connect
 from .core import (
     Alert,
@@ -31,14 +32,17 @@ from .core import (
     Subscribed,
     Subscription,
 )
-from .transports._anyio import AsyncFeed, WriteStalled
-from .transports._common import FeedGaveUp, Overflow
+from .transports._anyio import AsyncFeed
+from .transports._blocking import SyncFeed
+from .transports._common import FeedGaveUp, Overflow, WriteStalled
 
 __version__ = "0.1.0"
 
 __all__ = [
     "connect",
     "AsyncFeed",
+    "SyncFeed",
+    "sync",
     "Overflow",
     "FeedGaveUp",
     "WriteStalled",

@@ -7,10 +7,10 @@ import random
 import ssl as _ssl
 from collections.abc import Callable, Iterable, Sequence
 
-from .core import AlertPolicy, AppEvent, AppPing, Backoff, FeedCore
+from .core import AlertPolicy, AppEvent, AppPing, Backoff
 from .core._config import HeaderProvider, HeadersLike
 from .transports._anyio import AsyncFeed
-from .transports._common import Overflow, OverflowName, build_config, build_driver_options
+from .transports._common import Overflow, OverflowName, prepare
 
 __all__ = ["connect"]
 
@@ -55,37 +55,5 @@ def connect(
     Bad options and URLs raise :class:`~nonstop.ConfigError` /
     :class:`~nonstop.InvalidURL` here, before anything connects.
     """
-    config = build_config(
-        url,
-        subscribe=subscribe,
-        headers=headers,
-        subprotocols=subprotocols,
-        name=name,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        silence_timeout=silence_timeout,
-        app_ping=app_ping,
-        connect_timeout=connect_timeout,
-        handshake_timeout=handshake_timeout,
-        close_timeout=close_timeout,
-        stable_after=stable_after,
-        backoff=backoff,
-        max_attempts=max_attempts,
-        fatal_statuses=fatal_statuses,
-        fatal_close_codes=fatal_close_codes,
-        max_message_size=max_message_size,
-        alerts=alerts,
-        user_agent=user_agent,
-        server_hostname=server_hostname,
-    )
-    options = build_driver_options(
-        config,
-        ssl=ssl,
-        queue_size=queue_size,
-        overflow=overflow,
-        on_event=on_event,
-        read_size=read_size,
-        write_timeout=write_timeout,
-        logger=logger,
-    )
-    return AsyncFeed(FeedCore(config, rng=rng if rng is not None else random.Random()), options)
+    core, options = prepare(locals())
+    return AsyncFeed(core, options)

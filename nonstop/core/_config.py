@@ -181,6 +181,19 @@ def _check_optional(name: str, value: float | None) -> None:
         check_positive(name, value)
 
 
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def check_header_value(what: str, value: str) -> None:
+    """A header value must be Latin-1 text without line breaks or NUL (RFC 9110 5.5)."""
+    if any(c in value for c in "\r\n\x00"):
+        raise ConfigError(f"{what} contains a line break or NUL")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} is not Latin-1 text; percent- or base64-encode it") from None
+
+
 def normalize_headers(headers: object, where: str = "headers") -> list[tuple[str, str]]:
     """Check and flatten headers; raise :class:`ConfigError` naming the bad one."""
     if isinstance(headers, Mapping):
@@ -196,10 +209,11 @@ def normalize_headers(headers: object, where: str = "headers") -> list[tuple[str
         name, value = item
         if not isinstance(name, str) or not isinstance(value, str):
             raise ConfigError(f"{where}: header names and values must be str, got {item!r}")
-        if not name or any(c in name for c in " \t\r\n:") or not name.isascii():
-            raise ConfigError(f"{where}: {name!r} is not a valid header name")
-        if any(c in value for c in "\r\n\x00"):
-            raise ConfigError(f"{where}: the value of {name!r} contains a line break or NUL")
+        if not name or not all(c in _TCHAR for c in name):
+            raise ConfigError(
+                f"{where}: {name!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"
+            )
+        check_header_value(f"{where}: the value of {name!r}", value)
         out.append((name, value))
     return out
 
@@ -274,6 +288,12 @@ class Config:
             for name, _ in normalize_headers(self.headers):
                 if name.lower() in _RESERVED_HEADERS:
                     raise ConfigError(f"headers: {name!r} is set by the WebSocket handshake itself")
+        if isinstance(self.subprotocols, str):
+            raise ConfigError("subprotocols must be a list of names, not a single string")
+        if self.user_agent is not None:
+            if not isinstance(self.user_agent, str):
+                raise ConfigError(f"user_agent must be a str or None, got {self.user_agent!r}")
+            check_header_value("user_agent", self.user_agent)
         for proto in self.subprotocols:
             if not isinstance(proto, str) or not proto or not proto.isascii() or any(
                 c in proto for c in " ,\t\r\n"

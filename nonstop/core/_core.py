@@ -82,6 +82,7 @@ from ._framing import (
 )
 from ._guard import ERROR, INFO, AlertKind, AlertTracker, Reason, classify_error, level_for
 from ._health import Health, after
+from ._logfmt import redact_text
 from ._metrics import Metrics
 from ._state import HAS_TRANSPORT, Input, State, next_state
 
@@ -296,12 +297,7 @@ class FeedCore:
             return
         self._move(Input.TRANSPORT_OPENED)
         assert self._framing is not None
-        try:
-            self._framing.request(self.config.endpoint, headers, self.config.subprotocols)
-        except ValueError as exc:
-            self._disconnect(now, Reason.CALLBACK_ERROR, f"invalid upgrade headers: {exc}",
-                             abort=True)
-            return
+        self._framing.request(self.config.endpoint, headers, self.config.subprotocols)
         self._flush()
         self._deadline = after(now, self.config.handshake_timeout)
 
@@ -441,6 +437,8 @@ class FeedCore:
         """Forget a subscription (matched by value); send its ``unsubscribe``
         message if one is configured and the connection is open."""
         self._tick(now)
+        if self._state in (State.STOPPING, State.STOPPED):
+            raise LocalProtocolError(f"can't unsubscribe in state {self._state.value}")
         if isinstance(subscription, Subscription):
             payload = subscription.payload
         else:
@@ -752,7 +750,7 @@ class FeedCore:
                 reason=reason,
                 code=code,
                 status=status,
-                detail=detail,
+                detail=redact_text(detail),
                 level=level_for(reason, code),
                 connection=self._connections if was_open else None,
                 uptime=now - self._opened_at if was_open and self._opened_at is not None else 0.0,
@@ -780,7 +778,7 @@ class FeedCore:
         self._pending_acks.clear()
         self._alert(self._alerts.reset())
         reason, detail = self._stop_reason or (Reason.STOPPED, "stop requested")
-        self._events.append(Stopped(reason=reason, detail=detail))
+        self._events.append(Stopped(reason=reason, detail=redact_text(detail)))
 
     def _alert(self, changes: list[tuple[AlertKind, bool]]) -> None:
         for kind, active in changes:
@@ -863,8 +861,8 @@ class FeedCore:
     def _drop_output(self) -> None:
         """Forget unsent bytes: whatever was queued for a dead peer is pointless."""
         self._out.clear()
-        if self._framing is not None:
-            self._framing.outgoing.clear()
+        assert self._framing is not None
+        self._framing.outgoing.clear()
 
     def _flush(self) -> None:
         framing = self._framing

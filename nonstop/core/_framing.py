@@ -41,7 +41,6 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from ._config import Payload
@@ -108,6 +107,9 @@ class Failed:
 
 Item = Union[str, bytes, Accepted, Rejected, HandshakeFailed, PeerClosed, PongReceived, Failed]
 
+# wsproto's own message names a byte offset within the chunk: not stable.
+_INVALID_UTF8: Final = "invalid UTF-8 in a text message"
+
 _REASON_FOR_CODE: Final = {
     INVALID_DATA: Reason.INVALID_DATA,
     MESSAGE_TOO_BIG: Reason.MESSAGE_TOO_BIG,
@@ -133,21 +135,17 @@ class Framing:
     ) -> None:
         """Queue the HTTP upgrade request (RFC 6455 4.1).
 
-        Raises ``ValueError`` if h11 refuses a header (checked by the caller).
+        The headers were validated by the caller (RFC 9110 tokens, Latin-1
+        values), so h11 accepts them.
         """
-        try:
-            self.outgoing += self._ws.send(
-                Request(
-                    host=endpoint.host_header,
-                    target=endpoint.target,
-                    extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-                    subprotocols=list(subprotocols),
-                )
+        self.outgoing += self._ws.send(
+            Request(
+                host=endpoint.host_header,
+                target=endpoint.target,
+                extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+                subprotocols=list(subprotocols),
             )
-        except (WsLocalProtocolError, UnicodeError) as exc:
-            raise ValueError(str(exc)) from exc
-        except Exception as exc:  # h11.LocalProtocolError and friends
-            raise ValueError(str(exc)) from exc
+        )
 
     @property
     def is_open(self) -> bool:
@@ -163,44 +161,40 @@ class Framing:
         if state in (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING,
                      ConnectionState.REJECTING):
             return []  # after the peer's close frame nothing more is read
-        handshaking = state is ConnectionState.CONNECTING
         try:
             self._ws.receive_data(data)
         except WsRemoteProtocolError as exc:
             self._dead = True
             return [HandshakeFailed(str(exc))]
-        return self._drain(handshaking)
+        return self._drain()
 
     def feed_eof(self) -> None:
         """The peer closed TCP.  Nothing to parse any more."""
         self._dead = True
 
-    def _drain(self, handshaking: bool) -> list[Item]:
+    def _drain(self) -> list[Item]:
         out: list[Item] = []
         ws = self._ws
-        try:
-            for event in ws.events():
-                if isinstance(event, (TextMessage, BytesMessage)):
-                    self._piece(event, out)
-                    if self._dead:
-                        break
-                elif isinstance(event, Ping):
+        for event in ws.events():
+            if isinstance(event, (TextMessage, BytesMessage)):
+                self._piece(event, out)
+                if self._dead:
+                    break
+            elif isinstance(event, Ping):
+                if ws.state is ConnectionState.OPEN:  # not once our close is out
                     self.outgoing += ws.send(event.response())
-                elif isinstance(event, Pong):
-                    out.append(PongReceived(bytes(event.payload)))
-                elif isinstance(event, CloseConnection):
-                    self._close_event(event, out)
-                    break
-                elif isinstance(event, AcceptConnection):
-                    out.append(Accepted(event.subprotocol))
-                elif isinstance(event, RejectConnection):
-                    self._dead = True
-                    out.append(Rejected(event.status_code, list(event.headers)))
-                    break
-                # RejectData: the body of a rejection, never read.
-        except WsRemoteProtocolError as exc:  # raised lazily during the handshake
-            self._dead = True
-            out.append(HandshakeFailed(str(exc)))
+            elif isinstance(event, Pong):
+                out.append(PongReceived(bytes(event.payload)))
+            elif isinstance(event, CloseConnection):
+                self._close_event(event, out)
+                break
+            elif isinstance(event, AcceptConnection):
+                out.append(Accepted(event.subprotocol))
+            else:  # RejectConnection: its body (RejectData) is never read
+                assert isinstance(event, RejectConnection)
+                self._dead = True
+                out.append(Rejected(event.status_code, list(event.headers)))
+                break
         return out
 
     def _piece(self, event: TextMessage | BytesMessage, out: list[Item]) -> None:
@@ -211,17 +205,13 @@ class Framing:
             size = len(data)
         if event.message_finished and not self._parts:
             if self._max_size is not None and size > self._max_size:
-                self._fail(MESSAGE_TOO_BIG, f"message of {size} bytes exceeds max_message_size", out)
+                self._fail(MESSAGE_TOO_BIG, self._too_big(), out)
                 return
             out.append(data if isinstance(data, str) else bytes(data))
             return
         self._size += size
         if self._max_size is not None and self._size > self._max_size:
-            self._fail(
-                MESSAGE_TOO_BIG,
-                f"message grew past max_message_size ({self._max_size} bytes)",
-                out,
-            )
+            self._fail(MESSAGE_TOO_BIG, self._too_big(), out)
             return
         self._parts.append(data)  # type: ignore[arg-type]
         if event.message_finished:
@@ -231,6 +221,9 @@ class Framing:
             else:
                 out.append(b"".join(parts))  # type: ignore[arg-type]
 
+    def _too_big(self) -> str:
+        return f"message larger than max_message_size ({self._max_size} bytes)"
+
     def _close_event(self, event: CloseConnection, out: list[Item]) -> None:
         ws = self._ws
         code = int(event.code)
@@ -238,7 +231,10 @@ class Framing:
             # wsproto's parse failure: it looks like a peer's close, but a real
             # close frame would have moved the state on (to REMOTE_CLOSING or
             # CLOSED).  The close frame, if one can still be sent, is ours.
-            self._fail(code, event.reason or "protocol error", out)
+            detail = event.reason or "protocol error"
+            if code == INVALID_DATA:  # drop the chunk-relative byte offset
+                detail = _INVALID_UTF8 + ": " + detail.rpartition(": ")[2]
+            self._fail(code, detail, out)
             return
         if ws.state is ConnectionState.REMOTE_CLOSING:
             # The server started the close: echo its code (RFC 6455 5.5.1).
@@ -263,14 +259,6 @@ class Framing:
     def ping(self, payload: bytes) -> None:
         self.outgoing += self._ws.send(Ping(payload=payload))
 
-    def close(self, code: int, reason: str = "") -> bool:
-        """Queue our close frame if the protocol still allows one."""
-        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING) and not self._dead:
-            self.outgoing += self._ws.send(CloseConnection(code=code, reason=reason))
-            return True
-        return False
-
-    @property
-    def close_answered(self) -> bool:
-        """True once both close frames have crossed."""
-        return self._ws.state is ConnectionState.CLOSED
+    def close(self, code: int, reason: str = "") -> None:
+        """Queue our close frame (only while open: the core makes sure)."""
+        self.outgoing += self._ws.send(CloseConnection(code=code, reason=reason))

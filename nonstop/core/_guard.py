@@ -95,7 +95,7 @@ _INFO_REASONS: Final = frozenset({Reason.STOPPED, Reason.CLIENT_RECONNECT})
 
 def level_for(reason: Reason, code: int | None) -> int:
     """The log level of a disconnect: normal closes INFO, the rest ERROR."""
-    if reason is Reason.SERVER_CLOSED and code in (1000, 1001, 1005):
+    if reason is Reason.SERVER_CLOSED and code in (None, 1000, 1001, 1005):
         return INFO
     return reason.level
 

@@ -37,7 +37,7 @@ from ._events import (
     Stopped,
     Subscribed,
 )
-from ._guard import INFO
+from ._guard import ERROR, INFO, Reason
 from ._url import REDACTED, SECRET_WORDS
 
 __all__ = ["format_event", "redact_text", "KEYWORDS"]
@@ -53,9 +53,10 @@ KEYWORDS = (
 )
 
 _SECRET_PAIR = re.compile(
-    r"(?i)(\b[\w.-]*(?:" + "|".join(SECRET_WORDS) + r")[\w.-]*\s*[=:]\s*)([^\s&,;\"']+)"
+    r"(?i)(\b[\w.-]*(?:" + "|".join(SECRET_WORDS) + r")[\w.-]*[\"']?\s*[=:]\s*[\"']?)"
+    r"([^\s&,;\"']+)"
 )
-_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{4,}")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}")
 _USERINFO = re.compile(r"(?i)(\bwss?://)[^/\s@]+@")
 _PLAIN = re.compile(r"^[A-Za-z0-9._:/@+*?=&%-]+$")
 
@@ -117,5 +118,6 @@ def format_event(event: Event, feed: str | None = None) -> tuple[int, str] | Non
         return event.level, _line("[ALERT]", feed, kind=event.kind.value, active=event.active,
                                   detail=redact_text(event.detail))
     assert isinstance(event, Stopped)
-    return INFO, _line("[STOPPED]", feed, reason=event.reason.value,
+    level = INFO if event.reason is Reason.STOPPED else ERROR
+    return level, _line("[STOPPED]", feed, reason=event.reason.value,
                        detail=redact_text(event.detail))

@@ -55,7 +55,7 @@ class Metrics:
     subscriptions: int
     """Subscriptions that are replayed on every connect."""
     disconnects: Mapping[str, int]
-    """Disconnects so far, by reason."""
+    """Disconnects so far, by reason (a graceful stop is not counted)."""
     last_disconnect_reason: str | None
     alerts_active: tuple[str, ...]
     reading_paused: bool = False

@@ -80,7 +80,8 @@ def parse_url(url: str) -> Endpoint:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise InvalidURL(url, f"{exc}; the port must be a number from 1 to 65535") from None
+        hint = "; the port must be a number from 1 to 65535" if "port" in str(exc).lower() else ""
+        raise InvalidURL(url, f"{exc}{hint}") from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
         hint = " (use ws:// or wss://)" if scheme in ("http", "https") else ""
@@ -94,7 +95,10 @@ def parse_url(url: str) -> Endpoint:
     if bracketed:
         if ":" not in host:
             raise InvalidURL(url, "brackets are only for IPv6 addresses")
-    elif not _HOST_RE.match(host):
+    elif host.isascii():
+        if not _HOST_RE.match(host):
+            raise InvalidURL(url, f"host {host!r} is not a valid host name")
+    else:
         try:
             host.encode("idna")
         except UnicodeError:

@@ -55,18 +55,14 @@ from ..core import (
     Subscription,
 )
 from ..core._state import HAS_TRANSPORT
-from ._common import DriverOptions, MessageBuffer, Observer
+from ._common import DriverOptions, MessageBuffer, Observer, WriteStalled
 
-__all__ = ["AsyncFeed", "WriteStalled"]
+__all__ = ["AsyncFeed"]
 
 E = TypeVar("E", bound=AppEvent)
 
 #: Application sends wait while more than this many bytes are unwritten.
 HIGH_WATER = 1 << 20
-
-
-class WriteStalled(OSError):
-    """A write did not complete within ``write_timeout``: the server stopped reading."""
 
 
 def _abort_socket(stream: anyio.abc.AnyByteStream) -> None:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import random
 import ssl as _ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from ..core import (
     AlertPolicy,
@@ -34,6 +35,7 @@ from ..core import (
     Backoff,
     Config,
     ConfigError,
+    FeedCore,
     Message,
     Metrics,
     NonstopError,
@@ -46,6 +48,8 @@ from ..core._config import HeaderProvider, HeadersLike
 __all__ = [
     "Overflow",
     "FeedGaveUp",
+    "WriteStalled",
+    "prepare",
     "DriverOptions",
     "build_config",
     "MessageBuffer",
@@ -70,6 +74,11 @@ class Overflow(enum.Enum):
     DISCONNECT = "disconnect"
     """Drop the connection (reason ``slow_consumer``) and reconnect: for feeds
     where a fresh snapshot beats a stale backlog."""
+
+
+class WriteStalled(OSError):
+    """A write did not complete within ``write_timeout``: the server stopped
+    reading.  Classified as reason ``network``; the feed reconnects."""
 
 
 class FeedGaveUp(NonstopError):
@@ -142,6 +151,25 @@ def build_config(
         user_agent=user_agent,
         server_hostname=server_hostname,
     )
+
+
+_DRIVER_KEYS = ("ssl", "queue_size", "overflow", "on_event", "read_size", "write_timeout", "logger")
+
+
+def prepare(arguments: dict[str, Any]) -> tuple[FeedCore, DriverOptions]:
+    """Split ``connect()``'s arguments between the core and the driver.
+
+    Both public ``connect`` functions spell out every option (for editors and
+    type checkers) and hand their ``locals()`` here, so the two can never
+    disagree on names or defaults.
+    """
+    arguments = dict(arguments)
+    rng = arguments.pop("rng")
+    driver = {key: arguments.pop(key) for key in _DRIVER_KEYS}
+    config = build_config(**arguments)
+    options = build_driver_options(config, **driver)
+    core = FeedCore(config, rng=rng if rng is not None else random.Random())
+    return core, options
 
 
 def build_driver_options(

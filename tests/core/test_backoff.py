@@ -614,3 +614,37 @@ def test_fatal_status_stops_without_retrying() -> None:
     assert new[0].retry_in is None and new[0].status == 404
     assert new[2].reason is Reason.GAVE_UP
     assert pair.core.state is State.STOPPED
+
+
+# ---------------------------------------------------------------------------
+# HTTP-date forms of Retry-After (RFC 9110 5.6.7), parsed without email.utils
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Sun, 06 Nov 1994 08:49:37 GMT",  # IMF-fixdate
+        "Sunday, 06-Nov-94 08:49:37 GMT",  # obsolete RFC 850
+        "Sun Nov  6 08:49:37 1994",  # obsolete asctime
+    ],
+)
+def test_every_http_date_form_is_understood(date: str) -> None:
+    headers = [(b"Retry-After", date.encode()), (b"Date", b"Sun, 06 Nov 1994 08:49:07 GMT")]
+    assert parse_retry_after(headers) == 30.0
+
+
+def test_two_digit_years_before_70_are_this_century() -> None:
+    from nonstop.core._backoff import parse_http_date
+
+    assert parse_http_date("Monday, 01-Jan-24 00:00:00 GMT") == parse_http_date(
+        "Mon, 01 Jan 2024 00:00:00 GMT"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Sun, 06 Foo 1994 08:49:37 GMT", "Sun, 31 Feb 1994 08:49:37 GMT", "yesterday", ""],
+)
+def test_unusable_http_dates_are_ignored(text: str) -> None:
+    headers = [(b"Retry-After", text.encode()), (b"Date", b"Sun, 06 Nov 1994 08:49:07 GMT")]
+    assert parse_retry_after(headers) is None

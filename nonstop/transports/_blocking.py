@@ -1,0 +1,550 @@
+"""The blocking driver: one I/O thread with ``socket``, ``ssl`` and ``selectors``.
+
+Theory of operation
+-------------------
+:class:`SyncFeed` runs :class:`~nonstop.core.FeedCore` in one background
+thread that does all the I/O, the same loop as the anyio driver: write
+``data_to_send()``, handle effects and events, then wait in
+``selector.select(timeout)`` until the socket is readable, the wake-up socket
+is readable, or ``core.next_deadline()`` passes, and feed exactly one input.
+The thread sleeps exactly until the next deadline: an idle feed costs no CPU.
+
+The application lives in other threads.  Its calls (``send``, ``subscribe``,
+...) take one lock around the *core* call only -- never around I/O -- and then
+write a byte to a ``socketpair`` to wake the loop, so new bytes are written
+and a new deadline is honoured at once.  ``stop()`` takes no lock at all: it
+sets a flag and writes the wake-up byte, so it is safe from a signal handler;
+the loop then runs the close handshake and the thread ends.
+
+Messages reach the application through the bounded
+:class:`~nonstop.transports._common.MessageBuffer` behind a condition
+variable, with the same slow-consumer policies as the anyio driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ..core import (
+    AppEvent,
+    CloseTransport,
+    Connected,
+    Event,
+    FeedCore,
+    Message,
+    Metrics,
+    OpenTransport,
+    Reason,
+    State,
+    Subscription,
+)
+from ..core._state import HAS_TRANSPORT
+from ._common import DriverOptions, MessageBuffer, Observer, WriteStalled
+
+__all__ = ["SyncFeed"]
+
+E = TypeVar("E", bound=AppEvent)
+
+HIGH_WATER = 1 << 20
+
+_AddrInfo = tuple[Any, Any, int, str, Any]
+
+
+class _Connecting:
+    """A non-blocking TCP connect (trying each address), then a non-blocking
+    TLS handshake."""
+
+    __slots__ = ("effect", "addresses", "sock", "tls", "errors")
+
+    def __init__(self, effect: OpenTransport, addresses: list[_AddrInfo]) -> None:
+        self.effect = effect
+        self.addresses = addresses
+        self.sock: socket.socket | None = None
+        self.tls: ssl.SSLSocket | None = None
+        self.errors: list[OSError] = []
+
+
+class SyncFeed:
+    """A running feed for blocking code; see :func:`nonstop.sync.connect`."""
+
+    def __init__(self, core: FeedCore, options: DriverOptions) -> None:
+        self._core = core
+        self._opts = options
+        self._lock = threading.Lock()  # guards the core only
+        self._cond = threading.Condition()  # guards the buffer and waiters
+        self._buffer = MessageBuffer(options.queue_size, options.overflow)
+        self._observer = Observer(core.config.label, options.logger, options.on_event)
+        self._waiters: list[tuple[Callable[[AppEvent], bool], list[AppEvent]]] = []
+        self._sock: socket.socket | None = None
+        self._connecting: _Connecting | None = None
+        self._pending_open: OpenTransport | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop_requested = False
+        self._done = threading.Event()
+        self._crash: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------
+    # lifecycle
+    def start(self) -> SyncFeed:
+        """Start the I/O thread (``with`` does this for you)."""
+        if self._thread is not None:
+            raise RuntimeError("this feed was already started; call nonstop.sync.connect() again")
+        self._thread = threading.Thread(
+            target=self._run, name=f"nonstop:{self._core.config.label}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> SyncFeed:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: close handshake, then the thread ends.
+
+        Safe from any thread and from a signal handler (it takes no lock).
+        Waits up to *timeout* (default ``close_timeout`` + 2 s) for the thread
+        to finish, except when called from the feed's own thread.
+        """
+        self._stop_requested = True
+        self._wake()
+        thread = self._thread
+        if thread is None:
+            self._close_wake()
+            return
+        if thread is threading.current_thread():
+            return
+        limit = self._core.config.close_timeout + 2.0 if timeout is None else timeout
+        thread.join(limit)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (already woken) or closed
+            self._wake_w.send(b"\0")
+
+    def _close_wake(self) -> None:
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ------------------------------------------------------------------
+    # the application's side
+    def __iter__(self) -> Iterator[str | bytes]:
+        return self
+
+    def __next__(self) -> str | bytes:
+        return self._next_message(None).data
+
+    def receive(self, timeout: float | None = None) -> str | bytes:
+        """The next message; :class:`TimeoutError` after *timeout* seconds,
+        :class:`StopIteration` once the feed has stopped."""
+        return self._next_message(timeout).data
+
+    def records(self) -> Iterator[Message]:
+        """Iterate messages with metadata (connection number, receive time)."""
+        while True:
+            try:
+                yield self._next_message(None)
+            except StopIteration:
+                return
+
+    def _next_message(self, timeout: float | None) -> Message:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                message = self._buffer.pop()
+                if message is not None:
+                    if not self._buffer.held and self._core.reading_paused:
+                        self._wake()
+                    return message
+                if self._done.is_set():
+                    if self._crash is not None:
+                        raise self._crash
+                    gave_up = self._observer.gave_up()
+                    if gave_up is not None:
+                        raise gave_up
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no message within {timeout}s")
+                self._cond.wait(remaining)
+
+    def send(self, message: object) -> None:
+        """Send ``str`` (text), ``bytes`` (binary) or a JSON-able object.
+
+        Raises :class:`~nonstop.NotConnected` when no connection is open.
+        """
+        with self._lock:
+            self._core.send(message, time.monotonic())
+            backlog = self._core.pending_output
+        self._wake()
+        if backlog > HIGH_WATER and threading.current_thread() is not self._thread:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._core.pending_output <= HIGH_WATER or self._done.is_set(),
+                    timeout=self._opts.write_timeout,
+                )
+
+    def subscribe(self, subscription: object) -> Subscription:
+        with self._lock:
+            sub = self._core.subscribe(subscription, time.monotonic())
+        self._wake()
+        return sub
+
+    def unsubscribe(self, subscription: object) -> Subscription:
+        with self._lock:
+            sub = self._core.unsubscribe(subscription, time.monotonic())
+        self._wake()
+        return sub
+
+    def reconnect(self) -> bool:
+        with self._lock:
+            started = self._core.reconnect(time.monotonic())
+        self._wake()
+        return started
+
+    def metrics(self) -> Metrics:
+        with self._lock:
+            metrics = self._core.metrics(time.monotonic())
+        with self._cond:
+            return self._buffer.add_driver_metrics(metrics)
+
+    @property
+    def state(self) -> State:
+        return self._core.state
+
+    @property
+    def history(self) -> list[AppEvent]:
+        with self._cond:
+            return list(self._observer.history)
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        return self._core.subscriptions
+
+    def wait_for(
+        self,
+        kind: type[E],
+        predicate: Callable[[E], bool] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> E:
+        """Block until the next lifecycle event of *kind* (matching *predicate*)."""
+
+        def match(event: AppEvent) -> bool:
+            return isinstance(event, kind) and (predicate is None or predicate(event))
+
+        box: list[AppEvent] = []
+        entry = (match, box)
+        with self._cond:
+            self._waiters.append(entry)
+            try:
+                self._cond.wait_for(lambda: bool(box) or self._done.is_set(), timeout)
+            finally:
+                self._waiters.remove(entry)
+            if not box:
+                if not self._done.is_set():
+                    raise TimeoutError(f"no {kind.__name__} event within {timeout}s")
+                gave_up = self._observer.gave_up()
+                if gave_up is not None:
+                    raise gave_up
+                raise RuntimeError(f"the feed stopped before a {kind.__name__} event")
+        event = box[0]
+        assert isinstance(event, kind)
+        return event
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        if self._core.state is not State.OPEN:
+            self.wait_for(Connected, timeout=timeout)
+
+    # ------------------------------------------------------------------
+    # the I/O thread
+    def _run(self) -> None:
+        core = self._core
+        try:
+            with self._lock:
+                core.start(time.monotonic())
+            while True:
+                self._flush()
+                self._dispatch()
+                if core.state is State.STOPPED:
+                    break
+                if self._stop_requested and core.state not in (State.STOPPING, State.STOPPED):
+                    with self._lock:
+                        core.stop(time.monotonic())
+                    continue
+                self._wait()
+        except BaseException as exc:  # a bug: surface it to the consumer
+            self._crash = exc
+            raise
+        finally:
+            self._drop_socket(abort=True)
+            self._close_wake()
+            self._done.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def _fail_transport(self, exc: BaseException) -> None:
+        with self._lock:
+            core = self._core
+            if core.state in HAS_TRANSPORT and core.state is not State.CONNECTING:
+                core.transport_failed(exc, time.monotonic())
+
+    def _flush(self) -> None:
+        with self._lock:
+            data = self._core.data_to_send()
+        sock = self._sock
+        if data and sock is not None:
+            try:
+                sock.settimeout(self._opts.write_timeout)
+                sock.sendall(data)
+                sock.setblocking(False)
+            except TimeoutError:
+                self._fail_transport(WriteStalled(
+                    f"write blocked for {self._opts.write_timeout}s: the server is not reading"
+                ))
+            except OSError as exc:
+                self._fail_transport(exc)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _dispatch(self) -> None:
+        core = self._core
+        buffer = self._buffer
+        while True:
+            with self._lock:
+                events: list[Event] = []
+                while (event := core.next_event()) is not None:
+                    events.append(event)
+            if not events:
+                return
+            slow = False
+            i, n = 0, len(events)
+            while i < n:
+                if type(events[i]) is Message:
+                    # A run of messages: one lock acquisition, one wake-up.
+                    with self._cond:
+                        while i < n and type(events[i]) is Message:
+                            message = events[i]
+                            assert isinstance(message, Message)
+                            if buffer.push(message) == "disconnect":
+                                slow = True
+                            i += 1
+                        self._cond.notify_all()
+                    continue
+                self._effect_or_event(events[i])
+                i += 1
+            if slow:
+                with self._lock:
+                    core.reconnect(time.monotonic(), reason=Reason.SLOW_CONSUMER)
+
+    def _effect_or_event(self, event: Event) -> None:
+        if isinstance(event, OpenTransport):
+            self._pending_open = event
+        elif isinstance(event, CloseTransport):
+            self._pending_open = None
+            self._drop_socket(abort=event.abort)
+        else:
+            assert not isinstance(event, Message)
+            with self._cond:
+                self._observer.observe(event)
+                for match, box in self._waiters:
+                    if not box and match(event):
+                        box.append(event)
+                self._cond.notify_all()
+
+    def _drop_socket(self, *, abort: bool) -> None:
+        connecting, self._connecting = self._connecting, None
+        sock, self._sock = self._sock, None
+        sockets = [sock]
+        if connecting is not None:
+            sockets += [connecting.tls, connecting.sock]
+        for s in sockets:
+            if s is None:
+                continue
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(s)
+            with contextlib.suppress(OSError):
+                if abort:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+
+    def _wait(self) -> None:
+        core = self._core
+        with self._cond:
+            held = bool(self._buffer.held)
+        with self._lock:
+            if held and not core.reading_paused:
+                core.pause_reading(time.monotonic())
+            elif not held and core.reading_paused:
+                core.resume_reading(time.monotonic())
+            deadline = core.next_deadline()
+        if self._pending_open is not None:
+            self._begin_connect(self._pending_open)
+            return
+        now = time.monotonic()
+        timeout = None if deadline is None else max(0.0, deadline - now)
+        ready = self._selector.select(timeout)
+        woken = False
+        for key, _mask in ready:
+            if key.fileobj is self._wake_r:
+                woken = True
+                with contextlib.suppress(OSError):
+                    while self._wake_r.recv(4096):
+                        pass
+            elif self._connecting is not None:
+                self._advance_connect()
+                return
+            elif not held:
+                self._read()
+                return
+        if woken:
+            return
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            with self._lock:
+                core.handle_timer(max(deadline, now))
+
+    # -- connecting, without blocking the loop (stop() must stay prompt) --
+    def _begin_connect(self, effect: OpenTransport) -> None:
+        self._pending_open = None
+        try:
+            infos = socket.getaddrinfo(effect.host, effect.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            with self._lock:
+                self._core.transport_failed(exc, time.monotonic())
+            return
+        self._connecting = _Connecting(effect, list(infos))
+        self._next_address()
+
+    def _next_address(self) -> None:
+        c = self._connecting
+        assert c is not None
+        while c.addresses:
+            family, kind, proto, _, address = c.addresses.pop(0)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                c.errors.append(exc)
+                continue
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(address)
+            if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+                c.sock = sock
+                self._selector.register(sock, selectors.EVENT_WRITE, None)
+                return
+            sock.close()
+            c.errors.append(OSError(err, os.strerror(err)))
+        self._connecting = None
+        error = c.errors[-1] if c.errors else OSError(f"no address for {c.effect.host}")
+        if len(c.errors) > 1:
+            error.__context__ = c.errors[0]
+        with self._lock:
+            self._core.transport_failed(error, time.monotonic())
+
+    def _advance_connect(self) -> None:
+        c = self._connecting
+        assert c is not None and c.sock is not None
+        if c.tls is None:
+            err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._selector.unregister(c.sock)
+                c.sock.close()
+                c.sock = None
+                c.errors.append(OSError(err, os.strerror(err)))
+                self._next_address()
+                return
+            if not c.effect.tls:
+                self._connected(c.sock)
+                return
+            context = self._opts.ssl_context
+            assert context is not None
+            self._selector.unregister(c.sock)
+            try:
+                c.tls = context.wrap_socket(
+                    c.sock, server_hostname=c.effect.server_hostname, do_handshake_on_connect=False
+                )
+            except (OSError, ValueError) as exc:
+                self._fail_connect(exc)
+                return
+            self._selector.register(c.tls, selectors.EVENT_READ, None)
+        try:
+            c.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(c.tls, selectors.EVENT_READ, None)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(c.tls, selectors.EVENT_WRITE, None)
+            return
+        except OSError as exc:
+            self._fail_connect(exc)
+            return
+        self._connected(c.tls)
+
+    def _fail_connect(self, exc: BaseException) -> None:
+        self._drop_socket(abort=True)
+        with self._lock:
+            self._core.transport_failed(exc, time.monotonic())
+
+    def _connected(self, sock: socket.socket) -> None:
+        self._selector.unregister(sock)
+        self._connecting = None
+        self._sock = sock
+        self._selector.register(sock, selectors.EVENT_READ, None)
+        with self._lock:
+            self._core.transport_opened(time.monotonic())
+
+    def _read(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        chunks: list[bytes] = []
+        try:
+            while True:
+                data = sock.recv(self._opts.read_size)
+                if not data:
+                    break
+                chunks.append(data)
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                    break
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            if not chunks:
+                return
+        except OSError as exc:
+            if chunks:
+                with self._lock:
+                    self._core.receive_data(b"".join(chunks), time.monotonic())
+            self._fail_transport(exc)
+            return
+        with self._lock:
+            if chunks:
+                self._core.receive_data(b"".join(chunks), time.monotonic())
+            else:
+                self._core.receive_eof(time.monotonic())
+

@@ -1,0 +1,352 @@
+"""The guard (ConnectionErrorHandler): classifying failures and their log levels.
+
+``classify_error`` must recognise transport errors from the standard library,
+anyio and trio without the core importing ``socket`` or ``ssl``; the tests may
+import them to build realistic exceptions.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+import sys
+
+import pytest
+
+from nonstop.core import (
+    ERROR,
+    INFO,
+    CloseTransport,
+    Disconnected,
+    Reason,
+    State,
+    classify_error,
+    level_for,
+)
+from tests.helpers import Pair
+
+if sys.version_info >= (3, 11):
+    import builtins
+
+    ExceptionGroup = builtins.ExceptionGroup
+else:  # pragma: no cover - exercised on Python 3.10 only
+    ExceptionGroup = pytest.importorskip("exceptiongroup").ExceptionGroup
+
+
+class BrokenResourceError(Exception):
+    """Stands in for ``anyio.BrokenResourceError`` (recognised by class name)."""
+
+
+class BrokenTLSError(Exception):
+    """Stands in for ``anyio.BrokenTLSError`` / trio's TLS failure."""
+
+
+class TrioSSLError(Exception):
+    """Stands in for trio's ``TrioSSLError``."""
+
+
+def chained(outer: BaseException, inner: BaseException, *, cause: bool) -> BaseException:
+    """Raise *outer* while handling *inner* (``__context__``) or ``from`` it (``__cause__``)."""
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            if cause:
+                raise outer from exc
+            raise outer  # noqa: B904 - implicit chaining is the point
+    except BaseException as exc:
+        return exc
+
+
+# ----------------------------------------------------------------------
+# classify_error: one exception
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED),
+        (ConnectionRefusedError(), Reason.REFUSED),
+        (OSError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), Reason.RESET),
+        (ConnectionResetError(), Reason.RESET),
+        (BrokenPipeError(errno.EPIPE, "Broken pipe"), Reason.RESET),
+        (ConnectionAbortedError(errno.ECONNABORTED, "aborted"), Reason.RESET),
+        (OSError(errno.ECONNRESET, "Connection reset by peer"), Reason.RESET),
+        (OSError(errno.EPIPE, "Broken pipe"), Reason.RESET),
+        (OSError(errno.ECONNABORTED, "Software caused connection abort"), Reason.RESET),
+        (OSError(errno.ESHUTDOWN, "Cannot send after transport endpoint shutdown"), Reason.RESET),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), Reason.DNS),
+        (socket.herror(1, "Unknown host"), Reason.DNS),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), Reason.TLS),
+        (ssl.CertificateError("hostname mismatch"), Reason.TLS),
+        (ssl.SSLError(1, "wrong version number"), Reason.TLS),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), Reason.TLS),
+        (ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed"), Reason.TLS),
+        (BrokenTLSError("tls broke"), Reason.TLS),
+        (TrioSSLError("tls broke"), Reason.TLS),
+        (TimeoutError(), Reason.CONNECT_TIMEOUT),
+        (BrokenResourceError(), Reason.RESET),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), Reason.NETWORK),
+        (OSError("no errno at all"), Reason.NETWORK),
+        (ValueError("something else"), Reason.NETWORK),
+        (RuntimeError(), Reason.NETWORK),
+        (KeyboardInterrupt(), Reason.NETWORK),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.value,
+)
+def test_classify_error(error: BaseException, reason: Reason) -> None:
+    assert classify_error(error) is reason
+
+
+def test_subclass_of_a_recognised_class_name_is_recognised() -> None:
+    class MyCertError(ssl.SSLCertVerificationError):
+        pass
+
+    class MyBrokenResource(BrokenResourceError):
+        pass
+
+    assert classify_error(MyCertError(1, "bad cert")) is Reason.TLS
+    assert classify_error(MyBrokenResource()) is Reason.RESET
+
+
+# ----------------------------------------------------------------------
+# classify_error: chains and groups
+
+
+@pytest.mark.parametrize("cause", [True, False], ids=["cause", "context"])
+@pytest.mark.parametrize(
+    ("inner", "reason"),
+    [
+        (ConnectionRefusedError(), Reason.REFUSED),
+        (ConnectionResetError(), Reason.RESET),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), Reason.DNS),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), Reason.TLS),
+        (TimeoutError(), Reason.CONNECT_TIMEOUT),
+        (BrokenResourceError(), Reason.RESET),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.value,
+)
+def test_classify_error_follows_chained_exceptions(
+    inner: BaseException, reason: Reason, cause: bool
+) -> None:
+    """A wrapper such as ``OSError("connect failed") from ConnectionRefusedError``
+    is classified by what it wraps."""
+    outer = chained(RuntimeError("wrapper"), inner, cause=cause)
+    assert (outer.__cause__ if cause else outer.__context__) is inner
+    assert classify_error(outer) is reason
+
+
+def test_classify_error_follows_a_chain_several_levels_deep() -> None:
+    level1 = chained(OSError("read failed"), ConnectionResetError(), cause=True)
+    level2 = chained(RuntimeError("stream broke"), level1, cause=False)
+    level3 = chained(ValueError("driver"), level2, cause=True)
+    assert classify_error(level3) is Reason.RESET
+
+
+def test_classify_error_terminates_on_a_cyclic_chain() -> None:
+    a = ValueError("a")
+    b = ValueError("b")
+    a.__context__ = b
+    b.__context__ = a
+    assert classify_error(a) is Reason.NETWORK
+    b.__cause__ = ConnectionRefusedError()
+    assert classify_error(a) is Reason.REFUSED
+
+
+def test_classify_error_terminates_on_a_very_long_chain() -> None:
+    head: BaseException = ValueError("0")
+    for i in range(1, 10_000):
+        nxt = ValueError(str(i))
+        nxt.__context__ = head
+        head = nxt
+    assert classify_error(head) is Reason.NETWORK
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [
+        (ConnectionRefusedError(), Reason.REFUSED),
+        (OSError(errno.ECONNREFUSED, "refused"), Reason.REFUSED),
+        (ConnectionResetError(), Reason.RESET),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), Reason.DNS),
+        (ssl.SSLError(1, "bad record"), Reason.TLS),
+        (TimeoutError(), Reason.CONNECT_TIMEOUT),
+        (BrokenResourceError(), Reason.RESET),
+        (ValueError(), Reason.NETWORK),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.value,
+)
+def test_classify_error_looks_into_exception_groups(member: Exception, reason: Reason) -> None:
+    group = ExceptionGroup("all attempts failed", [OSError("other address"), member])
+    assert classify_error(group) is reason
+
+
+def test_classify_error_looks_into_nested_groups_and_their_chains() -> None:
+    wrapped = chained(OSError("connect to ::1 failed"), ConnectionRefusedError(), cause=True)
+    inner = ExceptionGroup("ipv6", [wrapped])
+    outer = ExceptionGroup("happy eyeballs", [ValueError("x"), inner])
+    assert classify_error(outer) is Reason.REFUSED
+
+
+def test_classify_error_ignores_a_non_sequence_exceptions_attribute() -> None:
+    class Odd(Exception):
+        exceptions = "not a list of exceptions"
+
+    assert classify_error(Odd()) is Reason.NETWORK
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ([TimeoutError(), ConnectionResetError()], Reason.RESET),
+        ([ConnectionResetError(), ConnectionRefusedError()], Reason.REFUSED),
+        ([ConnectionRefusedError(), socket.gaierror(-2, "dns")], Reason.DNS),
+        ([socket.gaierror(-2, "dns"), ssl.SSLError(1, "tls")], Reason.TLS),
+    ],
+    ids=["reset>timeout", "refused>reset", "dns>refused", "tls>dns"],
+)
+def test_classify_error_prefers_the_most_specific_reason(
+    members: list[Exception], reason: Reason
+) -> None:
+    """TLS > DNS > refused > reset > timeout, whatever the order of the members."""
+    assert classify_error(ExceptionGroup("g", members)) is reason
+    assert classify_error(ExceptionGroup("g", members[::-1])) is reason
+
+
+# ----------------------------------------------------------------------
+# transport_failed goes through the guard
+
+
+def _in_state(state: State) -> Pair:
+    pair = Pair(ping_interval=None)
+    pair.start()
+    if state is not State.CONNECTING:
+        pair.open()
+    if state is State.OPEN:
+        pair.accept()
+    assert pair.core.state is state
+    return pair
+
+
+TRANSPORT_ERRORS = [
+    (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED),
+    (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), Reason.RESET),
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), Reason.RESET),
+    (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), Reason.DNS),
+    (ssl.SSLCertVerificationError(1, "certificate verify failed"), Reason.TLS),
+    (TimeoutError("timed out"), Reason.CONNECT_TIMEOUT),
+    (BrokenResourceError("stream broke"), Reason.RESET),
+    (OSError(errno.EHOSTUNREACH, "No route to host"), Reason.NETWORK),
+]
+
+
+@pytest.mark.parametrize("state", [State.CONNECTING, State.HANDSHAKING, State.OPEN])
+@pytest.mark.parametrize(
+    ("error", "reason"), TRANSPORT_ERRORS,
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.value,
+)
+def test_transport_failed_is_classified(state: State, error: Exception, reason: Reason) -> None:
+    pair = _in_state(state)
+    was_open = state is State.OPEN
+    now = pair.clock.advance(2.0)
+    pair.core.transport_failed(error, now)
+    events = pair.drain()
+    disconnected = events[0]
+    assert isinstance(disconnected, Disconnected)
+    assert disconnected.reason is reason
+    assert disconnected.level == ERROR
+    assert disconnected.code is None
+    assert disconnected.status is None
+    assert disconnected.detail == f"{type(error).__name__}: {error}"
+    assert disconnected.connection == (1 if was_open else None)
+    assert disconnected.uptime == (2.0 if was_open else 0.0)
+    assert disconnected.failures == 1
+    assert disconnected.retry_at == pytest.approx(now + disconnected.retry_in)
+    assert events[-1] == CloseTransport(abort=True)
+    assert pair.core.state is State.BACKOFF
+    assert pair.core.next_deadline() == disconnected.retry_at
+    assert pair.core.data_to_send() == b""
+
+
+def test_transport_failed_detail_is_the_type_name_when_the_message_is_empty() -> None:
+    pair = _in_state(State.CONNECTING)
+    pair.core.transport_failed(ConnectionResetError(), pair.now)
+    (disconnected,) = pair.of(Disconnected, pair.drain())
+    assert disconnected.detail == "ConnectionResetError"
+
+
+def test_transport_failed_while_closing_ends_the_close_without_a_second_disconnect() -> None:
+    """The failure of a connection already being closed is not a new failure."""
+    pair = _in_state(State.OPEN)
+    pair.server_close(1000)
+    assert pair.core.state is State.CLOSING
+    before = pair.core.metrics(pair.now)
+    pair.core.transport_failed(ConnectionResetError(), pair.now)
+    assert pair.drain() == [CloseTransport(abort=True)]
+    assert pair.core.state is State.BACKOFF
+    after = pair.core.metrics(pair.now)
+    assert after.disconnects == before.disconnects == {"server_closed": 1}
+    assert after.consecutive_failures == before.consecutive_failures == 1
+
+
+# ----------------------------------------------------------------------
+# log levels
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1005])
+def test_level_for_normal_server_closes_is_info(code: int) -> None:
+    assert level_for(Reason.SERVER_CLOSED, code) == INFO
+
+
+@pytest.mark.parametrize("code", [None, 1000, 1001])
+def test_level_for_stop_and_client_reconnect_is_info(code: int | None) -> None:
+    assert level_for(Reason.STOPPED, code) == INFO
+    assert level_for(Reason.CLIENT_RECONNECT, code) == INFO
+
+
+@pytest.mark.parametrize("code", [1002, 1003, 1006, 1007, 1008, 1009, 1011, 1012, 1013, 1014, 4000])
+def test_level_for_abnormal_server_closes_is_error(code: int) -> None:
+    assert level_for(Reason.SERVER_CLOSED, code) == ERROR
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [r for r in Reason if r not in (Reason.SERVER_CLOSED, Reason.STOPPED, Reason.CLIENT_RECONNECT)],
+    ids=lambda r: r.value,
+)
+@pytest.mark.parametrize("code", [None, 1000, 1001, 1006])
+def test_level_for_every_other_reason_is_error(reason: Reason, code: int | None) -> None:
+    """A normal close code does not make a failure normal."""
+    assert level_for(reason, code) == ERROR
+    assert reason.level == ERROR
+
+
+def test_reason_level_property() -> None:
+    assert Reason.STOPPED.level == INFO
+    assert Reason.CLIENT_RECONNECT.level == INFO
+    assert Reason.SERVER_CLOSED.level == ERROR
+
+
+@pytest.mark.parametrize(("code", "level"), [(1000, INFO), (1001, INFO), (1011, ERROR), (4001, ERROR)])
+def test_server_close_disconnect_carries_the_level(code: int, level: int) -> None:
+    pair = _in_state(State.OPEN)
+    events = pair.server_close(code, "bye")
+    (disconnected,) = pair.of(Disconnected, events)
+    assert disconnected.reason is Reason.SERVER_CLOSED
+    assert disconnected.code == code
+    assert disconnected.level == level
+    assert disconnected.detail == "server closed the connection: bye"
+
+
+def test_server_close_without_a_status_code_is_a_normal_close() -> None:
+    """An empty close frame means 1005 "no status": a normal close, logged at INFO."""
+    pair = _in_state(State.OPEN)
+    pair.feed(bytes([0x88, 0x00]))  # FIN + close, empty payload
+    events = pair.pump()
+    (disconnected,) = pair.of(Disconnected, events)
+    assert disconnected.reason is Reason.SERVER_CLOSED
+    assert disconnected.code is None
+    assert disconnected.detail == "server closed the connection"
+    assert disconnected.level == INFO
