@@ -97,6 +97,16 @@ class Pair:
         self.clock.now = target
         self.pump()
 
+    def settle(self) -> list[Event]:
+        """Run the timers already due at ``now``, as a driver's loop would
+        right after an input (e.g. a protocol failure deferred behind the
+        messages that preceded it).  Returns the new events."""
+        out: list[Event] = []
+        while (deadline := self.core.next_deadline()) is not None and deadline <= self.now:
+            self.core.handle_timer(self.now)
+            out += self.pump()
+        return out
+
     def fire_next(self) -> float:
         """Jump to the next deadline exactly and fire it; return that time."""
         deadline = self.core.next_deadline()

@@ -131,6 +131,7 @@ class FeedCore:
         self._stop_reason: tuple[Reason, str] | None = None
         self._callback_failed: str | None = None
         self._paused_at: float | None = None  # reading paused by the driver
+        self._deferred: tuple[Failed, float] | None = None  # protocol failure, detected at
         # counters
         self._started_at: float | None = None
         self._failures = 0
@@ -199,6 +200,8 @@ class FeedCore:
             candidates.append(self._retry_at)
         elif state is State.OPEN:
             assert self._health is not None
+            if self._deferred is not None:
+                candidates.append(self._deferred[1])
             health = self._health.next_deadline()
             if health is not None:
                 candidates.append(health)
@@ -350,11 +353,13 @@ class FeedCore:
             elif isinstance(item, PeerClosed):
                 self._on_peer_closed(item, now)
             elif isinstance(item, Failed):
-                if self._state is State.OPEN:
-                    self._disconnect(now, item.reason, item.detail, code=item.code,
-                                     abort=False, close_sent=True)
-                else:  # garbage while closing: stop waiting for a clean end
+                if self._state is not State.OPEN:  # garbage while closing: give up on it
                     self._close_done(abort=True)
+                else:
+                    # Let the application see (and answer) the messages that
+                    # came before the bad bytes, then fail at the timer that is
+                    # due right now (RFC 6455 7.1.7; Autobahn 3.2, 3.4, 5.15).
+                    self._deferred = (item, now)
             elif isinstance(item, Rejected):
                 self._on_rejected(item, now)
             else:
@@ -367,6 +372,22 @@ class FeedCore:
                              abort=False, close_sent=True)
         self._callback_failed = None
         self._flush()
+
+    def _fail_protocol(self, item: Failed, now: float) -> None:
+        """Fail the WebSocket connection (RFC 6455 7.1.7): our close frame
+        with the error's code, then wait for the server to close TCP."""
+        assert self._framing is not None
+        self._framing.close(item.code, item.detail[:100])
+        self._disconnect(now, item.reason, item.detail, code=item.code, abort=False,
+                         close_sent=True)
+
+    @property
+    def failure_pending(self) -> bool:
+        """A protocol failure was detected and waits for the next
+        :meth:`handle_timer` (already due).  Meanwhile nothing more is read,
+        but the application may still send: a driver should first let it
+        catch up with the messages delivered before the failure."""
+        return self._deferred is not None
 
     def receive_eof(self, now: float) -> None:
         """The server closed the TCP connection (or TLS sent close_notify)."""
@@ -741,6 +762,7 @@ class FeedCore:
         retry_in: float | None, status: int | None = None,
     ) -> None:
         """Queue ``Disconnected``; account the uptime of a connection that was open."""
+        self._deferred = None  # whatever ends the connection supersedes it
         was_open = self._state is State.OPEN and self._opened_at is not None
         if was_open:
             assert self._opened_at is not None
@@ -833,6 +855,9 @@ class FeedCore:
 
     def _fire_open(self, now: float) -> None:
         assert self._health is not None and self._framing is not None
+        if self._deferred is not None:
+            self._fail_protocol(self._deferred[0], now)
+            return
         pings, failure = self._health.poll(now)
         if failure is not None:
             reason, detail = failure

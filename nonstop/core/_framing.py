@@ -95,7 +95,7 @@ class PongReceived:
 
 
 class Failed:
-    """We failed the connection: our close frame with ``code`` is queued."""
+    """The server's bytes broke the protocol; the core must close with ``code``."""
 
     __slots__ = ("code", "detail", "reason")
 
@@ -149,8 +149,9 @@ class Framing:
 
     @property
     def is_open(self) -> bool:
-        """True while we may send data frames."""
-        return not self._dead and self._ws.state is ConnectionState.OPEN
+        """True while we may send data frames (even if receiving has failed:
+        the close frame is not sent yet)."""
+        return self._ws.state is ConnectionState.OPEN
 
     # -- receiving --------------------------------------------------------
     def feed(self, data: bytes) -> list[Item]:
@@ -242,10 +243,11 @@ class Framing:
         out.append(PeerClosed(None if code == 1005 else code, event.reason or ""))
 
     def _fail(self, code: int, detail: str, out: list[Item]) -> None:
+        """Stop parsing for good.  Sending our close frame (with *code*) is
+        the core's call: it may first let the application answer the
+        messages that came before the bad bytes."""
         self._dead = True
         self._parts, self._size = [], 0
-        if self._ws.state is ConnectionState.OPEN:
-            self.outgoing += self._ws.send(CloseConnection(code=code, reason=detail[:100]))
         out.append(Failed(_REASON_FOR_CODE.get(code, Reason.PROTOCOL_ERROR), code, detail))
 
     # -- sending ----------------------------------------------------------

@@ -63,6 +63,9 @@ E = TypeVar("E", bound=AppEvent)
 
 #: Application sends wait while more than this many bytes are unwritten.
 HIGH_WATER = 1 << 20
+#: Longest wait for the application to take the messages that came just
+#: before a protocol error, before the connection is failed.
+FAILURE_GRACE = 1.0
 
 
 def _abort_socket(stream: anyio.abc.AnyByteStream) -> None:
@@ -88,6 +91,9 @@ class AsyncFeed:
         self._wait_scope: anyio.CancelScope | None = None
         self._in_connect = False
         self._has_data = anyio.Event()
+        self._consumer_waiting = False  # blocked in __anext__ for lack of messages
+        self._consumer_seen = False  # the application has iterated at all
+        self._idle = anyio.Event()
         self._space = anyio.Event()
         self._drained = anyio.Event()
         self._done = anyio.Event()
@@ -174,7 +180,12 @@ class AsyncFeed:
                 raise StopAsyncIteration
             if self._has_data.is_set():
                 self._has_data = anyio.Event()
-            await self._has_data.wait()
+            self._consumer_seen = self._consumer_waiting = True
+            self._idle.set()
+            try:
+                await self._has_data.wait()
+            finally:
+                self._consumer_waiting = False
 
     async def send(self, message: object) -> None:
         """Send a message (``str``: text, ``bytes``: binary, else JSON).
@@ -369,8 +380,19 @@ class AsyncFeed:
         if scope.cancelled_caught:
             await anyio.aclose_forcefully(stream)
 
+    async def _let_consumer_catch_up(self) -> None:
+        """Before a deferred protocol failure: give the application up to
+        FAILURE_GRACE seconds to take (and answer) the messages before it."""
+        with anyio.move_on_after(FAILURE_GRACE):
+            while self._consumer_seen and (len(self._buffer) or not self._consumer_waiting):
+                if self._idle.is_set():
+                    self._idle = anyio.Event()
+                await self._idle.wait()
+
     async def _wait(self) -> None:
         core = self._core
+        if core.failure_pending:
+            await self._let_consumer_catch_up()
         held = bool(self._buffer.held)
         if held and not core.reading_paused:
             core.pause_reading(anyio.current_time())

@@ -57,6 +57,7 @@ __all__ = ["SyncFeed"]
 E = TypeVar("E", bound=AppEvent)
 
 HIGH_WATER = 1 << 20
+FAILURE_GRACE = 1.0
 
 _AddrInfo = tuple[Any, Any, int, str, Any]
 
@@ -95,6 +96,8 @@ class SyncFeed:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._stop_requested = False
+        self._consumer_waiting = False  # blocked in __next__ for lack of messages
+        self._consumer_seen = False
         self._done = threading.Event()
         self._crash: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -189,7 +192,12 @@ class SyncFeed:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no message within {timeout}s")
-                self._cond.wait(remaining)
+                self._consumer_seen = self._consumer_waiting = True
+                self._cond.notify_all()
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._consumer_waiting = False
 
     def send(self, message: object) -> None:
         """Send ``str`` (text), ``bytes`` (binary) or a JSON-able object.
@@ -396,6 +404,15 @@ class SyncFeed:
 
     def _wait(self) -> None:
         core = self._core
+        if core.failure_pending:
+            # Give the application up to FAILURE_GRACE seconds to take (and
+            # answer) the messages that came just before a protocol error.
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: not self._consumer_seen
+                    or (not len(self._buffer) and self._consumer_waiting),
+                    FAILURE_GRACE,
+                )
         with self._cond:
             held = bool(self._buffer.held)
         with self._lock:

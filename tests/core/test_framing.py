@@ -85,8 +85,9 @@ def sent_closes(pair: Pair) -> list[bytes]:
 
 
 def feed(pair: Pair, data: bytes) -> list[object]:
+    """Feed *data*, then run what is due now, as a driver would."""
     pair.feed(data)
-    return list(pair.pump())
+    return list(pair.pump()) + list(pair.settle())
 
 
 def failure(reason: Reason, code: int, detail: str, *, now: float = NOW,
@@ -361,8 +362,8 @@ def test_protocol_error_closes_with_1002(data: bytes, detail: str) -> None:
 def test_protocol_error_is_never_an_exception_even_byte_by_byte() -> None:
     pair = open_pair()
     for byte in frame(0x3, b"abc") + frame(TEXT, b"later"):
-        pair.feed(bytes([byte]))
-        pair.pump()
+        if pair.core.state is State.OPEN:
+            feed(pair, bytes([byte]))
     assert [(d.reason, d.code) for d in pair.of(Disconnected)] == [(Reason.PROTOCOL_ERROR, 1002)]
     assert pair.of(Message) == []
 
@@ -372,6 +373,34 @@ def test_messages_before_the_bad_frame_are_delivered_and_after_it_discarded() ->
     events = feed(pair, frame(TEXT, b"ok") + frame(0x3, b"") + frame(TEXT, b"lost"))
     assert [type(e) for e in events] == [Message, Disconnected]
     assert pair.messages() == ["ok"]
+
+
+def test_the_application_may_answer_messages_that_came_before_a_bad_frame() -> None:
+    """Autobahn 3.2/5.15: the failure waits (due at once) behind the messages
+    of the same chunk, so an echo goes out before our close frame."""
+    pair = open_pair()
+    pair.feed(frame(TEXT, b"ok") + frame(0x3, b"") + frame(PING, b""))
+    assert [type(e) for e in pair.pump()] == [Message]
+    assert pair.core.failure_pending
+    assert pair.core.state is State.OPEN
+    assert pair.core.next_deadline() == pair.now
+    pair.core.send("echo ok", pair.now)
+    pair.core.handle_timer(pair.now)
+    [disc] = pair.pump()
+    assert isinstance(disc, Disconnected) and disc.code == 1002
+    assert not pair.core.failure_pending
+    assert pair.server_messages == ["echo ok"]
+    assert [c.code for c in pair.server_closes] == [1002]
+    assert pair.server_pings == []  # nothing after the bad frame was answered
+
+
+def test_a_deferred_failure_is_superseded_by_whatever_ends_the_connection_first() -> None:
+    pair = open_pair()
+    pair.feed(frame(TEXT, b"ok") + frame(0x3, b""))
+    pair.pump()
+    [disc] = pair.eof()[:1]
+    assert isinstance(disc, Disconnected) and disc.reason is Reason.EOF
+    assert not pair.core.failure_pending
 
 
 def test_bytes_after_a_failure_are_discarded() -> None:
@@ -706,8 +735,7 @@ def run_script(ending: str, chunk: int) -> tuple[list[object], list[tuple[int, b
     for i in range(0, len(data), chunk):
         if pair.core.state not in (State.HANDSHAKING, State.OPEN, State.CLOSING):
             break
-        pair.feed(data[i:i + chunk])
-        pair.pump()
+        feed(pair, data[i:i + chunk])
     return pair.events, client_frames(pair)
 
 

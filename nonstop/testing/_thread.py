@@ -1,0 +1,238 @@
+"""Running a :class:`~nonstop.testing.FeedServer` in a thread, for blocking code.
+
+Theory of operation
+-------------------
+A blocking test (or the chaos demo) cannot ``async with`` a server, and must
+not block the server's event loop either.  :class:`ThreadedFeedServer` starts
+a daemon thread that runs ``anyio.run()``; inside, it opens an
+:class:`anyio.from_thread.BlockingPortal` and then the server.  Every method
+of the wrapper forwards to the server through ``portal.call``, which runs the
+call in the loop thread and waits for the result, so the server's state is
+only ever touched from its own loop and the wrapper is safe to use from any
+thread.  Leaving the ``with`` block (or :meth:`ThreadedFeedServer.stop`) stops
+the portal, which makes the loop leave ``async with server`` (closing every
+socket) and return; the thread is then joined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._server import ConnectionInfo, Fault, FeedServer
+
+__all__ = ["ThreadedFeedServer"]
+
+T = TypeVar("T")
+
+
+class ThreadedFeedServer:
+    """A :class:`~nonstop.testing.FeedServer` running on its own loop in a daemon thread.
+
+    Made by :meth:`FeedServer.run_in_thread`; use it as a context manager::
+
+        with FeedServer(interval=0.01).run_in_thread() as server:
+            client = connect(server.url)
+            server.wait_connected()
+            server.inject(Fault.CLOSE)
+            server.wait_connected(n=2)
+
+    Every method and property is thread-safe and blocks until the server's
+    loop has carried it out.  :attr:`server` is the wrapped server, to be
+    touched only from its own loop.
+    """
+
+    def __init__(self, server: FeedServer, *, backend: str = "asyncio") -> None:
+        #: The wrapped server (only to be used from its own event loop).
+        self.server = server
+        #: The anyio backend of the thread's event loop.
+        self.backend = backend
+        self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> ThreadedFeedServer:
+        """Start the thread and wait until the server listens; return self.
+
+        Re-raises an error from binding (e.g. the port is taken).
+        """
+        if self._thread is not None:
+            raise RuntimeError("this ThreadedFeedServer was already started")
+        self._thread = threading.Thread(target=self._run, name="nonstop-feed-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"the feed server did not start within {timeout} s")
+        if self._error is not None:
+            self._thread.join(timeout)
+            raise self._error
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server (closing every connection) and join the thread; idempotent."""
+        portal, thread = self._portal, self._thread
+        if portal is not None:
+            self._portal = None
+            with contextlib.suppress(RuntimeError):  # the loop is already gone
+                portal.call(portal.stop, True)
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                raise TimeoutError(f"the feed server thread did not stop within {timeout} s")
+
+    def __enter__(self) -> ThreadedFeedServer:
+        """Same as :meth:`start`."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Same as :meth:`stop`."""
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            anyio.run(self._main, backend=self.backend)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        async with BlockingPortal() as portal, self.server:
+            self._portal = portal
+            self._ready.set()
+            await portal.sleep_until_stopped()
+
+    def _call(self, func: Callable[[], T]) -> T:
+        portal = self._portal
+        if portal is None:
+            raise RuntimeError("the feed server is not running (use `with server.run_in_thread():`)")
+        return portal.call(func)
+
+    # -- faults ------------------------------------------------------------
+
+    def inject(self, fault: Fault, **params: object) -> int:
+        """Thread-safe :meth:`FeedServer.inject`."""
+        return self._call(lambda: self.server.inject(fault, **params))
+
+    def restore(self) -> None:
+        """Thread-safe :meth:`FeedServer.restore`."""
+        self._call(self.server.restore)
+
+    def broadcast(self, message: str | bytes) -> int:
+        """Thread-safe :meth:`FeedServer.broadcast`."""
+        return self._call(lambda: self.server.broadcast(message))
+
+    # -- waiting -----------------------------------------------------------
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float | None = 10.0) -> None:
+        """Blocking :meth:`FeedServer.wait_for`; ``predicate`` runs in the server's thread."""
+        portal = self._portal
+        if portal is None:
+            raise RuntimeError("the feed server is not running")
+        portal.call(self.server.wait_for, predicate, timeout)
+
+    def wait_connected(self, n: int = 1, timeout: float | None = 10.0) -> None:
+        """Blocking :meth:`FeedServer.wait_connected`."""
+        portal = self._portal
+        if portal is None:
+            raise RuntimeError("the feed server is not running")
+        portal.call(self.server.wait_connected, n, timeout)
+
+    # -- observing ---------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """:attr:`FeedServer.url`."""
+        return self._call(lambda: self.server.url)
+
+    @property
+    def port(self) -> int:
+        """:attr:`FeedServer.port`."""
+        return self._call(lambda: self.server.port)
+
+    @property
+    def listening(self) -> bool:
+        """:attr:`FeedServer.listening`."""
+        return self._call(lambda: self.server.listening)
+
+    @property
+    def connections(self) -> int:
+        """:attr:`FeedServer.connections`."""
+        return self._call(lambda: self.server.connections)
+
+    @property
+    def accepted(self) -> int:
+        """:attr:`FeedServer.accepted`."""
+        return self._call(lambda: self.server.accepted)
+
+    @property
+    def rejected(self) -> int:
+        """:attr:`FeedServer.rejected`."""
+        return self._call(lambda: self.server.rejected)
+
+    @property
+    def stalled(self) -> int:
+        """:attr:`FeedServer.stalled`."""
+        return self._call(lambda: self.server.stalled)
+
+    @property
+    def open_connections(self) -> int:
+        """:attr:`FeedServer.open_connections`."""
+        return self._call(lambda: self.server.open_connections)
+
+    @property
+    def sent(self) -> int:
+        """:attr:`FeedServer.sent`."""
+        return self._call(lambda: self.server.sent)
+
+    def sent_to(self, connection: int) -> int:
+        """:meth:`FeedServer.sent_to`."""
+        return self._call(lambda: self.server.sent_to(connection))
+
+    @property
+    def sent_log(self) -> list[tuple[int, int]]:
+        """:attr:`FeedServer.sent_log`."""
+        return self._call(lambda: self.server.sent_log)
+
+    @property
+    def received(self) -> list[tuple[int, str | bytes]]:
+        """:attr:`FeedServer.received`."""
+        return self._call(lambda: self.server.received)
+
+    @property
+    def received_count(self) -> int:
+        """:attr:`FeedServer.received_count`."""
+        return self._call(lambda: self.server.received_count)
+
+    @property
+    def subscriptions(self) -> list[tuple[int, str]]:
+        """:attr:`FeedServer.subscriptions`."""
+        return self._call(lambda: self.server.subscriptions)
+
+    @property
+    def history(self) -> list[ConnectionInfo]:
+        """:attr:`FeedServer.history`."""
+        return self._call(lambda: self.server.history)
+
+    def connection(self, number: int) -> ConnectionInfo:
+        """:meth:`FeedServer.connection`."""
+        return self._call(lambda: self.server.connection(number))
+
+    def __repr__(self) -> str:
+        state = "running" if self._portal is not None else "stopped"
+        return f"<ThreadedFeedServer {state} {self.server!r}>"
