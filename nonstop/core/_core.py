@@ -95,6 +95,14 @@ NORMAL = 1000
 #: Close code when one of the application's callbacks raised.
 INTERNAL_ERROR = 1011
 
+#: What to check, added to the detail of a failed connection attempt.
+_HINTS = {
+    Reason.TLS: "check the server's certificate chain and name, the clock, and the CA "
+                "you trust (ssl=...)",
+    Reason.DNS: "check the host name {host!r}",
+    Reason.REFUSED: "nothing accepts connections on {host}:{port}; is the server up?",
+}
+
 _AUTH_STATUSES = frozenset({401, 403})
 _LATER_STATUSES = frozenset({429, 503})
 _POLICY_CODE = 1008
@@ -315,6 +323,10 @@ class FeedCore:
         self._now = now
         reason = classify_error(error)
         detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        hint = _HINTS.get(reason)
+        if hint is not None and self._state is State.CONNECTING:
+            ep = self.config.endpoint
+            detail = f"{detail} ({hint.format(host=ep.host, port=ep.port)})"
         if self._state in (State.CLOSING, State.STOPPING):
             self._close_done(abort=True)
         else:

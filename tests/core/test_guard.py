@@ -259,7 +259,9 @@ def test_transport_failed_is_classified(state: State, error: Exception, reason: 
     assert disconnected.level == ERROR
     assert disconnected.code is None
     assert disconnected.status is None
-    assert disconnected.detail == f"{type(error).__name__}: {error}"
+    assert disconnected.detail.startswith(f"{type(error).__name__}: {error}")
+    hinted = state is State.CONNECTING and reason in (Reason.TLS, Reason.DNS, Reason.REFUSED)
+    assert disconnected.detail.endswith(")") == hinted  # what to check, while connecting
     assert disconnected.connection == (1 if was_open else None)
     assert disconnected.uptime == (2.0 if was_open else 0.0)
     assert disconnected.failures == 1
@@ -268,6 +270,16 @@ def test_transport_failed_is_classified(state: State, error: Exception, reason: 
     assert pair.core.state is State.BACKOFF
     assert pair.core.next_deadline() == disconnected.retry_at
     assert pair.core.data_to_send() == b""
+
+
+def test_connect_failures_say_what_to_check() -> None:
+    pair = _in_state(State.CONNECTING)
+    pair.core.transport_failed(ConnectionRefusedError(111, "Connection refused"), pair.now)
+    (disconnected,) = pair.of(Disconnected, pair.drain())
+    assert disconnected.detail == (
+        "ConnectionRefusedError: [Errno 111] Connection refused "
+        "(nothing accepts connections on feed.example:80; is the server up?)"
+    )
 
 
 def test_transport_failed_detail_is_the_type_name_when_the_message_is_empty() -> None:

@@ -234,7 +234,8 @@ def test_lifecycle_lines() -> None:
                'uptime=2.000s failures=1 retry_in=1.000s detail="server closed the connection: restart"'),
         (INFO, "[RECONNECTING] feed=prices url=ws://feed.example/stream attempt=2 total=2"),
         (ERROR, "[DISCONNECTED] feed=prices reason=refused uptime=0.000s failures=2 retry_in=2.000s "
-                'detail="ConnectionRefusedError: [Errno 111] Connection refused"'),
+                'detail="ConnectionRefusedError: [Errno 111] Connection refused '
+                '(nothing accepts connections on feed.example:80; is the server up?)"'),
         (ERROR, '[ALERT] feed=prices kind=consecutive_failures active=true '
                 'detail="2 failures in a row (threshold 2)"'),
         (INFO, "[RECONNECTING] feed=prices url=ws://feed.example/stream attempt=3 total=3"),

@@ -1,0 +1,157 @@
+"""Interoperability: both drivers against the ``websockets`` package's server.
+
+``websockets`` is an independent, widely used implementation; its threaded
+server runs beside the test on 127.0.0.1, over ws:// and wss:// (a trustme
+CA), whatever async backend the client uses.  Each test has a hard timeout.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import pytest
+import trustme
+from websockets.sync.server import ServerConnection, serve
+
+import nonstop
+from nonstop import Connected, Disconnected, Reason
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_ssl(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="module")
+def client_ssl(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+class Behaviour:
+    """What the websockets server does with each connection."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.received: list[tuple[int, str | bytes]] = []
+        self.headers: list[dict[str, str]] = []
+        self.close_first_after: int | None = None  # close connection 1 after N echoes
+
+    def __call__(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        number = self.connections
+        assert ws.request is not None
+        self.headers.append(dict(ws.request.headers.raw_items()))
+        echoed = 0
+        for message in ws:
+            self.received.append((number, message))
+            ws.send(message)
+            echoed += 1
+            if number == 1 and self.close_first_after == echoed:
+                ws.close(1001, "going away")
+                return
+
+
+@contextmanager
+def websockets_server(
+    behaviour: Callable[[ServerConnection], None], ssl_context: ssl.SSLContext | None = None
+) -> Iterator[int]:
+    with serve(behaviour, "127.0.0.1", 0, ssl=ssl_context) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.socket.getsockname()[1]
+        finally:
+            server.shutdown()
+            thread.join(10)
+
+
+FAST: dict[str, Any] = dict(backoff=nonstop.Backoff(initial=0.05, cap=0.2), stable_after=0.2)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+@pytest.mark.anyio
+async def test_anyio_driver_echo_reconnect_and_resubscribe(
+    tls: bool, server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    behaviour = Behaviour()
+    behaviour.close_first_after = 2
+    with websockets_server(behaviour, server_ssl if tls else None) as port:
+        url = f"{'wss' if tls else 'ws'}://{'localhost' if tls else '127.0.0.1'}:{port}/feed?x=1"
+        seen: list[str | bytes] = []
+        with anyio.fail_after(30):
+            async with nonstop.connect(
+                url,
+                subscribe=["sub-a", b"sub-b"],
+                headers={"Authorization": "Bearer test-token"},
+                ssl=client_ssl if tls else None,
+                **FAST,
+            ) as feed:
+                async for message in feed:
+                    seen.append(message)
+                    if len(seen) == 4:
+                        break
+                await feed.send("after")
+                seen.append(await feed.__anext__())
+                metrics = feed.metrics()
+    # connection 1 echoed both subscriptions and was closed with 1001;
+    # connection 2 got them replayed, in order, with their types.
+    assert seen == ["sub-a", b"sub-b", "sub-a", b"sub-b", "after"]
+    assert behaviour.received == [(1, "sub-a"), (1, b"sub-b"), (2, "sub-a"), (2, b"sub-b"),
+                                  (2, "after")]
+    assert behaviour.headers[0]["Authorization"] == "Bearer test-token"
+    assert behaviour.headers[0]["User-Agent"] == "nonstop"
+    assert metrics.connection == 2 and metrics.reconnects == 1
+    assert metrics.disconnects == {"server_closed": 1}
+
+
+def test_blocking_driver_echo_reconnect_and_resubscribe_over_tls(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    behaviour = Behaviour()
+    behaviour.close_first_after = 1
+    events: list[nonstop.core.AppEvent] = []
+    with websockets_server(behaviour, server_ssl) as port:
+        with nonstop.sync.connect(
+            f"wss://localhost:{port}/", subscribe=[{"op": "sub"}], ssl=client_ssl,
+            on_event=events.append, **FAST,
+        ) as feed:
+            first = feed.receive(timeout=10)
+            second = feed.receive(timeout=10)
+            feed.send(b"\x00binary")
+            third = feed.receive(timeout=10)
+    assert (first, second, third) == ('{"op":"sub"}', '{"op":"sub"}', b"\x00binary")
+    assert [type(e) for e in events if isinstance(e, (Connected, Disconnected))] == [
+        Connected, Disconnected, Connected, Disconnected]
+    server_close = [e for e in events if isinstance(e, Disconnected)][0]
+    assert (server_close.reason, server_close.code) == (Reason.SERVER_CLOSED, 1001)
+    assert feed.state is nonstop.State.STOPPED
+
+
+def test_blocking_driver_refuses_an_untrusted_certificate(server_ssl: ssl.SSLContext) -> None:
+    """The default context verifies: a self-made CA is not trusted."""
+    with websockets_server(Behaviour(), server_ssl) as port:
+        with nonstop.sync.connect(f"wss://localhost:{port}/", **FAST) as feed:
+            event = feed.wait_for(Disconnected, timeout=10)
+    assert event.reason is Reason.TLS
+    assert "certificate" in event.detail.lower()

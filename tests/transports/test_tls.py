@@ -1,0 +1,133 @@
+"""TLS: verified by default, explicit contexts honoured, failures classified.
+
+A trusted certificate connects; an untrusted CA, a certificate for another
+host name and an expired certificate are each refused with reason ``tls``
+and a detail that says why -- and retried per policy, never downgraded.
+Both drivers, the anyio one on asyncio and trio.  Real sockets on 127.0.0.1,
+real certificates from trustme, hard timeouts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import pytest
+import trustme
+from websockets.sync.server import ServerConnection, serve
+
+import nonstop
+from nonstop import Backoff, Connected, Disconnected, Reason
+
+pytestmark = pytest.mark.timeout(60)
+
+RETRY = dict(backoff=Backoff(initial=0.05, cap=0.1), max_attempts=2)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def hello(ws: ServerConnection) -> None:
+    ws.send("hello")
+    for _ in ws:
+        pass
+
+
+@contextmanager
+def tls_server(cert: trustme.LeafCert) -> Iterator[int]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    with serve(hello, "127.0.0.1", 0, ssl=context) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.socket.getsockname()[1]
+        finally:
+            server.shutdown()
+            thread.join(10)
+
+
+CA = trustme.CA()
+OTHER_CA = trustme.CA()
+NOW = datetime.datetime.now(datetime.timezone.utc)
+CERTS = {
+    "trusted": (CA, CA.issue_cert("localhost")),
+    "untrusted-ca": (CA, OTHER_CA.issue_cert("localhost")),
+    "wrong-host": (CA, CA.issue_cert("other.example")),
+    "expired": (CA, CA.issue_cert("localhost", not_before=NOW - datetime.timedelta(days=30),
+                                  not_after=NOW - datetime.timedelta(days=1))),
+}
+EXPECTED_DETAIL = {
+    "untrusted-ca": "certificate verify failed",
+    "wrong-host": "hostname mismatch",
+    "expired": "certificate has expired",
+}
+
+
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def check_refused(events: list[nonstop.core.AppEvent], case: str) -> None:
+    failures = [e for e in events if isinstance(e, Disconnected)]
+    assert len(failures) == 2, failures  # the first attempt and one retry (max_attempts=2)
+    for failure in failures:
+        assert failure.reason is Reason.TLS
+        assert EXPECTED_DETAIL[case] in failure.detail.lower()
+    assert not any(isinstance(e, Connected) for e in events)
+    stopped = events[-1]
+    assert isinstance(stopped, nonstop.Stopped) and stopped.reason is Reason.GAVE_UP
+
+
+@pytest.mark.parametrize("case", list(CERTS))
+@pytest.mark.anyio
+async def test_anyio_driver_tls(case: str) -> None:
+    ca, cert = CERTS[case]
+    events: list[nonstop.core.AppEvent] = []
+    with tls_server(cert) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"wss://localhost:{port}/", ssl=client_context(ca),
+                                   on_event=events.append, **RETRY) as feed:
+            if case == "trusted":
+                assert await feed.__anext__() == "hello"
+                return
+            with pytest.raises(nonstop.FeedGaveUp):
+                await feed.__anext__()
+    check_refused(events, case)
+
+
+@pytest.mark.parametrize("case", list(CERTS))
+def test_blocking_driver_tls(case: str) -> None:
+    ca, cert = CERTS[case]
+    events: list[nonstop.core.AppEvent] = []
+    with tls_server(cert) as port:
+        with nonstop.sync.connect(f"wss://localhost:{port}/", ssl=client_context(ca),
+                                  on_event=events.append, **RETRY) as feed:
+            if case == "trusted":
+                assert feed.receive(timeout=10) == "hello"
+                return
+            with pytest.raises(nonstop.FeedGaveUp):
+                feed.receive(timeout=20)
+    check_refused(events, case)
+
+
+@pytest.mark.anyio
+async def test_server_hostname_option_checks_the_named_host() -> None:
+    """Connecting by IP with server_hostname= verifies the certificate's name."""
+    ca, cert = CERTS["trusted"]
+    with tls_server(cert) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"wss://127.0.0.1:{port}/", ssl=client_context(ca),
+                                   server_hostname="localhost", **RETRY) as feed:
+            assert await feed.__anext__() == "hello"
+
+
+def test_ssl_context_for_a_plain_url_is_a_configuration_error() -> None:
+    with pytest.raises(nonstop.ConfigError, match="wss://"):
+        nonstop.sync.connect("ws://127.0.0.1:1/", ssl=ssl.create_default_context())
