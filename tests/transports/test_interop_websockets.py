@@ -62,11 +62,9 @@ class Behaviour:
         number = self.connections
         assert ws.request is not None
         self.headers.append(dict(ws.request.headers.raw_items()))
-        echoed = 0
-        for message in ws:
+        for echoed, message in enumerate(ws, 1):
             self.received.append((number, message))
             ws.send(message)
-            echoed += 1
             if number == 1 and self.close_first_after == echoed:
                 ws.close(1001, "going away")
                 return
@@ -143,7 +141,7 @@ def test_blocking_driver_echo_reconnect_and_resubscribe_over_tls(
     assert (first, second, third) == ('{"op":"sub"}', '{"op":"sub"}', b"\x00binary")
     assert [type(e) for e in events if isinstance(e, (Connected, Disconnected))] == [
         Connected, Disconnected, Connected, Disconnected]
-    server_close = [e for e in events if isinstance(e, Disconnected)][0]
+    server_close = next(e for e in events if isinstance(e, Disconnected))
     assert (server_close.reason, server_close.code) == (Reason.SERVER_CLOSED, 1001)
     assert feed.state is nonstop.State.STOPPED
 
