@@ -310,12 +310,16 @@ class AsyncFeed:
             raise
         finally:
             stream, self._stream = self._stream, None
-            if stream is not None:
-                _abort_socket(stream)
-                await anyio.aclose_forcefully(stream)
-            self._done.set()
-            self._has_data.set()
-            self._drained.set()
+            try:
+                if stream is not None:
+                    _abort_socket(stream)
+                    with anyio.CancelScope(shield=True):  # we may be cancelled already
+                        await anyio.aclose_forcefully(stream)
+            finally:
+                self._done.set()
+                self._has_data.set()
+                self._drained.set()
+                self._idle.set()
 
     def _fail_transport(self, exc: BaseException) -> None:
         core = self._core

@@ -1,0 +1,265 @@
+"""Driver behaviour: slow consumers, cancellation, stopping, logging, refusals.
+
+Real sockets on 127.0.0.1 (the ``websockets`` package's threaded server),
+both drivers, the anyio one on asyncio and trio; hard timeouts, and no
+assertion on how fast anything happened beyond generous bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import pytest
+from websockets.sync.server import ServerConnection, serve
+
+import nonstop
+from nonstop import Backoff, Disconnected, Reason, State
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.2), stable_after=0.2)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@contextmanager
+def server(handler: Callable[[ServerConnection], None]) -> Iterator[int]:
+    with serve(handler, "127.0.0.1", 0) as srv:
+        thread = threading.Thread(target=srv.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield srv.socket.getsockname()[1]
+        finally:
+            srv.shutdown()
+            thread.join(10)
+
+
+def burst(count: int, then_wait: bool = True) -> Callable[[ServerConnection], None]:
+    """Send *count* numbered messages as fast as possible, then idle."""
+
+    def handler(ws: ServerConnection) -> None:
+        for i in range(count):
+            ws.send(str(i))
+        if then_wait:
+            for _ in ws:
+                pass
+
+    return handler
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ---------------------------------------------------------------------------
+# slow consumers
+
+
+@pytest.mark.anyio
+async def test_backpressure_loses_nothing_and_suspends_liveness_checks() -> None:
+    """The consumer stalls far longer than silence_timeout: reading pauses,
+    the connection survives, and every message arrives in order."""
+    with server(burst(3000)) as port, anyio.fail_after(40):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=16,
+                                   silence_timeout=0.3, ping_interval=0.1, ping_timeout=0.1,
+                                   **FAST) as feed:
+            await feed.wait_connected(10)
+            with anyio.fail_after(10):
+                while not feed.metrics().reading_paused:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(1.0)  # > silence_timeout and ping_timeout while paused
+            paused = feed.metrics()
+            got = []
+            async for message in feed:
+                got.append(int(message))
+                if len(got) == 3000:
+                    break
+            metrics = feed.metrics()
+    assert paused.reading_paused and paused.queued >= 16
+    assert got == list(range(3000))
+    assert metrics.messages_dropped == 0 and metrics.overflows > 0
+    assert metrics.connection == 1 and metrics.disconnects == {}
+
+
+def test_backpressure_in_the_blocking_driver() -> None:
+    with server(burst(3000)) as port:
+        with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", queue_size=16,
+                                  silence_timeout=0.3, **FAST) as feed:
+            feed.wait_connected(10)
+            deadline = time.monotonic() + 10
+            while not feed.metrics().reading_paused and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(1.0)
+            got = [int(feed.receive(timeout=10)) for _ in range(3000)]
+            metrics = feed.metrics()
+    assert got == list(range(3000))
+    assert metrics.messages_dropped == 0 and metrics.connection == 1
+
+
+@pytest.mark.anyio
+async def test_drop_oldest_keeps_the_newest_messages() -> None:
+    with server(burst(1000)) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=10,
+                                   overflow="drop_oldest", **FAST) as feed:
+            with anyio.fail_after(10):
+                while feed.metrics().messages_received < 1000:
+                    await anyio.sleep(0.01)
+            got = [int(await feed.__anext__()) for _ in range(10)]
+            metrics = feed.metrics()
+    assert got == list(range(990, 1000))
+    assert metrics.messages_dropped == 990 and metrics.queued == 0
+
+
+def test_disconnect_policy_reconnects_a_slow_consumer() -> None:
+    events: list[nonstop.core.AppEvent] = []
+    with server(burst(500)) as port:
+        with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", queue_size=10,
+                                  overflow="disconnect", on_event=events.append, **FAST) as feed:
+            slow = feed.wait_for(Disconnected, timeout=10)
+            feed.wait_for(nonstop.Connected, timeout=10)
+            metrics = feed.metrics()
+    assert slow.reason is Reason.SLOW_CONSUMER and slow.code == 1001
+    assert metrics.messages_dropped > 0 and metrics.connection >= 2
+
+
+# ---------------------------------------------------------------------------
+# cancellation and stopping
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_enclosing_scope_leaves_nothing_behind() -> None:
+    """Cancel a feed mid-iteration, again and again: no file descriptor and
+    no task accumulates (the first round warms up the event loop's own)."""
+
+    async def one_round(port: int) -> None:
+        with anyio.move_on_after(0.3):
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
+                async for _message in feed:
+                    pass  # blocks after the burst until cancelled
+        assert feed._done.is_set()  # the driver task has finished
+
+    with server(burst(10)) as port, anyio.fail_after(30):
+        await one_round(port)
+        await anyio.sleep(0.2)
+        before = open_fds()
+        tasks_before = len(anyio.get_running_tasks())
+        for _ in range(5):
+            await one_round(port)
+        await anyio.sleep(0.2)
+        assert open_fds() <= before
+        assert len(anyio.get_running_tasks()) <= tasks_before
+
+
+@pytest.mark.anyio
+async def test_leaving_the_block_is_a_graceful_stop() -> None:
+    closes: list[int | None] = []
+
+    def handler(ws: ServerConnection) -> None:
+        ws.send("one")
+        for _ in ws:
+            pass
+        closes.append(ws.close_code)
+
+    with server(handler) as port, anyio.fail_after(20):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
+            assert await feed.__anext__() == "one"
+        assert feed.state is State.STOPPED
+        with anyio.fail_after(5):
+            while not closes:
+                await anyio.sleep(0.01)
+    assert closes == [1000]
+    assert [type(e).__name__ for e in feed.history][-2:] == ["Disconnected", "Stopped"]
+
+
+def test_blocking_stop_from_another_thread_ends_iteration() -> None:
+    with server(burst(5)) as port:
+        feed = nonstop.sync.connect(f"ws://127.0.0.1:{port}/", **FAST).start()
+        got: list[str | bytes] = []
+        consumer = threading.Thread(target=lambda: got.extend(feed), daemon=True)
+        consumer.start()
+        feed.wait_connected(10)
+        time.sleep(0.2)
+        feed.stop()
+        consumer.join(10)
+    assert not consumer.is_alive()
+    assert got == [str(i) for i in range(5)]
+    assert feed.state is State.STOPPED
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_blocking_stop_from_a_signal_handler() -> None:
+    with server(burst(3)) as port:
+        with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
+            previous = signal.signal(signal.SIGALRM, lambda *_: feed.stop())
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0.5)
+                got = list(feed)  # returns once the handler has stopped the feed
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+    assert got == ["0", "1", "2"]
+    stopped = feed.history[-1]
+    assert isinstance(stopped, nonstop.Stopped) and stopped.reason is Reason.STOPPED
+
+
+# ---------------------------------------------------------------------------
+# refused connections and logging
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_refused_connections_are_retried_with_backoff() -> None:
+    events: list[nonstop.core.AppEvent] = []
+    port = free_port()
+    with anyio.fail_after(20):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", max_attempts=3,
+                                   on_event=events.append, **FAST) as feed:
+            with pytest.raises(nonstop.FeedGaveUp) as info:
+                await feed.__anext__()
+    refused = [e for e in events if isinstance(e, Disconnected)]
+    assert [e.reason for e in refused] == [Reason.REFUSED] * 3
+    assert all(0 <= (e.retry_in or 0) <= 0.2 for e in refused)
+    assert "max_attempts" in str(info.value)
+
+
+def test_log_lines_carry_keywords_and_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="nonstop")
+
+    def handler(ws: ServerConnection) -> None:
+        ws.send("x")
+        ws.close(1011, "oops")
+
+    with server(handler) as port:
+        with nonstop.sync.connect(
+            f"ws://user:hunter2@127.0.0.1:{port}/feed?token=SECRET123&symbol=BTC",
+            headers=lambda: {"Authorization": "Bearer SECRET456"},
+            name="prices", max_attempts=2, **FAST,
+        ) as feed:
+            with pytest.raises(nonstop.FeedGaveUp):
+                while True:
+                    feed.receive(timeout=10)
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "nonstop")
+    for keyword in ("[CONNECTING]", "[CONNECTED]", "[DISCONNECTED]", "[RECONNECTING]",
+                    "[STOPPED]"):
+        assert keyword in text
+    assert "reason=server_closed code=1011" in text
+    for secret in ("SECRET123", "SECRET456", "hunter2"):
+        assert secret not in text
+    assert "token=***&symbol=BTC" in text  # only the secret is hidden
