@@ -140,8 +140,10 @@ class Fault(enum.Enum):
       fails with ``ConnectionResetError``.  Also hits connections still in the
       handshake.
     * ``SILENT``: from now on send nothing at all on the connection: no data,
-      no pongs, no close frame, no handshake answer; TCP stays open and the
-      server keeps reading, until the client hangs up.  A zombie.
+      no pongs, no close frame, no handshake answer (a TLS handshake already
+      under way still completes); TCP stays open and the server keeps
+      reading, until the client hangs up.  A zombie.  Explicit frame faults
+      (GARBAGE, HALF_FRAME, CLOSE_CODE) still write.
     * ``GARBAGE`` (``data=`` bytes, default :data:`DEFAULT_GARBAGE`): write
       bytes that are not a valid frame, stop streaming, and close TCP when the
       client closes or after ``close_timeout``.
@@ -224,7 +226,9 @@ class ConnectionInfo:
     path: str | None
     #: The query string, without the ``?``.
     query: str
-    #: All request headers in order, names lower-cased (``host`` first).
+    #: The request headers, names lower-cased: ``host``, ``sec-websocket-protocol``
+    #: and ``sec-websocket-extensions`` first (wsproto parses them out), then
+    #: the others in the order received.
     headers: tuple[tuple[str, str], ...]
     #: The subprotocols the client offered.
     subprotocols: tuple[str, ...]
@@ -587,6 +591,12 @@ class _Conn:
         path, _, query = event.target.partition("?")
         record.path, record.query = path, query
         headers = [("host", event.host)]
+        # wsproto parses these three out of the header list; put them back.
+        if event.subprotocols:
+            headers.append(("sec-websocket-protocol", ", ".join(event.subprotocols)))
+        if event.extensions:
+            names = [ext if isinstance(ext, str) else ext.name for ext in event.extensions]
+            headers.append(("sec-websocket-extensions", ", ".join(names)))
         headers += [
             (bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1")) for k, v in event.extra_headers
         ]
@@ -700,7 +710,7 @@ class _Conn:
     async def _on_close(self, event: CloseConnection) -> bool:
         state = self.ws.state
         if state is ConnectionState.REMOTE_CLOSING:
-            self.record.close_code = event.code
+            self.record.close_code = int(event.code)
             if self.silent:
                 return True  # a zombie does not answer; the client will hang up
             reply = event.response()
@@ -710,7 +720,7 @@ class _Conn:
             self.finish(Fault.CLOSE, f"client closed with {event.code}")
             return False
         if state is ConnectionState.CLOSED:
-            self.record.close_code = event.code
+            self.record.close_code = int(event.code)
             self.finish(Fault.CLOSE, f"closing handshake completed (client replied {event.code})")
             return False
         # wsproto reports a frame it could not parse as a CloseConnection while
@@ -876,6 +886,7 @@ class FeedServer:
         self._stalled = 0
         self._dropped = 0
         self._received_count = 0
+        self._version = 0  # bumped by every _notify()
 
     # -- running -----------------------------------------------------------
 
@@ -883,8 +894,6 @@ class FeedServer:
         """Bind and start serving; see :meth:`__aexit__` for the end."""
         if self._stack is not None:
             raise RuntimeError("this FeedServer is already running")
-        self._thread_id = threading.get_ident()
-        self._changed = anyio.Event()
         infos = await anyio.getaddrinfo(
             self.host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
@@ -895,6 +904,8 @@ class FeedServer:
         if not addresses:
             raise OSError(f"cannot resolve {self.host!r} to an IP address")
         self._addresses = addresses
+        self._thread_id = threading.get_ident()
+        self._changed = anyio.Event()
         stack = contextlib.AsyncExitStack()
         self._tg = await stack.enter_async_context(anyio.create_task_group())
         self._stack = stack
@@ -1054,6 +1065,7 @@ class FeedServer:
     # -- bookkeeping (called by connections) -------------------------------
 
     def _notify(self) -> None:
+        self._version += 1
         changed = self._changed
         if changed is not None:
             self._changed = anyio.Event()
@@ -1113,9 +1125,10 @@ class FeedServer:
         none), or only on ``connection=N``; handshake faults queue up for the
         next upgrade requests and return 0, as do server-wide faults.  Raises
         :class:`TypeError`/:class:`ValueError` for bad parameters and
-        :class:`RuntimeError` for REFUSE/RESTORE while the server is not
-        running.  Flags and the listener change before this returns; writes
-        and closes follow as soon as the connection tasks run.
+        :class:`RuntimeError` for REFUSE while the server is not running (the
+        other faults may be injected before it starts).  Flags and the
+        listener change before this returns; writes and closes follow as soon
+        as the connection tasks run.
         """
         self._check_thread()
         if not isinstance(fault, Fault):
@@ -1270,6 +1283,12 @@ class FeedServer:
                 f"open={self.open_connections}, sent={self._seq}, received={self._received_count})"
             ) from None
 
+    async def _wait_change(self, version: int, timeout: float | None) -> None:
+        """Return once :attr:`_version` differs from ``version`` or ``timeout`` passed."""
+        with anyio.move_on_after(timeout):
+            while self._version == version and self._changed is not None:
+                await self._changed.wait()
+
     async def wait_connected(self, n: int = 1, timeout: float | None = 10.0) -> None:
         """Wait until ``n`` connections in total have completed the upgrade."""
         await self.wait_for(lambda: self._upgrades >= n, timeout)
@@ -1319,6 +1338,11 @@ class FeedServer:
     def stalled(self) -> int:
         """Number of upgrade requests never answered (STALL_HANDSHAKE, SILENT)."""
         return self._stalled
+
+    @property
+    def dropped(self) -> int:
+        """Number of TCP connections closed at once because of ``max_connections``."""
+        return self._dropped
 
     @property
     def open_connections(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -112,7 +113,9 @@ class ThreadedFeedServer:
             self._ready.set()
 
     async def _main(self) -> None:
-        async with BlockingPortal() as portal, self.server:
+        # The server first: a bind error then comes out as itself, not wrapped
+        # in the portal's task group.
+        async with self.server, BlockingPortal() as portal:
             self._portal = portal
             self._ready.set()
             await portal.sleep_until_stopped()
@@ -140,11 +143,24 @@ class ThreadedFeedServer:
     # -- waiting -----------------------------------------------------------
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float | None = 10.0) -> None:
-        """Blocking :meth:`FeedServer.wait_for`; ``predicate`` runs in the server's thread."""
-        portal = self._portal
-        if portal is None:
-            raise RuntimeError("the feed server is not running")
-        portal.call(self.server.wait_for, predicate, timeout)
+        """Block until ``predicate()`` is true, re-checking it on every change.
+
+        ``predicate`` runs in the calling thread, so it may use this object's
+        properties (``lambda: server.connections >= 2``).  Raises
+        :class:`TimeoutError` after ``timeout`` seconds (None: no limit).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            version = self._call(lambda: self.server._version)
+            if predicate():
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"condition not met within {timeout} s")
+            portal = self._portal
+            if portal is None:
+                raise RuntimeError("the feed server is not running")
+            portal.call(self.server._wait_change, version, remaining)
 
     def wait_connected(self, n: int = 1, timeout: float | None = 10.0) -> None:
         """Blocking :meth:`FeedServer.wait_connected`."""
@@ -189,6 +205,11 @@ class ThreadedFeedServer:
     def stalled(self) -> int:
         """:attr:`FeedServer.stalled`."""
         return self._call(lambda: self.server.stalled)
+
+    @property
+    def dropped(self) -> int:
+        """:attr:`FeedServer.dropped`."""
+        return self._call(lambda: self.server.dropped)
 
     @property
     def open_connections(self) -> int:
