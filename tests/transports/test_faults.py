@@ -257,6 +257,3 @@ async def test_nothing_is_lost_in_process_across_faults(anyio_backend: str) -> N
     for conn, sent in sent_by_conn.items():
         received = [seq for seq, c in got if c == conn]
         assert received == sent[: len(received)]  # a prefix: no gaps inside a connection
-
-
-
