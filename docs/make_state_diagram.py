@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nonstop.core import TRANSITIONS, State  # noqa: E402
+from nonstop.core import TRANSITIONS, State
 
 DOC = Path(__file__).resolve().parent / "core.md"
 BEGIN = "<!-- BEGIN GENERATED: make_state_diagram.py -->"
