@@ -100,6 +100,10 @@ class _Demo:
                     self.core.receive_eof(self.now)
                     break
         self.drain()
+        deadline = self.core.next_deadline()
+        if deadline is not None and deadline <= self.now:  # due now, as in a driver's loop
+            self.core.handle_timer(self.now)
+            self.pump()
 
     def feed(self, data: bytes) -> None:
         if data:

@@ -352,11 +352,16 @@ class FeedCore:
         if self._health is not None:
             self._health.on_bytes(now)
         items = framing.feed(bytes(data))
+        accepted = items[-1] if items else None
+        if isinstance(accepted, Accepted):
+            # The 101 ends the list: open (subscriptions queued), then parse
+            # the frames that came in the same chunk.
+            items.pop()
+            self._on_accepted(accepted, now)
+            items += framing.resume()
         for item in items:
             if isinstance(item, (str, bytes)):
                 self._on_message(item, now)
-            elif isinstance(item, Accepted):
-                self._on_accepted(item, now)
             elif isinstance(item, PongReceived):
                 if self._health is not None:
                     self._health.on_pong(item.payload, now)

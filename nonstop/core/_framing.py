@@ -169,6 +169,10 @@ class Framing:
             return [HandshakeFailed(str(exc))]
         return self._drain()
 
+    def resume(self) -> list[Item]:
+        """Parse what arrived after the 101 in the same chunk (see :meth:`feed`)."""
+        return self._drain()
+
     def feed_eof(self) -> None:
         """The peer closed TCP.  Nothing to parse any more."""
         self._dead = True
@@ -190,7 +194,11 @@ class Framing:
                 self._close_event(event, out)
                 break
             elif isinstance(event, AcceptConnection):
+                # Stop here: frames after the 101 (same chunk) are parsed by
+                # resume(), once the core has queued its subscriptions, so
+                # what we write never depends on how the bytes were chunked.
                 out.append(Accepted(event.subprotocol))
+                break
             else:  # RejectConnection: its body (RejectData) is never read
                 assert isinstance(event, RejectConnection)
                 self._dead = True
