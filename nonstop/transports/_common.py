@@ -5,9 +5,9 @@ Theory of operation
 The drivers are thin: they move bytes and sleep.  The few things they do
 beyond that are identical for anyio and blocking sockets, so they live here:
 
-* :func:`build_config` turns ``connect(url, **options)`` keyword arguments into
-  the core's :class:`~nonstop.core.Config`, so both drivers accept exactly
-  the same options with the same defaults.
+* :func:`prepare` turns ``connect(url, **options)`` keyword arguments into
+  the core's :class:`~nonstop.core.Config` and the driver's options, so both
+  drivers accept exactly the same options with the same defaults.
 * :class:`MessageBuffer` is the bounded queue between the driver and the
   application, with the slow-consumer policy (``backpressure``,
   ``drop_oldest``, ``disconnect``).  It is not thread-safe; the blocking
@@ -24,14 +24,13 @@ import enum
 import logging
 import random
 import ssl as _ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from ..core import (
     AlertPolicy,
     AppEvent,
-    AppPing,
     Backoff,
     Config,
     ConfigError,
@@ -43,7 +42,6 @@ from ..core import (
     Stopped,
     format_event,
 )
-from ..core._config import HeaderProvider, HeadersLike
 
 __all__ = [
     "Overflow",
@@ -51,7 +49,6 @@ __all__ = [
     "WriteStalled",
     "prepare",
     "DriverOptions",
-    "build_config",
     "MessageBuffer",
     "Observer",
     "LOGGER",
@@ -103,56 +100,6 @@ class DriverOptions:
     logger: logging.Logger
 
 
-def build_config(
-    url: str,
-    *,
-    subscribe: Iterable[object] = (),
-    headers: HeadersLike | HeaderProvider | None = None,
-    subprotocols: Sequence[str] = (),
-    name: str | None = None,
-    ping_interval: float | None = 20.0,
-    ping_timeout: float | None = 10.0,
-    silence_timeout: float | None = 60.0,
-    app_ping: AppPing | None = None,
-    connect_timeout: float = 10.0,
-    handshake_timeout: float = 10.0,
-    close_timeout: float = 5.0,
-    stable_after: float = 10.0,
-    backoff: Backoff | None = None,
-    max_attempts: int | None = None,
-    fatal_statuses: Iterable[int] = (),
-    fatal_close_codes: Iterable[int] = (),
-    max_message_size: int | None = 1 << 20,
-    alerts: AlertPolicy | None = None,
-    user_agent: str | None = "nonstop",
-    server_hostname: str | None = None,
-) -> Config:
-    """The core's Config from ``connect()`` keyword arguments."""
-    return Config(
-        url=url,
-        name=name,
-        subscriptions=list(subscribe),
-        headers=headers,
-        subprotocols=tuple(subprotocols),
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        silence_timeout=silence_timeout,
-        app_ping=app_ping,
-        connect_timeout=connect_timeout,
-        handshake_timeout=handshake_timeout,
-        close_timeout=close_timeout,
-        stable_after=stable_after,
-        backoff=backoff if backoff is not None else Backoff(),
-        max_attempts=max_attempts,
-        fatal_statuses=frozenset(fatal_statuses),
-        fatal_close_codes=frozenset(fatal_close_codes),
-        max_message_size=max_message_size,
-        alerts=alerts if alerts is not None else AlertPolicy(),
-        user_agent=user_agent,
-        server_hostname=server_hostname,
-    )
-
-
 _DRIVER_KEYS = ("ssl", "queue_size", "overflow", "on_event", "read_size", "write_timeout", "logger")
 
 
@@ -161,12 +108,21 @@ def prepare(arguments: dict[str, Any]) -> tuple[FeedCore, DriverOptions]:
 
     Both public ``connect`` functions spell out every option (for editors and
     type checkers) and hand their ``locals()`` here, so the two can never
-    disagree on names or defaults.
+    disagree on names or defaults.  The core's options become its
+    :class:`~nonstop.core.Config` (``subscribe`` is its ``subscriptions``).
     """
     arguments = dict(arguments)
     rng = arguments.pop("rng")
     driver = {key: arguments.pop(key) for key in _DRIVER_KEYS}
-    config = build_config(**arguments)
+    arguments["subscriptions"] = list(arguments.pop("subscribe"))
+    if arguments["backoff"] is None:
+        arguments["backoff"] = Backoff()
+    if arguments["alerts"] is None:
+        arguments["alerts"] = AlertPolicy()
+    arguments["subprotocols"] = tuple(arguments["subprotocols"])
+    arguments["fatal_statuses"] = frozenset(arguments["fatal_statuses"])
+    arguments["fatal_close_codes"] = frozenset(arguments["fatal_close_codes"])
+    config = Config(**arguments)
     options = build_driver_options(config, **driver)
     core = FeedCore(config, rng=rng if rng is not None else random.Random())
     return core, options

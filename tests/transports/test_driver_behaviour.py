@@ -29,11 +29,6 @@ pytestmark = pytest.mark.timeout(60)
 FAST: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.2), stable_after=0.2)
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @contextmanager
 def server(handler: Callable[[ServerConnection], None]) -> Iterator[int]:
     with serve(handler, "127.0.0.1", 0) as srv:

@@ -158,11 +158,6 @@ def numbered(message: str | bytes) -> dict[str, Any] | None:
     return None
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 @pytest.mark.anyio
 async def test_anyio_driver_recovers(scenario: Scenario, anyio_backend: str) -> None:

@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 import sniffio
-import trustme
 import websockets.sync.client
 from anyio.abc import ByteStream
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -48,30 +47,6 @@ from nonstop.testing import DEFAULT_GARBAGE, FakeClock, Fault, FeedServer
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 QUIET = 0.3  # how long an absence check waits: long enough to notice, never asserted as a bound
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_ssl(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="module")
-def client_ssl(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
 
 
 # -- clients -----------------------------------------------------------------

@@ -28,11 +28,6 @@ pytestmark = pytest.mark.timeout(60)
 RETRY = dict(backoff=Backoff(initial=0.05, cap=0.1), max_attempts=2)
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def hello(ws: ServerConnection) -> None:
     ws.send("hello")
     for _ in ws:
