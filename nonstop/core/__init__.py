@@ -29,6 +29,7 @@ from ._events import (
     Event,
     Message,
     OpenTransport,
+    Pong,
     Stopped,
     Subscribed,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "Connected",
     "Subscribed",
     "Message",
+    "Pong",
     "Disconnected",
     "Alert",
     "Stopped",

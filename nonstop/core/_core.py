@@ -68,6 +68,7 @@ from ._events import (
     Event,
     Message,
     OpenTransport,
+    Pong,
     Stopped,
     Subscribed,
 )
@@ -363,10 +364,10 @@ class FeedCore:
             if isinstance(item, (str, bytes)):
                 self._on_message(item, now)
             elif isinstance(item, PongReceived):
-                if self._health is not None:
-                    self._health.on_pong(item.payload, now)
-                    if self._health.rtt is not None:
-                        self._last_rtt = self._health.rtt
+                rtt = None if self._health is None else self._health.on_pong(item.payload, now)
+                if rtt is not None:
+                    self._last_rtt = rtt
+                    self._events.append(Pong(rtt=rtt, connection=self._connections))
             elif isinstance(item, PeerClosed):
                 self._on_peer_closed(item, now)
             elif isinstance(item, Failed):

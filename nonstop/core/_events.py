@@ -31,6 +31,7 @@ __all__ = [
     "Connected",
     "Subscribed",
     "Message",
+    "Pong",
     "Disconnected",
     "Alert",
     "Stopped",
@@ -124,6 +125,17 @@ class Message:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    """The answer to our latest protocol ping arrived (not logged; for
+    round-trip histograms).  ``metrics().last_ping_rtt`` keeps the latest."""
+
+    rtt: float
+    """Seconds from our ping to its pong."""
+    connection: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Disconnected:
     """A connection ended or an attempt failed (``[DISCONNECTED]``).
 
@@ -174,6 +186,6 @@ class Stopped:
 
 
 Effect = Union[OpenTransport, CloseTransport]
-AppEvent = Union[Connecting, Connected, Subscribed, Message, Disconnected, Alert, Stopped]
-Event = Union[OpenTransport, CloseTransport, Connecting, Connected, Subscribed, Message,
+AppEvent = Union[Connecting, Connected, Subscribed, Message, Pong, Disconnected, Alert, Stopped]
+Event = Union[OpenTransport, CloseTransport, Connecting, Connected, Subscribed, Message, Pong,
               Disconnected, Alert, Stopped]

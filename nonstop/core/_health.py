@@ -75,9 +75,12 @@ class Health:
         self.last_rx = now
         self.pong_due = None
 
-    def on_pong(self, payload: bytes, now: float) -> None:
+    def on_pong(self, payload: bytes, now: float) -> float | None:
+        """The round trip of our latest ping if *payload* answers it, else None."""
         if payload == self.ping_payload and self.ping_count:
             self.rtt = now - self.ping_sent_at
+            return self.rtt
+        return None
 
     def on_app_pong(self) -> None:
         self.app_pong_due = None

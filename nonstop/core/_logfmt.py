@@ -34,6 +34,7 @@ from ._events import (
     Event,
     Message,
     OpenTransport,
+    Pong,
     Stopped,
     Subscribed,
 )
@@ -92,7 +93,7 @@ def format_event(event: Event, feed: str | None = None) -> tuple[int, str] | Non
 
     *level* is a :mod:`logging` level number.
     """
-    if isinstance(event, (Message, OpenTransport, CloseTransport)):
+    if isinstance(event, (Message, Pong, OpenTransport, CloseTransport)):
         return None
     if isinstance(event, Connecting):
         if event.total_attempts == 1:

@@ -38,6 +38,7 @@ from ..core import (
     Message,
     Metrics,
     NonstopError,
+    Pong,
     Reason,
     Stopped,
     format_event,
@@ -262,7 +263,8 @@ class Observer:
         line = format_event(event, self._label)
         if line is not None:
             self._logger.log(line[0], line[1])
-        self.history.append(event)
+        if not isinstance(event, Pong):  # one every ping_interval: not history
+            self.history.append(event)
         if isinstance(event, Stopped):
             self.stopped = event
         if self._callback is not None:

@@ -16,6 +16,7 @@ from nonstop.core import (
     CloseTransport,
     Disconnected,
     Message,
+    Pong,
     Reason,
     State,
 )
@@ -79,7 +80,7 @@ def test_ping_round_trip_comes_from_the_matching_pong() -> None:
     assert pair.core.metrics(pair.now).last_ping_rtt is None
     pair.fire_next()
     pair.advance(0.25)
-    pair.server_pong(ping_payload(1))
+    assert pair.server_pong(ping_payload(1)) == [Pong(rtt=0.25, connection=1)]
     assert pair.core.metrics(pair.now).last_ping_rtt == 0.25
 
 
@@ -93,7 +94,7 @@ def test_pong_with_another_payload_gives_no_round_trip() -> None:
     pair = open_pair(ping_interval=20, ping_timeout=10, silence_timeout=None, auto_pong=False)
     pair.fire_next()
     pair.advance(0.5)
-    pair.server_pong(b"not-ours")
+    assert pair.server_pong(b"not-ours") == []  # no Pong event either
     assert pair.core.metrics(pair.now).last_ping_rtt is None
 
 
