@@ -31,6 +31,7 @@ from nonstop.core import (
     Event,
     FeedCore,
     Message,
+    Messages,
     OpenTransport,
     State,
 )
@@ -50,7 +51,9 @@ class FakeClock:
 class Pair:
     """A core and an in-memory wsproto server, pumped by hand.
 
-    ``events`` collects every event the core emitted, in order (effects too);
+    ``events`` collects every event the core emitted, in order (effects too),
+    with each ``Messages`` run expanded into one ``Message`` per message (the
+    runs themselves are kept in ``batches``);
     ``server_messages`` every message the server received from the client.
     """
 
@@ -77,6 +80,7 @@ class Pair:
         self.wire_to_server = bytearray()
         self.auto_pong = auto_pong
         self.opens: list[OpenTransport] = []
+        self.batches: list[Messages] = []  # the Messages events as the core emitted them
         self.closes: list[CloseTransport] = []
 
     # -- time -----------------------------------------------------------
@@ -118,8 +122,12 @@ class Pair:
 
     # -- plumbing ---------------------------------------------------------
     def drain(self) -> list[Event]:
-        new: list[Event] = []
+        new: list[Any] = []
         while (ev := self.core.next_event()) is not None:
+            if isinstance(ev, Messages):
+                self.batches.append(ev)
+                new.extend(ev)  # one Message per message, for per-message assertions
+                continue
             new.append(ev)
             if isinstance(ev, OpenTransport):
                 self.opens.append(ev)

@@ -66,7 +66,7 @@ from ._events import (
     Connecting,
     Disconnected,
     Event,
-    Message,
+    Messages,
     OpenTransport,
     Pong,
     Stopped,
@@ -361,8 +361,10 @@ class FeedCore:
             self._on_accepted(accepted, now)
             items += framing.resume()
         for item in items:
-            if isinstance(item, (str, bytes)):
-                self._on_message(item, now)
+            if type(item) is list:  # a run from the fast path
+                self._deliver(item, now)
+            elif isinstance(item, (str, bytes)):
+                self._deliver([item], now)
             elif isinstance(item, PongReceived):
                 rtt = None if self._health is None else self._health.on_pong(item.payload, now)
                 if rtt is not None:
@@ -657,9 +659,23 @@ class FeedCore:
         else:
             self._pending_acks[id(sub)] = after(now, sub.ack_timeout)
 
-    def _on_message(self, data: Payload, now: float) -> None:
-        if self._state is State.OPEN and self._callback_failed is None:
-            app = self.config.app_ping
+    def _deliver(self, payloads: list[Payload], now: float) -> None:
+        """Hand a run of messages to the application (one ``Messages`` event
+        per run).  While open, each is first offered to the application-ping
+        matcher and the pending ACK matchers, when there are any: the hot
+        path costs one test per run when there are not."""
+        if self._state is State.OPEN and (self._pending_acks or self.config.app_ping is not None):
+            payloads = self._inspect(payloads, now)
+        if payloads:
+            self._emit_messages(payloads, now)
+
+    def _inspect(self, payloads: list[Payload], now: float) -> list[Payload]:
+        kept: list[Payload] = []
+        app = self.config.app_ping
+        for data in payloads:
+            if self._callback_failed is not None:
+                kept.append(data)
+                continue
             if app is not None:
                 try:
                     is_pong = app.is_pong(data)
@@ -670,14 +686,34 @@ class FeedCore:
                     assert self._health is not None
                     self._health.on_app_pong()
                     if not app.deliver_pongs:
-                        return
+                        continue
             if self._pending_acks:
-                self._match_ack(data)
-        self._messages += 1
-        self._last_message_at = now
-        self._events.append(Message(data=data, connection=self._connections, received_at=now))
+                sub = self._match_ack(data)
+                if sub is not None:  # the ACK message itself comes after Subscribed
+                    if kept:
+                        self._emit_messages(kept, now)
+                        kept = []
+                    self._events.append(Subscribed(subscription=sub, connection=self._connections,
+                                                   acked=True))
+            kept.append(data)
+        return kept
 
-    def _match_ack(self, data: Payload) -> None:
+    def _emit_messages(self, payloads: list[Payload], now: float) -> None:
+        """Queue *payloads* (a list the core owns), extending the last queued
+        ``Messages`` event when it belongs to the same connection and input."""
+        self._messages += len(payloads)
+        self._last_message_at = now
+        events = self._events
+        if events:
+            last = events[-1]
+            if (type(last) is Messages and last.received_at == now
+                    and last.connection == self._connections):
+                last.data.extend(payloads)
+                return
+        events.append(Messages(data=payloads, connection=self._connections, received_at=now))
+
+    def _match_ack(self, data: Payload) -> Subscription | None:
+        """The first pending subscription whose matcher accepts *data*."""
         for sub in self._subs:
             if id(sub) not in self._pending_acks:
                 continue
@@ -686,12 +722,11 @@ class FeedCore:
                 matched = sub.ack(data)
             except Exception as exc:
                 self._callback_failed = f"ack matcher of {sub.label} raised {type(exc).__name__}: {exc}"
-                return
+                return None
             if matched:
                 del self._pending_acks[id(sub)]
-                self._events.append(Subscribed(subscription=sub, connection=self._connections,
-                                               acked=True))
-                return
+                return sub
+        return None
 
     def _on_peer_closed(self, item: PeerClosed, now: float) -> None:
         if self._state is not State.OPEN:

@@ -18,6 +18,7 @@ subclass these (h11's rule): they are ``@final``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Union, final
 
@@ -31,6 +32,7 @@ __all__ = [
     "Connected",
     "Subscribed",
     "Message",
+    "Messages",
     "Pong",
     "Disconnected",
     "Alert",
@@ -114,13 +116,38 @@ class Subscribed:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Messages:
+    """Complete messages from the server, in order (not logged).
+
+    One event per run of messages: per chunk, not per message, which keeps
+    the hot path free of per-message objects (a driver extends its queue
+    with ``data`` in one call).  A run never spans two connections or two
+    inputs; lifecycle events between messages split runs, so order is kept.
+    """
+
+    data: list[Payload]
+    """The messages: ``str`` for text frames, ``bytes`` for binary ones."""
+    connection: int
+    received_at: float
+    """The ``now`` of the input that completed these messages."""
+
+    def __iter__(self) -> Iterator[Message]:
+        """Each message with its metadata (what ``records()`` yields)."""
+        connection, received_at = self.connection, self.received_at
+        for data in self.data:
+            yield Message(data=data, connection=connection, received_at=received_at)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Message:
-    """A complete message from the server (not logged)."""
+    """One message with its metadata: what ``feed.records()`` yields."""
 
     data: Payload
     connection: int
+    """Which connection (1, 2, ...) it came on."""
     received_at: float
-    """The ``now`` of the input that completed the message."""
+    """The driver's monotonic time when it was read."""
 
 
 @final
@@ -186,6 +213,6 @@ class Stopped:
 
 
 Effect = Union[OpenTransport, CloseTransport]
-AppEvent = Union[Connecting, Connected, Subscribed, Message, Pong, Disconnected, Alert, Stopped]
-Event = Union[OpenTransport, CloseTransport, Connecting, Connected, Subscribed, Message, Pong,
+AppEvent = Union[Connecting, Connected, Subscribed, Messages, Pong, Disconnected, Alert, Stopped]
+Event = Union[OpenTransport, CloseTransport, Connecting, Connected, Subscribed, Messages, Pong,
               Disconnected, Alert, Stopped]

@@ -26,6 +26,7 @@ payloads keep the per-message cost to one list append.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from typing import Final, Union
 
@@ -105,7 +106,45 @@ class Failed:
         self.detail = detail
 
 
-Item = Union[str, bytes, Accepted, Rejected, HandshakeFailed, PeerClosed, PongReceived, Failed]
+Item = Union[str, bytes, list[Payload], Accepted, Rejected, HandshakeFailed, PeerClosed,
+             PongReceived, Failed]
+
+_NO_LIMIT: Final = 1 << 63
+#: The longest frame header from a server: 2 bytes, 8 of length, 4 of mask.
+_MAX_HEADER: Final = 14
+
+
+def _utf8_prefix(data: bytes) -> None:
+    """Raise UnicodeDecodeError if *data* cannot start valid UTF-8 text."""
+    codecs.getincrementaldecoder("utf-8")().decode(data, False)
+
+
+def _frame_size(head: bytes) -> int | None:
+    """The whole frame's length, from its first bytes; None if they are
+    too few to tell."""
+    n = len(head)
+    if n < 2:
+        return None
+    length = head[1] & 0x7F
+    size = 2 + (4 if head[1] & 0x80 else 0)
+    if length == 126:
+        if n < 4:
+            return None
+        return size + 2 + ((head[2] << 8) | head[3])
+    if length == 127:
+        if n < 10:
+            return None
+        return size + 8 + int.from_bytes(head[2:10], "big")
+    return size + length
+
+
+#: Opcodes RFC 6455 reserves (5.2): a frame with one fails the connection.
+_BAD_OPCODES: Final = frozenset({3, 4, 5, 6, 7, 11, 12, 13, 14, 15})
+#: wsproto states in which frames are still read.
+_READING: Final = frozenset({ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING})
+#: An incomplete frame longer than this is not held back whole (re-copied on
+#: every read) but streamed by wsproto.
+_TAIL_MAX: Final = 1 << 20
 
 # wsproto's own message names a byte offset within the chunk: not stable.
 _INVALID_UTF8: Final = "invalid UTF-8 in a text message"
@@ -119,14 +158,20 @@ _REASON_FOR_CODE: Final = {
 class Framing:
     """One connection's wire protocol.  Create a new one per connection."""
 
-    __slots__ = ("_dead", "_max_size", "_parts", "_size", "_ws", "outgoing")
+    __slots__ = ("_dead", "_fast", "_fragmented", "_handshake", "_max_size", "_owed", "_parts",
+                 "_size", "_tail", "_ws", "outgoing")
 
-    def __init__(self, max_message_size: int | None) -> None:
+    def __init__(self, max_message_size: int | None, *, fast: bool = True) -> None:
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._max_size = max_message_size
         self._parts: list[str] | list[bytes] = []
         self._size = 0
         self._dead = False
+        self._tail = b""  # an incomplete frame, waiting for the next read
+        self._owed = 0  # bytes of a streamed frame wsproto still has to get
+        self._fragmented = False  # a fragmented message is in progress (wsproto's)
+        self._handshake = b""  # the response so far, to find its end
+        self._fast = fast  # False: every byte through wsproto (the reference path)
         self.outgoing = bytearray()
 
     # -- handshake --------------------------------------------------------
@@ -155,13 +200,31 @@ class Framing:
 
     # -- receiving --------------------------------------------------------
     def feed(self, data: bytes) -> list[Item]:
-        """Parse *data*; return messages and control events in wire order."""
+        """Parse *data*; return messages and control events in wire order.
+
+        A run of messages found by the fast path comes as one ``list`` item.
+        """
         if self._dead:
             return []
         state = self._ws.state
-        if state in (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING,
-                     ConnectionState.REJECTING):
-            return []  # after the peer's close frame nothing more is read
+        if state is ConnectionState.OPEN or state is ConnectionState.LOCAL_CLOSING:
+            if not self._fast:
+                self._ws.receive_data(data)
+                return self._drain()
+            if self._tail:
+                return self._complete_tail(data)
+            return self._frames(data, 0)
+        if state is not ConnectionState.CONNECTING:
+            return []  # after the peer's close frame (or a rejection) nothing more is read
+        # The handshake: h11 gets the response up to its blank line and not a
+        # byte more, so every frame after the 101 goes through _frames().
+        seen = len(self._handshake)
+        self._handshake += data
+        end = self._handshake.find(b"\r\n\r\n")
+        if end >= 0:
+            cut = end + 4 - seen
+            data, self._tail = data[:cut], data[cut:]
+            self._handshake = b""
         try:
             self._ws.receive_data(data)
         except WsRemoteProtocolError as exc:
@@ -169,9 +232,142 @@ class Framing:
             return [HandshakeFailed(str(exc))]
         return self._drain()
 
+    def _complete_tail(self, data: bytes) -> list[Item]:
+        """Finish the frame waiting in ``_tail`` with the start of *data*,
+        copying only that frame, then parse the rest of *data* in place
+        (no ``tail + data`` copy of the whole read)."""
+        tail = self._tail
+        head = tail + data[:max(0, _MAX_HEADER - len(tail))]
+        size = _frame_size(head)
+        need = -1 if size is None else size - len(tail)
+        self._tail = b""
+        if need < 0 or need > len(data):  # still incomplete: check what is there
+            return self._frames(tail + data, 0)
+        out = self._frames(tail + data[:need], 0)
+        if need < len(data) and not self._dead and self._ws.state in _READING:
+            out += self._frames(data, need)
+        return out
+
+    def _frames(self, data: bytes, pos: int) -> list[Item]:
+        """The hot loop.  Frame boundaries are found here, always: whole,
+        unfragmented, unmasked text/binary frames without RSV bits, within
+        ``max_message_size``, are cut straight out of *data*; every other
+        frame (control, fragment, masked, RSV, non-minimal length, too big)
+        is handed to wsproto whole, so wsproto never holds half a frame and
+        the fast path never has to wait for it.  A frame too big to hold
+        back (over 1 MiB, or over ``max_message_size``) is streamed to
+        wsproto instead, and ``_owed`` counts the rest of it.  An incomplete
+        frame at the end waits in ``_tail`` for the next read.
+        """
+        out: list[Item] = []
+        run: list[Payload] = []
+        limit = self._max_size if self._max_size is not None else _NO_LIMIT
+        n = len(data)
+        if self._owed:
+            end = min(pos + self._owed, n)
+            self._owed -= end - pos
+            if not self._to_wsproto(data[pos:end], run, out):
+                return out
+            pos = end
+        while n - pos >= 2:
+            b0 = data[pos]
+            length = data[pos + 1]
+            masked = length & 0x80
+            length &= 0x7F
+            opcode = b0 & 0x0F
+            if (opcode in _BAD_OPCODES or (opcode >= 8 and (not b0 & 0x80 or length > 125))
+                    or (opcode < 8 and (opcode == 0) != self._fragmented)):
+                # Broken in its first two bytes (a reserved opcode, a long or
+                # fragmented control frame, a continuation out of place, a
+                # new message inside a fragmented one): wsproto fails it.
+                self._to_wsproto(data[pos:], run, out)
+                return out
+            start = pos + 2
+            minimal = True
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                minimal = length >= 126
+                start = pos + 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                minimal = 65536 <= length < _NO_LIMIT
+                start = pos + 10
+            end = start + length
+            if masked or b0 & 0x70:
+                # A masked server frame, or RSV bits without an extension:
+                # wsproto fails the connection once it has read the length.
+                self._to_wsproto(data[pos:], run, out)
+                return out
+            if (b0 == 0x81 or b0 == 0x82) and minimal and length <= limit:
+                if end > n:
+                    if length > _TAIL_MAX:
+                        self._owed = end - n
+                        self._to_wsproto(data[pos:], run, out)
+                        return out
+                    if b0 == 0x81 and start < n:
+                        # Fail on bad UTF-8 as soon as it arrives, as wsproto
+                        # does with the pieces of a frame (RFC 6455 8.1).
+                        try:
+                            _utf8_prefix(data[start:])
+                        except UnicodeDecodeError as exc:
+                            if run:
+                                out.append(run)
+                            self._fail(INVALID_DATA, f"{_INVALID_UTF8}: {exc.reason}", out)
+                            return out
+                    break
+                if b0 == 0x81:
+                    try:
+                        run.append(data[start:end].decode("utf-8"))
+                    except UnicodeDecodeError as exc:
+                        if run:
+                            out.append(run)
+                        self._fail(INVALID_DATA, f"{_INVALID_UTF8}: {exc.reason}", out)
+                        return out
+                else:
+                    run.append(data[start:end])
+                pos = end
+                continue
+            # Anything else is wsproto's.  Control frames go whole (wsproto
+            # waits for them whole too); data frames of a fragmented message
+            # stream, so wsproto checks each piece as it comes.
+            if end > n:
+                if opcode >= 8:
+                    break
+                self._owed = end - n
+                end = n
+            if opcode and opcode < 8:  # a data frame starts a message...
+                self._fragmented = not b0 & 0x80
+            elif not opcode and b0 & 0x80:  # ...a final continuation ends it
+                self._fragmented = False
+            if not self._to_wsproto(data[pos:end], run, out):
+                return out
+            pos = end
+        if pos < n:
+            self._tail = data[pos:]
+        if run:
+            out.append(run)
+        return out
+
+    def _to_wsproto(self, data: bytes, run: list[Payload], out: list[Item]) -> bool:
+        """Let wsproto parse *data* (whole frames, or the start or rest of a
+        streamed one), after the run so far.  False once reading must stop."""
+        if run:
+            out.append(run[:])
+            run.clear()
+        self._ws.receive_data(data)
+        out += self._drain()
+        return not self._dead and self._ws.state in _READING
+
     def resume(self) -> list[Item]:
-        """Parse what arrived after the 101 in the same chunk (see :meth:`feed`)."""
-        return self._drain()
+        """Parse what arrived after the 101 in the same read (see :meth:`feed`)."""
+        data, self._tail = self._tail, b""
+        if not data:
+            return []
+        return self._frames(data, 0) if self._fast else self.feed(data)
 
     def feed_eof(self) -> None:
         """The peer closed TCP.  Nothing to parse any more."""

@@ -33,6 +33,7 @@ from ._events import (
     Disconnected,
     Event,
     Message,
+    Messages,
     OpenTransport,
     Pong,
     Stopped,
@@ -88,12 +89,12 @@ def _line(keyword: str, feed: str | None, **fields: object) -> str:
     return " ".join(parts)
 
 
-def format_event(event: Event, feed: str | None = None) -> tuple[int, str] | None:
+def format_event(event: Event | Message, feed: str | None = None) -> tuple[int, str] | None:
     """``(level, line)`` for a lifecycle event; ``None`` for the rest.
 
     *level* is a :mod:`logging` level number.
     """
-    if isinstance(event, (Message, Pong, OpenTransport, CloseTransport)):
+    if isinstance(event, (Messages, Message, Pong, OpenTransport, CloseTransport)):
         return None
     if isinstance(event, Connecting):
         if event.total_attempts == 1:

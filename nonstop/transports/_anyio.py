@@ -48,6 +48,7 @@ from ..core import (
     Event,
     FeedCore,
     Message,
+    Messages,
     Metrics,
     OpenTransport,
     Reason,
@@ -61,6 +62,8 @@ __all__ = ["AsyncFeed"]
 
 E = TypeVar("E", bound=AppEvent)
 
+#: Messages the consumer takes from the queue at a time.
+TAKE = 512
 #: Application sends wait while more than this many bytes are unwritten.
 HIGH_WATER = 1 << 20
 #: Longest wait for the application to take the messages that came just
@@ -91,6 +94,7 @@ class AsyncFeed:
         self._wait_scope: anyio.CancelScope | None = None
         self._in_connect = False
         self._has_data = anyio.Event()
+        self._local: list[str | bytes] = []  # taken by __anext__, reversed
         self._consumer_waiting = False  # blocked in __anext__ for lack of messages
         self._consumer_seen = False  # the application has iterated at all
         self._idle = anyio.Event()
@@ -153,24 +157,55 @@ class AsyncFeed:
         return self
 
     async def __anext__(self) -> str | bytes:
-        return (await self._next_message()).data
+        local = self._local
+        if local:
+            return local.pop()
+        batch = await self._take(TAKE)
+        batch.reverse()  # pop() from the end is O(1)
+        self._local = batch
+        return batch.pop()
+
+    async def batches(self, limit: int = TAKE) -> AsyncIterator[list[str | bytes]]:
+        """Iterate messages in lists, as many as are ready (up to *limit*):
+        the fastest way to consume a busy feed.  Don't mix with plain
+        iteration on the same feed."""
+        while True:
+            try:
+                yield await self._take(limit)
+            except StopAsyncIteration:
+                return
 
     async def records(self) -> AsyncIterator[Message]:
         """Iterate messages with their metadata (connection number, receive time)."""
         while True:
             try:
-                yield await self._next_message()
+                await self._wait_messages()
             except StopAsyncIteration:
                 return
+            records = self._buffer.take_records(TAKE)
+            self._made_room()
+            for record in records:
+                yield record
 
-    async def _next_message(self) -> Message:
+    async def _take(self, limit: int) -> list[str | bytes]:
+        if self._local:  # left by plain iteration
+            local, self._local = self._local, []
+            local.reverse()
+            return local
+        await self._wait_messages()
+        batch = self._buffer.take(limit)
+        self._made_room()
+        return batch
+
+    def _made_room(self) -> None:
+        if not self._buffer.held and self._core.reading_paused:
+            self._space.set()
+
+    async def _wait_messages(self) -> None:
+        """Return once messages are queued; at the end raise StopAsyncIteration
+        (a stop), FeedGaveUp (it gave up) or the driver's crash."""
         buffer = self._buffer
-        while True:
-            message = buffer.pop()
-            if message is not None:
-                if not buffer.held and self._core.reading_paused:
-                    self._space.set()
-                return message
+        while not len(buffer):
             if self._done.is_set():
                 if self._crash is not None:
                     raise self._crash
@@ -348,7 +383,7 @@ class AsyncFeed:
         buffer = self._buffer
         delivered = False
         while (event := core.next_event()) is not None:
-            if type(event) is Message:
+            if type(event) is Messages:
                 delivered = True
                 if buffer.push(event) == "disconnect":
                     core.reconnect(anyio.current_time(), reason=Reason.SLOW_CONSUMER)
@@ -364,7 +399,7 @@ class AsyncFeed:
             self._pending_open = None
             await self._close_stream(event.abort)
         else:
-            assert not isinstance(event, Message)
+            assert not isinstance(event, Messages)
             self._observer.observe(event)
             for match, flag, box in list(self._waiters):
                 if not flag.is_set() and match(event):

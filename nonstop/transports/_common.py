@@ -36,8 +36,10 @@ from ..core import (
     ConfigError,
     FeedCore,
     Message,
+    Messages,
     Metrics,
     NonstopError,
+    Payload,
     Pong,
     Reason,
     Stopped,
@@ -174,72 +176,139 @@ def build_driver_options(
 class MessageBuffer:
     """The bounded queue of messages between a driver and its application.
 
+    The core delivers messages in runs (:class:`~nonstop.core.Messages`), so
+    the buffer moves whole runs: ``push`` extends the queue in one call and
+    ``take`` hands the consumer a list, keeping per-message work off the hot
+    path.  Each run's connection number and receive time are kept once per
+    run (``_meta``), for :meth:`take_records`.
+
     ``push`` returns what the driver must do: ``"ok"``, ``"full"`` (under
-    ``backpressure``: hold the rest and stop reading) or ``"disconnect"``.
-    Messages held back under backpressure wait in :attr:`held` -- at most one
-    received chunk's worth -- and move in as the consumer makes room.
+    ``backpressure``: the rest of the run is held and reading stops) or
+    ``"disconnect"``.  Held runs -- at most one read's worth, since the
+    driver stops reading -- move in as the consumer makes room.
     """
 
-    __slots__ = ("_queue", "held", "size", "policy", "dropped", "overflows", "closed")
+    __slots__ = ("_queue", "_meta", "_held", "size", "policy", "dropped", "overflows")
 
     def __init__(self, size: int, policy: Overflow) -> None:
-        self._queue: collections.deque[Message] = collections.deque()
-        self.held: collections.deque[Message] = collections.deque()
+        self._queue: collections.deque[Payload] = collections.deque()
+        self._meta: collections.deque[list[Any]] = collections.deque()  # [conn, time, count]
+        self._held: collections.deque[Messages] = collections.deque()
         self.size = size
         self.policy = policy
         self.dropped = 0
         self.overflows = 0
-        self.closed = False
 
     def __len__(self) -> int:
         return len(self._queue)
 
     @property
-    def full(self) -> bool:
-        return len(self._queue) >= self.size
+    def held(self) -> bool:
+        """Messages are waiting for room (backpressure): don't read more."""
+        return bool(self._held)
 
-    def push(self, message: Message) -> str:
-        queue = self._queue
-        if self.held:
-            self.held.append(message)
+    def _append(self, data: list[Payload], connection: int, received_at: float) -> None:
+        self._queue.extend(data)
+        meta = self._meta
+        if meta and meta[-1][0] == connection and meta[-1][1] == received_at:
+            meta[-1][2] += len(data)
+        else:
+            meta.append([connection, received_at, len(data)])
+
+    def push(self, batch: Messages) -> str:
+        if self._held:
+            self._held.append(batch)
             return "full"
-        if len(queue) < self.size:
-            queue.append(message)
+        data = batch.data
+        room = self.size - len(self._queue)
+        if len(data) <= room:
+            self._append(data, batch.connection, batch.received_at)
             return "ok"
         self.overflows += 1
-        if self.policy is Overflow.BACKPRESSURE:
-            self.held.append(message)
-            return "full"
         if self.policy is Overflow.DROP_OLDEST:
-            queue.popleft()
-            self.dropped += 1
-            queue.append(message)
+            self._append(data, batch.connection, batch.received_at)
+            self._drop_oldest(len(self._queue) - self.size)
             return "ok"
-        self.dropped += 1
+        if room > 0:
+            self._append(data[:room], batch.connection, batch.received_at)
+        if self.policy is Overflow.BACKPRESSURE:
+            self._held.append(Messages(data=data[room:], connection=batch.connection,
+                                       received_at=batch.received_at))
+            return "full"
+        self.dropped += len(data) - max(room, 0)
         return "disconnect"
 
-    def pop(self) -> Message | None:
-        queue = self._queue
-        if not queue:
-            return None
-        message = queue.popleft()
-        held = self.held
-        while held and len(queue) < self.size:
-            queue.append(held.popleft())
-        return message
-
-    def drain_into(self, out: list[Message], limit: int) -> None:
-        """Move up to *limit* messages into *out* (batch consumers)."""
-        while len(out) < limit:
-            message = self.pop()
-            if message is None:
+    def _drop_oldest(self, count: int) -> None:
+        self.dropped += count
+        queue, meta = self._queue, self._meta
+        for _ in range(count):
+            queue.popleft()
+        while count:
+            first = meta[0]
+            if first[2] > count:
+                first[2] -= count
                 return
-            out.append(message)
+            count -= first[2]
+            meta.popleft()
+
+    def take(self, limit: int) -> list[Payload]:
+        """Up to *limit* messages, oldest first (a new list)."""
+        queue = self._queue
+        if len(queue) <= limit:
+            out = list(queue)
+            queue.clear()
+            self._meta.clear()
+        else:
+            out = [queue.popleft() for _ in range(limit)]
+            self._consume_meta(limit)
+        if self._held:
+            self._refill()
+        return out
+
+    def take_records(self, limit: int) -> list[Message]:
+        """Like :meth:`take`, with each message's connection and receive time."""
+        out: list[Message] = []
+        queue, meta = self._queue, self._meta
+        while queue and len(out) < limit:
+            first = meta[0]
+            out.append(Message(data=queue.popleft(), connection=first[0], received_at=first[1]))
+            first[2] -= 1
+            if not first[2]:
+                meta.popleft()
+        if self._held:
+            self._refill()
+        return out
+
+    def _consume_meta(self, count: int) -> None:
+        meta = self._meta
+        while count:
+            first = meta[0]
+            if first[2] > count:
+                first[2] -= count
+                return
+            count -= first[2]
+            meta.popleft()
+
+    def _refill(self) -> None:
+        held = self._held
+        while held:
+            room = self.size - len(self._queue)
+            if room <= 0:
+                return
+            batch = held[0]
+            if len(batch.data) <= room:
+                held.popleft()
+                self._append(batch.data, batch.connection, batch.received_at)
+            else:
+                self._append(batch.data[:room], batch.connection, batch.received_at)
+                held[0] = Messages(data=batch.data[room:], connection=batch.connection,
+                                   received_at=batch.received_at)
+                return
 
     def add_driver_metrics(self, metrics: Metrics) -> Metrics:
         return replace(
             metrics,
-            queued=len(self._queue) + len(self.held),
+            queued=len(self._queue) + sum(len(b.data) for b in self._held),
             messages_dropped=self.dropped,
             overflows=self.overflows,
         )

@@ -32,6 +32,7 @@ from nonstop.core import (
     Event,
     FeedCore,
     Message,
+    Messages,
     OpenTransport,
     Reason,
     State,
@@ -187,6 +188,9 @@ def drain(core: FeedCore, run: Run) -> bool:
     while True:
         run.written += core.data_to_send()
         while (event := core.next_event()) is not None:
+            if isinstance(event, Messages):
+                run.events.extend(event)  # one Message per message
+                continue
             run.events.append(event)
             closed = closed or isinstance(event, CloseTransport)
         deadline = core.next_deadline()

@@ -39,6 +39,7 @@ import itertools
 import json
 import math
 import random
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -72,6 +73,7 @@ from nonstop.core import (
     FeedCore,
     LocalProtocolError,
     Message,
+    Messages,
     NotConnected,
     OpenTransport,
     State,
@@ -300,9 +302,13 @@ class FeedMachine(RuleBasedStateMachine):
         if data:
             assert self.server is not None, f"core wrote {data!r} with no open transport"
             self.deliver(data)
-        new: list[Event] = []
+        new: list[Any] = []
         while (event := self.core.next_event()) is not None:
-            new.append(event)
+            if isinstance(event, Messages):  # a run: check it, then one Message each
+                assert event.data and event.connection == self.core.connection
+                new.extend(event)
+            else:
+                new.append(event)
         assert not (self.stopped and new), f"events after Stopped: {new}"
         for event in new:
             self.on_event(event, t)
