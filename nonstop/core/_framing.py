@@ -114,6 +114,23 @@ _NO_LIMIT: Final = 1 << 63
 _MAX_HEADER: Final = 14
 
 
+def _end_of_head(buffer: bytes) -> int:
+    """Where an HTTP response head ends (after its blank line), or -1.
+
+    h11 accepts bare LF line ends, so the blank line is the first LF CR LF
+    or LF LF after the status line.
+    """
+    ends = [i + 3 for i in (buffer.find(b"\n\r\n"),) if i >= 0]
+    ends += [i + 2 for i in (buffer.find(b"\n\n"),) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def _count_header(head: bytes, name: bytes) -> int:
+    """How many header lines of *head* are called *name* (lower case)."""
+    return sum(1 for line in head.split(b"\n")[1:]
+               if line.split(b":", 1)[0].strip().lower() == name)
+
+
 def _utf8_prefix(data: bytes) -> None:
     """Raise UnicodeDecodeError if *data* cannot start valid UTF-8 text."""
     codecs.getincrementaldecoder("utf-8")().decode(data, False)
@@ -159,7 +176,7 @@ class Framing:
     """One connection's wire protocol.  Create a new one per connection."""
 
     __slots__ = ("_dead", "_fast", "_fragmented", "_handshake", "_max_size", "_owed", "_parts",
-                 "_size", "_tail", "_ws", "outgoing")
+                 "_passthrough", "_size", "_tail", "_ws", "outgoing")
 
     def __init__(self, max_message_size: int | None, *, fast: bool = True) -> None:
         self._ws = WSConnection(ConnectionType.CLIENT)
@@ -172,6 +189,7 @@ class Framing:
         self._fragmented = False  # a fragmented message is in progress (wsproto's)
         self._handshake = b""  # the response so far, to find its end
         self._fast = fast  # False: every byte through wsproto (the reference path)
+        self._passthrough = False  # a broken frame went to wsproto: it gets the rest
         self.outgoing = bytearray()
 
     # -- handshake --------------------------------------------------------
@@ -208,7 +226,7 @@ class Framing:
             return []
         state = self._ws.state
         if state is ConnectionState.OPEN or state is ConnectionState.LOCAL_CLOSING:
-            if not self._fast:
+            if not self._fast or self._passthrough:
                 self._ws.receive_data(data)
                 return self._drain()
             if self._tail:
@@ -220,16 +238,24 @@ class Framing:
         # byte more, so every frame after the 101 goes through _frames().
         seen = len(self._handshake)
         self._handshake += data
-        end = self._handshake.find(b"\r\n\r\n")
+        end = _end_of_head(self._handshake)
         if end >= 0:
-            cut = end + 4 - seen
+            head = self._handshake[:end]
+            cut = end - seen
             data, self._tail = data[:cut], data[cut:]
             self._handshake = b""
+            if _count_header(head, b"sec-websocket-accept") > 1:
+                # wsproto would read only the last one (RFC 6455 4.1: one value).
+                self._dead = True
+                return [HandshakeFailed("more than one Sec-WebSocket-Accept header")]
         try:
             self._ws.receive_data(data)
         except WsRemoteProtocolError as exc:
             self._dead = True
             return [HandshakeFailed(str(exc))]
+        except UnicodeDecodeError as exc:  # wsproto decodes some headers as ASCII
+            self._dead = True
+            return [HandshakeFailed(f"a WebSocket header is not ASCII: {exc.reason}")]
         return self._drain()
 
     def _complete_tail(self, data: bytes) -> list[Item]:
@@ -269,7 +295,39 @@ class Framing:
             if not self._to_wsproto(data[pos:end], run, out):
                 return out
             pos = end
+        append = run.append
         while n - pos >= 2:
+            if not self._fragmented:
+                # The hottest loop: short and 16-bit-length text and binary
+                # frames, nothing else.  Whatever it does not take falls
+                # through to the general case below, one frame at a time.
+                while n - pos >= 2:
+                    b0 = data[pos]
+                    if b0 != 0x81 and b0 != 0x82:
+                        break
+                    length = data[pos + 1]
+                    if length < 126:
+                        start = pos + 2
+                    elif length == 126 and n - pos >= 4:
+                        length = (data[pos + 2] << 8) | data[pos + 3]
+                        if length < 126:
+                            break
+                        start = pos + 4
+                    else:
+                        break
+                    end = start + length
+                    if end > n or length > limit:
+                        break
+                    if b0 == 0x82:
+                        append(data[start:end])
+                    else:
+                        try:
+                            append(data[start:end].decode("utf-8"))
+                        except UnicodeDecodeError:
+                            break  # the general case reports it
+                    pos = end
+                if n - pos < 2:
+                    break
             b0 = data[pos]
             length = data[pos + 1]
             masked = length & 0x80
@@ -279,7 +337,10 @@ class Framing:
                     or (opcode < 8 and (opcode == 0) != self._fragmented)):
                 # Broken in its first two bytes (a reserved opcode, a long or
                 # fragmented control frame, a continuation out of place, a
-                # new message inside a fragmented one): wsproto fails it.
+                # new message inside a fragmented one): wsproto fails it,
+                # perhaps only once more bytes come -- so from now on every
+                # byte is wsproto's.
+                self._passthrough = True
                 self._to_wsproto(data[pos:], run, out)
                 return out
             start = pos + 2
@@ -300,6 +361,7 @@ class Framing:
             if masked or b0 & 0x70:
                 # A masked server frame, or RSV bits without an extension:
                 # wsproto fails the connection once it has read the length.
+                self._passthrough = True
                 self._to_wsproto(data[pos:], run, out)
                 return out
             if (b0 == 0x81 or b0 == 0x82) and minimal and length <= limit:

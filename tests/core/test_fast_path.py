@@ -277,3 +277,10 @@ def test_a_partial_text_frame_with_good_utf8_just_waits() -> None:
     data = frame(TEXT, "é".encode() * 50)
     assert framing.feed(data[:5]) == []  # cut inside a two-byte character
     assert framing.feed(data[5:]) == [["é" * 50]]
+
+
+def test_a_length_not_in_its_shortest_form_is_a_protocol_error() -> None:
+    """RFC 6455 5.2: the minimal number of bytes must encode the length."""
+    framing = open_framing()
+    non_minimal = bytes([0x82, 126]) + (5).to_bytes(2, "big") + b"12345"
+    assert flatten(framing.feed(frame(TEXT, b"ok") + non_minimal)) == ["ok", ("failed", 1002)]
