@@ -1,4 +1,6 @@
-"""A scripted, in-memory run of the sans-IO core: what ``python -m nonstop demo`` shows.
+"""A scripted, in-memory run of the sans-IO core (no sockets; ``tests/test_docs_and_demo.py``).
+
+The command ``nonstop demo`` runs the real chaos demo instead (:mod:`nonstop._demo`).
 
 No socket, no thread, no sleep: a wsproto server object plays the feed, a
 number plays the clock, and every lifecycle step the core decides is printed

@@ -143,6 +143,7 @@ class FeedCore:
         self._deferred: tuple[Failed, float] | None = None  # protocol failure, detected at
         # counters
         self._started_at: float | None = None
+        self._stopped_at: float | None = None  # running time ends at STOPPED
         self._failures = 0
         self._attempt = 0  # attempts since the last stable connection
         self._attempts = 0
@@ -225,7 +226,8 @@ class FeedCore:
     def metrics(self, now: float) -> Metrics:
         """A snapshot of the feed's counters at *now* (changes nothing)."""
         started = self._started_at
-        running = 0.0 if started is None else max(0.0, now - started)
+        end = now if self._stopped_at is None else min(now, self._stopped_at)
+        running = 0.0 if started is None else max(0.0, end - started)
         current = 0.0
         if self._state is State.OPEN and self._opened_at is not None:
             current = max(0.0, now - self._opened_at)
@@ -324,6 +326,9 @@ class FeedCore:
         self._now = now
         reason = classify_error(error)
         detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        cause = error.__cause__ or error.__context__
+        if cause is not None and str(cause):  # e.g. BrokenResourceError from a reset
+            detail += f" ({type(cause).__name__}: {cause})"
         hint = _HINTS.get(reason)
         if hint is not None and self._state is State.CONNECTING:
             ep = self.config.endpoint
@@ -847,6 +852,7 @@ class FeedCore:
 
     def _finish(self) -> None:
         """Enter STOPPED for good: clear alerts, emit ``Stopped``."""
+        self._stopped_at = self._now
         self._deadline = None
         self._retry_at = None
         self._health = None

@@ -56,6 +56,14 @@ effect before it returns (on Linux REFUSE shuts the listening socket down at
 once, so the very next connect is refused); faults that write or close are
 carried out by the connection tasks right after.
 
+Pausing.  :meth:`FeedServer.pause_streaming` holds every streamer before its
+next numbered message (decided at the moment of writing, so it is exact)
+until :meth:`FeedServer.resume_streaming`.  A test can then wait until its
+client has everything that was sent before it breaks a connection: frames in
+flight on a TCP connection that breaks are lost in the network (an RST even
+makes the receiving kernel discard what it has not handed over yet), which a
+test of in-process loss must tell apart from its client losing messages.
+
 Bounds.  Nothing grows with what a client does: received messages are capped
 at ``max_message_size`` (close 1009), the upgrade request at h11's 16 KiB, the
 number of simultaneous connections at ``max_connections`` (extra ones are
@@ -741,13 +749,20 @@ class _Conn:
             return
         count = 0
         while server.max_messages is None or count < server.max_messages:
+            if server._paused:
+                await server._wait_resumed()
+                continue
             if not await self.wire.send_committed(self._next_message):
+                if server._paused:
+                    continue  # paused while waiting to write: nothing was sent
                 return
             count += 1
             await anyio.sleep(interval)
 
     def _next_message(self) -> tuple[bytes, Callable[[], None]] | None:
-        if self.silent or self.closing or self.ws.state is not _OPEN:
+        # Decided at the moment of writing: once pause_streaming() has
+        # returned, no further numbered message is committed.
+        if self.silent or self.closing or self.ws.state is not _OPEN or self.server._paused:
             return None
         server = self.server
         seq = server._seq + 1
@@ -879,6 +894,8 @@ class FeedServer:
         self._sent_log: deque[tuple[int, int]] = deque(maxlen=self._record_limit)
         self._pending: deque[_Pending] = deque()
         self._no_ack = False
+        self._paused = False  # pause_streaming() in effect
+        self._resumed: anyio.Event | None = None  # streamers waiting for resume_streaming()
         self._seq = 0
         self._accepted = 0
         self._upgrades = 0
@@ -1242,6 +1259,39 @@ class FeedServer:
         if not isinstance(body, bytes):
             raise TypeError(f"body must be str or bytes, got {body!r}")
         return _Reject(status, tuple(headers), body)
+
+    def pause_streaming(self) -> None:
+        """Stop streaming numbered messages, on every connection, until
+        :meth:`resume_streaming`; idempotent.
+
+        Exact: once this returns, no further numbered message is committed
+        (:attr:`sent` stays put), so a test can wait until its client has
+        received everything sent -- nothing left in flight in the network --
+        before it breaks a connection.  Connections stay open; pings, ACKs,
+        echoes and faults work as usual, and connections opened meanwhile
+        start streaming only on resume.  Not a :class:`Fault`: RESTORE does
+        not resume.
+        """
+        self._check_thread()
+        self._paused = True
+
+    def resume_streaming(self) -> None:
+        """Resume streaming after :meth:`pause_streaming`; idempotent."""
+        self._check_thread()
+        self._paused = False
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.set()
+
+    @property
+    def streaming_paused(self) -> bool:
+        """Whether :meth:`pause_streaming` is in effect."""
+        return self._paused
+
+    async def _wait_resumed(self) -> None:
+        if self._resumed is None:
+            self._resumed = anyio.Event()
+        await self._resumed.wait()
 
     def broadcast(self, message: str | bytes) -> int:
         """Send ``message`` (unnumbered) on every open connection; return how many.

@@ -140,6 +140,19 @@ class ThreadedFeedServer:
         """Thread-safe :meth:`FeedServer.broadcast`."""
         return self._call(lambda: self.server.broadcast(message))
 
+    def pause_streaming(self) -> None:
+        """Thread-safe :meth:`FeedServer.pause_streaming`."""
+        self._call(self.server.pause_streaming)
+
+    def resume_streaming(self) -> None:
+        """Thread-safe :meth:`FeedServer.resume_streaming`."""
+        self._call(self.server.resume_streaming)
+
+    @property
+    def streaming_paused(self) -> bool:
+        """:attr:`FeedServer.streaming_paused`."""
+        return self._call(lambda: self.server.streaming_paused)
+
     # -- waiting -----------------------------------------------------------
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float | None = 10.0) -> None:

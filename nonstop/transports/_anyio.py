@@ -62,10 +62,10 @@ __all__ = ["AsyncFeed"]
 
 E = TypeVar("E", bound=AppEvent)
 
+#: States in which the core reads from its transport.
+_READ_STATES = frozenset({State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING})
 #: Messages the consumer takes from the queue at a time.
 TAKE = 512
-#: Application sends wait while more than this many bytes are unwritten.
-HIGH_WATER = 1 << 20
 #: Longest wait for the application to take the messages that came just
 #: before a protocol error, before the connection is failed.
 FAILURE_GRACE = 1.0
@@ -99,7 +99,7 @@ class AsyncFeed:
         self._consumer_seen = False  # the application has iterated at all
         self._idle = anyio.Event()
         self._space = anyio.Event()
-        self._drained = anyio.Event()
+        self._write_lock = anyio.Lock()
         self._done = anyio.Event()
         self._crash: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -226,14 +226,12 @@ class AsyncFeed:
         """Send a message (``str``: text, ``bytes``: binary, else JSON).
 
         Raises :class:`~nonstop.NotConnected` when no connection is open.
-        Waits while more than 1 MiB is waiting to be written.
+        Written at once from the caller's task (no hop through the feed's
+        loop); returns when the bytes are handed to the socket.
         """
         self._core.send(message, anyio.current_time())
-        self._kick()
-        while self._core.pending_output > HIGH_WATER and not self._done.is_set():
-            if self._drained.is_set():
-                self._drained = anyio.Event()
-            await self._drained.wait()
+        if not await self._write():
+            self._kick()  # the write failed: let the loop act on it
 
     async def subscribe(self, subscription: object) -> Subscription:
         """Add a subscription (replayed on every connect; sent now if open)."""
@@ -353,7 +351,6 @@ class AsyncFeed:
             finally:
                 self._done.set()
                 self._has_data.set()
-                self._drained.set()
                 self._idle.set()
 
     def _fail_transport(self, exc: BaseException) -> None:
@@ -362,21 +359,31 @@ class AsyncFeed:
             core.transport_failed(exc, anyio.current_time())
 
     async def _flush(self) -> None:
-        core = self._core
-        data = core.data_to_send()
-        stream = self._stream
-        if data and stream is not None:
+        if self._core.pending_output:
+            await self._write()
+
+    async def _write(self) -> bool:
+        """Write what the core has queued, in order, whoever calls (the
+        loop or an application task): one lock, the bytes taken under it.
+        The write is shielded -- a cancelled caller must not leave half a
+        frame on the wire -- and bounded by ``write_timeout``.  False if the
+        transport failed."""
+        async with self._write_lock:
+            data = self._core.data_to_send()
+            stream = self._stream
+            if not data or stream is None:
+                return True
+            timeout = self._opts.write_timeout
             try:
-                with anyio.fail_after(self._opts.write_timeout):
+                with anyio.CancelScope(shield=True, deadline=anyio.current_time() + timeout) as scope:
                     await stream.send(data)
-            except TimeoutError:
-                self._fail_transport(WriteStalled(
-                    f"write blocked for {self._opts.write_timeout}s: the server is not reading"
-                ))
+                if scope.cancelled_caught:
+                    raise WriteStalled(f"write blocked for {timeout}s: the server is not reading")
             except Exception as exc:
-                self._fail_transport(exc)
-        if core.pending_output <= HIGH_WATER:
-            self._drained.set()
+                if stream is self._stream:
+                    self._fail_transport(exc)
+                return False
+            return True
 
     async def _dispatch(self) -> None:
         core = self._core
@@ -481,6 +488,9 @@ class AsyncFeed:
             return
         finally:
             self._in_connect = False
+        if core.state is not State.CONNECTING:  # stopped while the connect completed
+            await anyio.aclose_forcefully(stream)
+            return
         self._stream = stream
         core.transport_opened(anyio.current_time())
 
@@ -489,10 +499,17 @@ class AsyncFeed:
         try:
             data = await stream.receive(self._opts.read_size)
         except anyio.EndOfStream:
-            core.receive_eof(anyio.current_time())
+            if self._live(stream):
+                core.receive_eof(anyio.current_time())
             return
         except Exception as exc:
             self._fail_transport(exc)
             return
-        core.receive_data(data, anyio.current_time())
+        if self._live(stream):  # not if a stop() came while the read completed
+            core.receive_data(data, anyio.current_time())
+
+    def _live(self, stream: anyio.abc.ByteStream) -> bool:
+        """Is *stream* still the core's transport (it may have been dropped
+        by an application call while we awaited it)?"""
+        return stream is self._stream and self._core.state in _READ_STATES
 

@@ -362,3 +362,19 @@ def test_server_close_without_a_status_code_is_a_normal_close() -> None:
     assert disconnected.code is None
     assert disconnected.detail == "server closed the connection"
     assert disconnected.level == INFO
+
+
+def test_a_wrapped_error_shows_its_cause() -> None:
+    """anyio reports a reset as BrokenResourceError: say what broke."""
+    pair = _in_state(State.OPEN)
+    try:
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError as exc:
+            raise BrokenResourceError() from exc
+    except BrokenResourceError as wrapped:
+        pair.core.transport_failed(wrapped, pair.now)
+    (disconnected,) = pair.of(Disconnected, pair.drain())
+    assert disconnected.reason is Reason.RESET
+    assert disconnected.detail == (
+        "BrokenResourceError (ConnectionResetError: [Errno 104] Connection reset by peer)")

@@ -374,3 +374,17 @@ def test_pending_output_counts_bytes_not_yet_taken() -> None:
     assert queued > 0
     assert len(pair.core.data_to_send()) == queued
     assert pair.core.pending_output == 0
+
+
+def test_running_time_stops_when_the_feed_stops() -> None:
+    pair = Pair(ping_interval=None)
+    pair.connect()
+    pair.advance(10.0)
+    pair.core.stop(pair.now)
+    pair.pump()
+    pair.eof()
+    at_stop = pair.core.metrics(pair.now)
+    pair.clock.advance(100.0)
+    later = pair.core.metrics(pair.now)
+    assert later.running_time == at_stop.running_time == 10.0
+    assert later.connected_ratio == at_stop.connected_ratio == 1.0
