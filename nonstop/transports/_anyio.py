@@ -99,7 +99,8 @@ class AsyncFeed:
         self._consumer_seen = False  # the application has iterated at all
         self._idle = anyio.Event()
         self._space = anyio.Event()
-        self._write_lock = anyio.Lock()
+        self._writing = False
+        self._written = anyio.Event()
         self._done = anyio.Event()
         self._crash: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -364,26 +365,35 @@ class AsyncFeed:
 
     async def _write(self) -> bool:
         """Write what the core has queued, in order, whoever calls (the
-        loop or an application task): one lock, the bytes taken under it.
-        The write is shielded -- a cancelled caller must not leave half a
-        frame on the wire -- and bounded by ``write_timeout``.  False if the
-        transport failed."""
-        async with self._write_lock:
-            data = self._core.data_to_send()
-            stream = self._stream
-            if not data or stream is None:
-                return True
-            timeout = self._opts.write_timeout
-            try:
-                with anyio.CancelScope(shield=True, deadline=anyio.current_time() + timeout) as scope:
-                    await stream.send(data)
-                if scope.cancelled_caught:
-                    raise WriteStalled(f"write blocked for {timeout}s: the server is not reading")
-            except Exception as exc:
-                if stream is self._stream:
-                    self._fail_transport(exc)
-                return False
+        loop or an application task).  One writer at a time, the bytes taken
+        while writing: a plain flag, not an anyio.Lock, so an uncontended
+        write costs no extra trip through the event loop.  The write is
+        shielded -- a cancelled caller must not leave half a frame on the
+        wire -- and bounded by ``write_timeout``.  False if the transport
+        failed."""
+        while self._writing:  # another task is writing: it will take our bytes too
+            if self._written.is_set():
+                self._written = anyio.Event()
+            await self._written.wait()
+        data = self._core.data_to_send()
+        stream = self._stream
+        if not data or stream is None:
             return True
+        self._writing = True
+        timeout = self._opts.write_timeout
+        try:
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + timeout) as scope:
+                await stream.send(data)
+            if scope.cancelled_caught:
+                raise WriteStalled(f"write blocked for {timeout}s: the server is not reading")
+        except Exception as exc:
+            if stream is self._stream:
+                self._fail_transport(exc)
+            return False
+        finally:
+            self._writing = False
+            self._written.set()
+        return True
 
     async def _dispatch(self) -> None:
         core = self._core

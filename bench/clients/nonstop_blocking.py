@@ -1,0 +1,67 @@
+"""nonstop's blocking driver (``nonstop.sync.connect``): an I/O thread and a queue.
+
+Theory of operation
+-------------------
+The feed's background thread does all socket I/O; this (main) thread
+iterates the feed with ``for`` (``mode="batches"``: ``feed.batches()``).
+Both threads share the GIL, which is the cost a blocking user pays, so it is
+measured as is.
+"""
+
+from __future__ import annotations
+
+import time
+
+import nonstop
+
+QUEUE_SIZE = 4096
+MAX_MESSAGE = 1 << 20
+
+
+def _connect(url: str) -> nonstop.SyncFeed:
+    return nonstop.sync.connect(
+        url,
+        ping_interval=None,
+        silence_timeout=None,
+        max_message_size=MAX_MESSAGE,
+        queue_size=QUEUE_SIZE,
+    )
+
+
+def receive(url: str, count: int, size: int, mode: str = "iterate") -> float:
+    n = 0
+    last: str | bytes = b""
+    with _connect(url) as feed:
+        feed.wait_connected(10)
+        t0 = time.perf_counter()
+        feed.send("go")
+        if mode == "batches":
+            for batch in feed.batches():
+                n += len(batch)
+                if n >= count:
+                    last = batch[-1]
+                    break
+        else:
+            for message in feed:
+                n += 1
+                if n == count:
+                    last = message
+                    break
+        t1 = time.perf_counter()
+    if n != count or len(last) != size:
+        raise RuntimeError(f"got {n} of {count} messages, last of {len(last)} bytes (want {size})")
+    return t1 - t0
+
+
+def echo(url: str, rounds: int, message: str, mode: str = "iterate") -> list[float]:
+    times: list[float] = []
+    with _connect(url) as feed:
+        feed.wait_connected(10)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            feed.send(message)
+            reply = next(feed)
+            times.append(time.perf_counter() - t0)
+            if reply != message:
+                raise RuntimeError(f"echo returned {reply!r}, sent {message!r}")
+    return times

@@ -1,0 +1,55 @@
+"""A raw socket reading the same byte stream without parsing: the ceiling.
+
+Theory of operation
+-------------------
+The handshake is done by hand (:mod:`wire`), "go" is sent as a masked frame,
+then the loop is ``sock.recv(256 KiB)`` -- the read size nonstop uses, each
+read a new ``bytes`` object as every Python client gets -- until exactly the
+bytes of *count* frames have arrived.  No frame is looked at, so no client
+that hands the application one object per message can beat it; the issue's
+64 KiB target is a fraction of this rate.  Its "messages per second" is the
+stream's frame count divided by the time to read those bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from wire import OP_BINARY, OP_TEXT, client_handshake, encode_frame, payload_for
+
+READ_SIZE = 256 * 1024
+
+
+def receive(url: str, count: int, size: int) -> float:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    kind = query.get("kind", "text")
+    frame_len = len(encode_frame(OP_TEXT if kind == "text" else OP_BINARY, payload_for(kind, size)))
+    expected = count * frame_len
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rest = client_handshake(sock, parts.netloc, f"{parts.path}?{parts.query}")
+        got = len(rest)
+        t0 = time.perf_counter()
+        sock.sendall(encode_frame(OP_TEXT, b"go", mask=os.urandom(4)))
+        recv = sock.recv
+        while got < expected:
+            data = recv(READ_SIZE)
+            if not data:
+                break
+            got += len(data)
+        t1 = time.perf_counter()
+    finally:
+        sock.close()
+    if got < expected:
+        raise RuntimeError(f"read {got} of {expected} bytes")
+    return t1 - t0
+
+
+def echo(url: str, rounds: int, message: str) -> list[float]:
+    raise NotImplementedError("the raw socket is a receive-only baseline")
