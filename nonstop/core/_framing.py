@@ -125,10 +125,14 @@ def _end_of_head(buffer: bytes) -> int:
     return min(ends) if ends else -1
 
 
-def _count_header(head: bytes, name: bytes) -> int:
-    """How many header lines of *head* are called *name* (lower case)."""
-    return sum(1 for line in head.split(b"\n")[1:]
-               if line.split(b":", 1)[0].strip().lower() == name)
+def _header_values(head: bytes, name: bytes) -> list[bytes]:
+    """The values of the header lines of *head* called *name* (lower case)."""
+    values = []
+    for line in head.split(b"\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            values.append(value.strip())
+    return values
 
 
 def _utf8_prefix(data: bytes) -> None:
@@ -244,10 +248,17 @@ class Framing:
             cut = end - seen
             data, self._tail = data[:cut], data[cut:]
             self._handshake = b""
-            if _count_header(head, b"sec-websocket-accept") > 1:
-                # wsproto would read only the last one (RFC 6455 4.1: one value).
+            # wsproto reads only the last of a repeated header; RFC 6455 4.1
+            # wants one accept value and at most one chosen subprotocol.
+            problem = None
+            if len(_header_values(head, b"sec-websocket-accept")) > 1:
+                problem = "more than one Sec-WebSocket-Accept header"
+            protocols = _header_values(head, b"sec-websocket-protocol")
+            if len(protocols) > 1 or any(b"," in value for value in protocols):
+                problem = "the server chose more than one subprotocol"
+            if problem is not None:
                 self._dead = True
-                return [HandshakeFailed("more than one Sec-WebSocket-Accept header")]
+                return [HandshakeFailed(problem)]
         try:
             self._ws.receive_data(data)
         except WsRemoteProtocolError as exc:

@@ -140,3 +140,22 @@ def test_a_continuation_header_alone_at_the_end_of_a_read_is_a_protocol_error() 
     assert [e.data for e in got if type(e).__name__ == "Message"] == []
     (gone,) = [e for e in got if isinstance(e, Disconnected)]
     assert gone.reason is Reason.PROTOCOL_ERROR and gone.code == 1002
+
+
+@pytest.mark.parametrize(
+    "protocols",
+    [b"Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Protocol: chat\r\n",
+     b"Sec-WebSocket-Protocol: chat, superchat\r\n"],
+    ids=["repeated", "two-in-one"],
+)
+def test_a_101_choosing_more_than_one_subprotocol_does_not_open(protocols: bytes) -> None:
+    """Found by fuzz_handshake (corpus crash-two-subprotocols): wsproto reads
+    only the last Sec-WebSocket-Protocol, so a 101 naming two opened with the
+    last.  RFC 6455 4.1: the server selects one."""
+    core, accept = handshaking(subprotocols=["chat", "superchat"])
+    core.receive_data(response(accept, protocols), NOW)
+    got = events(core)
+    assert not [e for e in got if isinstance(e, Connected)]
+    (gone,) = [e for e in got if isinstance(e, Disconnected)]
+    assert gone.reason is Reason.HANDSHAKE_FAILED
+    assert gone.detail == "the server chose more than one subprotocol"
