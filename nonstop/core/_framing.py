@@ -163,9 +163,10 @@ def _frame_size(head: bytes) -> int | None:
 _BAD_OPCODES: Final = frozenset({3, 4, 5, 6, 7, 11, 12, 13, 14, 15})
 #: wsproto states in which frames are still read.
 _READING: Final = frozenset({ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING})
-#: An incomplete frame longer than this is not held back whole (re-copied on
-#: every read) but streamed by wsproto.
-_TAIL_MAX: Final = 1 << 20
+#: An incomplete fast-path frame at least this long is not held back as a
+#: tail (re-copied when the next read completes it): its payload is kept as
+#: pieces, joined once when the last one comes (see ``_start_big``).
+_BIG: Final = 1 << 14
 
 # wsproto's own message names a byte offset within the chunk: not stable.
 _INVALID_UTF8: Final = "invalid UTF-8 in a text message"
@@ -179,8 +180,9 @@ _REASON_FOR_CODE: Final = {
 class Framing:
     """One connection's wire protocol.  Create a new one per connection."""
 
-    __slots__ = ("_dead", "_fast", "_fragmented", "_handshake", "_max_size", "_owed", "_parts",
-                 "_passthrough", "_size", "_tail", "_ws", "outgoing")
+    __slots__ = ("_big_decoder", "_big_need", "_big_parts", "_big_text", "_dead", "_fast", "_fragmented",
+                 "_handshake", "_max_size", "_owed", "_parts", "_passthrough", "_size", "_tail",
+                 "_ws", "outgoing")
 
     def __init__(self, max_message_size: int | None, *, fast: bool = True) -> None:
         self._ws = WSConnection(ConnectionType.CLIENT)
@@ -194,6 +196,12 @@ class Framing:
         self._handshake = b""  # the response so far, to find its end
         self._fast = fast  # False: every byte through wsproto (the reference path)
         self._passthrough = False  # a broken frame went to wsproto: it gets the rest
+        # A big fast-path frame in progress: payload bytes still to come, the
+        # pieces so far (binary), or the text decoded so far and the decoder.
+        self._big_need = 0
+        self._big_parts: list[bytes | memoryview] = []
+        self._big_text: list[str] = []
+        self._big_decoder: codecs.IncrementalDecoder | None = None
         self.outgoing = bytearray()
 
     # -- handshake --------------------------------------------------------
@@ -233,6 +241,8 @@ class Framing:
             if not self._fast or self._passthrough:
                 self._ws.receive_data(data)
                 return self._drain()
+            if self._big_need:
+                return self._continue_big(data)
             if self._tail:
                 return self._complete_tail(data)
             return self._frames(data, 0)
@@ -291,10 +301,11 @@ class Framing:
         ``max_message_size``, are cut straight out of *data*; every other
         frame (control, fragment, masked, RSV, non-minimal length, too big)
         is handed to wsproto whole, so wsproto never holds half a frame and
-        the fast path never has to wait for it.  A frame too big to hold
-        back (over 1 MiB, or over ``max_message_size``) is streamed to
+        the fast path never has to wait for it.  A data frame of a
+        fragmented message (or over ``max_message_size``) is streamed to
         wsproto instead, and ``_owed`` counts the rest of it.  An incomplete
-        frame at the end waits in ``_tail`` for the next read.
+        simple frame at the end waits in ``_tail`` for the next read, or, if
+        it is big (``_BIG``), as pieces of its payload (``_start_big``).
         """
         out: list[Item] = []
         run: list[Payload] = []
@@ -377,9 +388,10 @@ class Framing:
                 return out
             if (b0 == 0x81 or b0 == 0x82) and minimal and length <= limit:
                 if end > n:
-                    if length > _TAIL_MAX:
-                        self._owed = end - n
-                        self._to_wsproto(data[pos:], run, out)
+                    if length >= _BIG:
+                        if run:
+                            out.append(run)
+                        self._start_big(b0 == 0x81, length, data[start:], out)
                         return out
                     if b0 == 0x81 and start < n:
                         # Fail on bad UTF-8 as soon as it arrives, as wsproto
@@ -423,6 +435,60 @@ class Framing:
             self._tail = data[pos:]
         if run:
             out.append(run)
+        return out
+
+    def _start_big(self, text: bool, length: int, piece: bytes, out: list[Item]) -> None:
+        """Begin a big frame whose header is read: keep its first *piece*
+        (a view of the read, no copy) and wait for ``length`` bytes in all."""
+        self._big_need = length - len(piece)
+        self._big_parts, self._big_text = [], []
+        self._big_decoder = codecs.getincrementaldecoder("utf-8")() if text else None
+        if piece:
+            self._big_piece(piece, False, out)
+
+    def _big_piece(self, piece: bytes | memoryview, final: bool, out: list[Item]) -> bool:
+        """Add a piece of the big frame; text is decoded as it comes, so bad
+        UTF-8 fails the connection as soon as it arrives (RFC 6455 8.1)."""
+        decoder = self._big_decoder
+        if decoder is None:
+            self._big_parts.append(piece)
+            return True
+        try:
+            self._big_text.append(decoder.decode(piece, final))
+        except UnicodeDecodeError as exc:
+            self._big_need = 0
+            self._big_text = []
+            self._fail(INVALID_DATA, f"{_INVALID_UTF8}: {exc.reason}", out)
+            return False
+        return True
+
+    def _continue_big(self, data: bytes) -> list[Item]:
+        """The next read while a big frame is in progress: finish it (one
+        join; none at all if *data* is exactly its whole payload), then
+        parse the rest of *data* in place."""
+        out: list[Item] = []
+        need, n = self._big_need, len(data)
+        if n < need:
+            self._big_need = need - n
+            self._big_piece(data, False, out)
+            return out
+        piece: bytes | memoryview = data if n == need else memoryview(data)[:need]
+        self._big_need = 0
+        if not self._big_piece(piece, True, out):
+            return out
+        parts, self._big_parts = self._big_parts, []
+        message: Payload
+        if self._big_decoder is not None:
+            self._big_decoder = None
+            text, self._big_text = self._big_text, []
+            message = text[0] if len(text) == 1 else "".join(text)
+        elif len(parts) == 1 and parts[0] is data:
+            message = data  # the read was exactly the payload: no copy at all
+        else:
+            message = b"".join(parts)
+        out.append([message])
+        if need < n and self._ws.state in _READING:
+            out += self._frames(data, need)
         return out
 
     def _to_wsproto(self, data: bytes, run: list[Payload], out: list[Item]) -> bool:

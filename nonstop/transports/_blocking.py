@@ -374,8 +374,8 @@ class SyncFeed:
                 ))
             except OSError as exc:
                 self._fail_transport(exc)
-        with self._cond:
-            self._cond.notify_all()
+            with self._cond:  # a sender may be waiting for the backlog to drain
+                self._cond.notify_all()
 
     def _dispatch(self) -> None:
         core = self._core

@@ -1,9 +1,10 @@
 """The fast receive path and its equivalence with the wsproto reference path.
 
 ``Framing`` cuts whole, simple data frames straight out of each read and
-hands every other frame to wsproto whole (or streamed, when too big to hold
-back).  These tests pin the seams: runs of messages as one ``Messages``
-event, frames split across reads at every offset, huge frames streamed, a
+hands every other frame to wsproto whole (or streamed, for fragments).  A
+big simple frame split across reads is kept as pieces and joined once.
+These tests pin the seams: runs of messages as one ``Messages``
+event, frames split across reads at every offset, big frames in pieces, a
 fragmented message in the middle of simple ones, and -- with Hypothesis --
 the same messages, answers and close codes as ``Framing(fast=False)``, which
 sends every byte through wsproto, for any bytes and any chunking.
@@ -134,12 +135,52 @@ def test_frame_size_needs_the_whole_length_field() -> None:
     assert _frame_size(b"\x82\x85") == 2 + 4 + 5  # a (forbidden) mask is counted
 
 
-def test_a_frame_bigger_than_what_is_held_back_is_streamed_through_wsproto() -> None:
-    payload = bytes(range(256)) * 8192  # 2 MiB: over the 1 MiB hold-back limit
+def test_a_big_frame_across_many_reads_is_joined_once() -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB in 64 KiB reads
     data = frame(BINARY, payload) + frame(TEXT, b"next")
     framing = open_framing(max_size=4 << 20)
     items, _ = feed_chunks(framing, data, list(range(65536, len(data), 65536)))
     assert items == [payload, "next"]
+
+
+def test_a_read_that_is_exactly_a_big_payload_is_the_message_itself() -> None:
+    """No copy at all when the header came alone and the next read is the
+    whole payload (what a driver reading the core's ``read_hint`` gets)."""
+    payload = b"p" * 70_000
+    framing = open_framing()
+    assert framing.feed(frame(BINARY, payload)[:10]) == []
+    read = bytes(payload)
+    items = framing.feed(read)
+    assert items == [[payload]] and items[0][0] is read  # type: ignore[index]
+
+
+def test_a_big_text_frame_is_decoded_as_its_pieces_come() -> None:
+    text = "é€😀x" * 5000  # characters of 2, 3 and 4 bytes: every cut splits some
+    data = frame(TEXT, text.encode()) + frame(TEXT, b"next")
+    for cut in (3, 10, 5001, 20_002, 30_003):
+        framing = open_framing()
+        items, _ = feed_chunks(framing, data, [cut, cut + 7777, cut + 7778])
+        assert items == [text, "next"], cut
+
+
+@pytest.mark.parametrize(("bad_at", "cut", "on_read"), [
+    (100, 20_000, 0),      # bad bytes in the first read: fail at once
+    (30_000, 20_000, 1),   # in the second read: fail when it comes
+    (-1, 20_000, 1),       # the frame ends inside a character: fail at its end
+])
+def test_bad_utf8_in_a_big_text_frame_fails_when_it_arrives(bad_at: int, cut: int,
+                                                           on_read: int) -> None:
+    payload = bytearray(b"a" * 40_000)
+    if bad_at >= 0:
+        payload[bad_at] = 0xFF
+    else:
+        payload[-1:] = b"\xc3"  # the first byte of a two-byte character, and no second
+    data = frame(TEXT, bytes(payload)) + frame(TEXT, b"after")
+    framing = open_framing()
+    first = flatten(framing.feed(data[:cut]))
+    second = flatten(framing.feed(data[cut:]))
+    assert [first, second][on_read] == [("failed", 1007)]
+    assert [first, second][1 - on_read] == []
 
 
 def test_a_streamed_frame_over_max_message_size_fails_before_it_is_all_read() -> None:
@@ -189,7 +230,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None]:
     parts: list[bytes] = []
     for _ in range(draw(st.integers(0, 12))):
         kind = draw(st.sampled_from(["simple", "simple", "control", "fragmented", "junk",
-                                     "utf8", "big", "close"]))
+                                     "utf8", "big", "bigtext", "close"]))
         if kind == "simple":
             op, payload = draw(simple)
             if op == TEXT:
@@ -206,6 +247,13 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None]:
             parts.append(frame(TEXT, draw(st.sampled_from([b"\xff", b"caf\xc3", b"\xed\xa0\x80"]))))
         elif kind == "big":
             parts.append(frame(BINARY, b"b" * draw(st.integers(126, 70_000))))
+        elif kind == "bigtext":  # held as pieces, decoded as they come
+            unit = draw(st.sampled_from(["a", "é", "€", "😀"])).encode()
+            body = unit * (draw(st.integers(16_384, 40_000)) // len(unit))
+            spoil = draw(st.sampled_from([None, 0, len(body) // 2, len(body) - 1]))
+            if spoil is not None:
+                body = body[:spoil] + b"\xff" + body[spoil + 1:]
+            parts.append(frame(TEXT, body))
         else:
             parts.append(frame(CLOSE, (1000).to_bytes(2, "big")))
     data = b"".join(parts)
