@@ -30,10 +30,7 @@ the stream: no task, socket or file descriptor is left behind.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import socket
-import struct
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TypeVar
@@ -57,6 +54,7 @@ from ..core import (
 )
 from ..core._state import HAS_TRANSPORT
 from ._common import DriverOptions, MessageBuffer, Observer, WriteStalled
+from ._streams import AsyncioStream, Stream, open_stream
 
 __all__ = ["AsyncFeed"]
 
@@ -71,16 +69,6 @@ TAKE = 512
 FAILURE_GRACE = 1.0
 
 
-def _abort_socket(stream: anyio.abc.AnyByteStream) -> None:
-    """Make the coming close an RST (SO_LINGER 0): the peer is dead or hostile."""
-    try:
-        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    except anyio.TypedAttributeLookupError:  # pragma: no cover - every TCP stream has one
-        return
-    with contextlib.suppress(OSError):  # already closed underneath us
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
 class AsyncFeed:
     """A running feed: iterate it for messages; see :func:`nonstop.connect`."""
 
@@ -89,7 +77,7 @@ class AsyncFeed:
         self._opts = options
         self._buffer = MessageBuffer(options.queue_size, options.overflow)
         self._observer = Observer(core.config.label, options.logger, options.on_event)
-        self._stream: anyio.abc.ByteStream | None = None
+        self._stream: Stream | None = None
         self._pending_open: OpenTransport | None = None
         self._wait_scope: anyio.CancelScope | None = None
         self._in_connect = False
@@ -105,6 +93,11 @@ class AsyncFeed:
         self._crash: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._waiters: list[tuple[Callable[[AppEvent], bool], anyio.Event, list[AppEvent]]] = []
+        # asyncio: reads handled in the protocol's callback (see _on_data)
+        self._parked: Stream | None = None  # the stream the loop waits on in _read
+        self._parked_deadline = math.inf  # and the deadline it waits with
+        self._stash: list[Event] = []  # events _on_data left for _dispatch
+        self._sink_error: BaseException | None = None
 
     # ------------------------------------------------------------------
     # context management
@@ -346,9 +339,8 @@ class AsyncFeed:
             stream, self._stream = self._stream, None
             try:
                 if stream is not None:
-                    _abort_socket(stream)
                     with anyio.CancelScope(shield=True):  # we may be cancelled already
-                        await anyio.aclose_forcefully(stream)
+                        await stream.abort()
             finally:
                 self._done.set()
                 self._has_data.set()
@@ -379,6 +371,8 @@ class AsyncFeed:
         stream = self._stream
         if not data or stream is None:
             return True
+        if type(stream) is AsyncioStream and stream.write_nowait(data):
+            return True  # written at once: no scope, no trip through the loop
         self._writing = True
         timeout = self._opts.write_timeout
         try:
@@ -398,8 +392,13 @@ class AsyncFeed:
     async def _dispatch(self) -> None:
         core = self._core
         buffer = self._buffer
+        stash = self._stash
         delivered = False
-        while (event := core.next_event()) is not None:
+        while True:
+            # Events _on_data left in the stash came first.
+            event = stash.pop(0) if stash else core.next_event()
+            if event is None:
+                break
             if type(event) is Messages:
                 delivered = True
                 if buffer.push(event) == "disconnect":
@@ -428,13 +427,12 @@ class AsyncFeed:
         if stream is None:
             return
         if abort:
-            _abort_socket(stream)
-            await anyio.aclose_forcefully(stream)
+            await stream.abort()
             return
         with anyio.move_on_after(self._core.config.close_timeout, shield=True) as scope:
             await stream.aclose()
         if scope.cancelled_caught:
-            await anyio.aclose_forcefully(stream)
+            await stream.abort()
 
     async def _let_consumer_catch_up(self) -> None:
         """Before a deferred protocol failure: give the application up to
@@ -463,7 +461,7 @@ class AsyncFeed:
                     return
                 stream = self._stream
                 if stream is not None and not held:
-                    await self._read(stream)
+                    await self._read(stream, math.inf if deadline is None else deadline)
                     return
                 if held:
                     if self._space.is_set():
@@ -482,30 +480,67 @@ class AsyncFeed:
         core = self._core
         self._in_connect = True
         try:
-            if effect.tls:
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                    effect.host,
-                    effect.port,
-                    ssl_context=self._opts.ssl_context,
-                    tls=True,
-                    tls_hostname=effect.server_hostname,
-                    tls_standard_compatible=False,
-                )
-            else:
-                stream = await anyio.connect_tcp(effect.host, effect.port)
+            stream = await open_stream(
+                effect.host,
+                effect.port,
+                tls=effect.tls,
+                ssl_context=self._opts.ssl_context,
+                server_hostname=effect.server_hostname,
+            )
         except Exception as exc:
             core.transport_failed(exc, anyio.current_time())
             return
         finally:
             self._in_connect = False
         if core.state is not State.CONNECTING:  # stopped while the connect completed
-            await anyio.aclose_forcefully(stream)
+            with anyio.CancelScope(shield=True):
+                await stream.abort()
             return
         self._stream = stream
+        if type(stream) is AsyncioStream:
+            stream.set_sink(lambda data, now: self._on_data(stream, data, now))
         core.transport_opened(anyio.current_time())
 
-    async def _read(self, stream: anyio.abc.ByteStream) -> None:
+    def _on_data(self, stream: AsyncioStream, data: bytes, now: float) -> bool:
+        """asyncio only: a read, in the protocol's callback, while the loop
+        waits in :meth:`_read` for it.  Feed it to the core and queue the
+        messages right here -- the consumer wakes one trip through the event
+        loop earlier than if this task woke first -- and wake the loop only
+        if there is more to do: bytes to write, a lifecycle event or effect
+        (kept in order in ``_stash``), a failure, a full queue, an earlier
+        deadline.  False (not now): the protocol queues the bytes."""
+        if self._parked is not stream or self._writing or not self._live(stream):
+            return False
+        try:
+            core = self._core
+            buffer = self._buffer
+            stash = self._stash
+            core.receive_data(data, now)
+            wake = core.pending_output > 0
+            delivered = False
+            while (event := core.next_event()) is not None:
+                if not stash and type(event) is Messages:
+                    delivered = True
+                    if buffer.push(event) == "disconnect":
+                        core.reconnect(now, reason=Reason.SLOW_CONSUMER)
+                        wake = True
+                else:
+                    stash.append(event)
+                    wake = True
+            if delivered:
+                self._has_data.set()
+            deadline = core.next_deadline()
+            if (wake or core.failure_pending or buffer.held
+                    or (deadline is not None and deadline < self._parked_deadline)):
+                stream.wake()
+        except BaseException as exc:  # a bug: raise it in the feed's task
+            self._sink_error = exc
+            stream.wake()
+        return True
+
+    async def _read(self, stream: Stream, deadline: float) -> None:
         core = self._core
+        self._parked, self._parked_deadline = stream, deadline
         try:
             data = await stream.receive(self._opts.read_size)
         except anyio.EndOfStream:
@@ -515,10 +550,16 @@ class AsyncFeed:
         except Exception as exc:
             self._fail_transport(exc)
             return
+        finally:
+            self._parked = None
+        if not data:  # woken by _on_data, which fed the core already
+            if self._sink_error is not None:
+                raise self._sink_error
+            return
         if self._live(stream):  # not if a stop() came while the read completed
             core.receive_data(data, anyio.current_time())
 
-    def _live(self, stream: anyio.abc.ByteStream) -> bool:
+    def _live(self, stream: Stream) -> bool:
         """Is *stream* still the core's transport (it may have been dropped
         by an application call while we awaited it)?"""
         return stream is self._stream and self._core.state in _READ_STATES

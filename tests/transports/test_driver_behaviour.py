@@ -41,12 +41,13 @@ def server(handler: Callable[[ServerConnection], None]) -> Iterator[int]:
             thread.join(10)
 
 
-def burst(count: int, then_wait: bool = True) -> Callable[[ServerConnection], None]:
-    """Send *count* numbered messages as fast as possible, then idle."""
+def burst(count: int, then_wait: bool = True, pad: int = 0) -> Callable[[ServerConnection], None]:
+    """Send *count* numbered messages as fast as possible, then idle (with
+    *pad*: ``"<n>:xxx..."``, *pad* x's)."""
 
     def handler(ws: ServerConnection) -> None:
         for i in range(count):
-            ws.send(str(i))
+            ws.send(f"{i}:{'x' * pad}" if pad else str(i))
         if then_wait:
             for _ in ws:
                 pass

@@ -1,0 +1,293 @@
+"""The byte streams under the anyio driver: anyio's own, or asyncio's protocol.
+
+Theory of operation
+-------------------
+:class:`~nonstop.transports._anyio.AsyncFeed` needs four things of a
+connection: ``receive`` (whatever bytes are there, or wait), ``send``,
+``aclose`` (graceful, TLS close_notify included) and ``abort`` (an RST: the
+peer is dead or hostile).  :func:`open_stream` connects and returns one of:
+
+* :class:`AnyioStream` -- anyio's TCP/TLS stream, used on **trio**.
+* :class:`AsyncioStream` -- an :class:`asyncio.Protocol` of ours, used on
+  **asyncio**.  anyio's asyncio stream pays, on every ``receive`` that has
+  to wait, a ``resume_reading``/``pause_reading`` pair (two ``epoll_ctl``
+  system calls) and on every ``send`` a trip through the event loop (a
+  checkpoint); for a feed that answers a message with a message, that was a
+  third of the round trip.  This protocol reads all the time (until 1 MiB
+  waits unread: then the transport pauses, the kernel's window fills, and
+  the server is pushed back), wakes the reader with a plain future, and
+  writes at once; it waits only while asyncio says the write buffer is full.
+
+Connecting (both): every address :func:`socket.getaddrinfo` gives, in turn,
+each error kept and the last raised with the first as its context (the same
+as the blocking driver), so a refused ``localhost`` on both IPv6 and IPv4 is
+still a ``ConnectionRefusedError`` that :func:`~nonstop.core.classify_error`
+calls ``refused``.  The stream's errors are what the core classifies: an
+``OSError`` (reset, broken pipe), an :class:`ssl.SSLError`, or
+:class:`anyio.EndOfStream` for a clean end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
+import anyio
+import anyio.abc
+
+__all__ = ["Stream", "AnyioStream", "AsyncioStream", "open_stream"]
+
+#: Unread bytes at which the asyncio protocol stops reading (TCP then pushes
+#: the server back); it reads again as soon as the driver takes them.
+READ_HIGH_WATER = 1 << 20
+
+
+class Stream(Protocol):
+    async def receive(self, max_bytes: int) -> bytes: ...
+    async def send(self, data: bytes) -> None: ...
+    async def aclose(self) -> None: ...
+    async def abort(self) -> None: ...
+
+
+def _linger_zero(sock: object) -> None:
+    """Make the coming close an RST (SO_LINGER 0)."""
+    with contextlib.suppress(OSError, AttributeError):  # already closed underneath us
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # type: ignore[attr-defined]
+
+
+class AnyioStream:
+    """anyio's stream (trio): a thin pass-through."""
+
+    __slots__ = ("_stream", "receive", "send")
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+        self.receive = stream.receive
+        self.send = stream.send
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def abort(self) -> None:
+        try:
+            sock = self._stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        except anyio.TypedAttributeLookupError:  # pragma: no cover - every TCP stream has one
+            pass
+        else:
+            _linger_zero(sock)
+        await anyio.aclose_forcefully(self._stream)
+
+
+class _FeedProtocol(asyncio.Protocol):
+    """Buffers what arrives and wakes the one reader; tracks write pressure."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.chunks: list[bytes] = []
+        self.queued = 0
+        self.reading_paused = False
+        self.at_eof = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.writable: asyncio.Future[None] | None = None  # set while asyncio says "full"
+        self.closed: asyncio.Future[None] = loop.create_future()
+        #: Called with each read while the driver waits for one; True if it
+        #: took the bytes (see AsyncFeed._on_data), else they are queued.
+        self.sink: Callable[[bytes, float], bool] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is not None and not self.chunks and sink(data, self.loop.time()):
+            return
+        self.chunks.append(data)
+        self.queued += len(data)
+        if self.queued >= READ_HIGH_WATER and not self.reading_paused and self.transport:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.at_eof = True
+        self._wake()
+        return False  # close the transport: the core treats EOF as the end
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.at_eof = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._wake()
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.writable is None or self.writable.done():
+            self.writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
+
+class AsyncioStream:
+    """A connection over our :class:`asyncio.Protocol` (see the module doc)."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, protocol: _FeedProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def set_sink(self, sink: Callable[[bytes, float], bool] | None) -> None:
+        self._protocol.sink = sink
+
+    def wake(self) -> None:
+        """End a waiting :meth:`receive` with ``b""`` (the sink took bytes
+        and the driver has work to do)."""
+        self._protocol._wake()
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Write *data* now if nothing stands in the way (no error, not
+        closing, asyncio's buffer not full); False: use :meth:`send`."""
+        p = self._protocol
+        transport = self._transport
+        if p.writable is not None or p.error is not None or transport.is_closing():
+            return False
+        transport.write(data)
+        return True
+
+    async def receive(self, max_bytes: int) -> bytes:
+        """The bytes that are there (all of them: the protocol already holds
+        them), waiting for some if there are none; ``b""`` if woken by
+        :meth:`wake` with none."""
+        p = self._protocol
+        if not p.chunks:
+            if not p.at_eof:
+                waiter = p.waiter = p.loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    p.waiter = None
+            if not p.chunks:
+                if not p.at_eof:
+                    return b""  # woken
+                if p.error is not None:
+                    raise p.error
+                raise anyio.EndOfStream
+        chunks = p.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        p.queued = 0
+        if p.reading_paused:
+            p.reading_paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def send(self, data: bytes) -> None:
+        """Write at once; wait only while asyncio's write buffer is full."""
+        p = self._protocol
+        if p.error is not None:
+            raise p.error
+        if self._transport.is_closing():
+            raise BrokenPipeError("the connection is closed")
+        self._transport.write(data)
+        while p.writable is not None and not p.at_eof:
+            await p.writable
+        if p.error is not None:
+            raise p.error
+
+    async def aclose(self) -> None:
+        """Close (TLS: send close_notify), then wait until the socket is shut."""
+        self._transport.close()
+        await asyncio.shield(self._protocol.closed)
+
+    async def abort(self) -> None:
+        _linger_zero(self._transport.get_extra_info("socket"))
+        self._transport.abort()
+
+
+async def _connect_socket(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket: each address in turn."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            errors.append(exc)
+            continue
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    error = errors[-1] if errors else OSError(f"no address for {host}")
+    if len(errors) > 1:
+        error.__context__ = errors[0]
+    raise error
+
+
+async def open_stream(
+    host: str, port: int, *, tls: bool, ssl_context: ssl.SSLContext | None, server_hostname: str | None
+) -> Stream:
+    """Connect (and shake hands for TLS) with the stream that suits the loop."""
+    if _on_asyncio():
+        sock = await _connect_socket(host, port)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await loop.create_connection(
+                lambda: _FeedProtocol(loop),
+                sock=sock,
+                ssl=ssl_context if tls else None,
+                server_hostname=server_hostname if tls else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return AsyncioStream(transport, protocol)
+    if tls:
+        stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+            host,
+            port,
+            ssl_context=ssl_context,
+            tls=True,
+            tls_hostname=server_hostname,
+            tls_standard_compatible=False,
+        )
+    else:
+        stream = await anyio.connect_tcp(host, port)
+    return AnyioStream(stream)
+
+
+def _on_asyncio() -> bool:
+    """Is this task running on an asyncio loop (not trio)?"""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -1,0 +1,175 @@
+"""The byte streams under the drivers: write stalls, every address refused,
+the asyncio protocol's read pause, and bugs in its read callback.
+
+Real sockets on 127.0.0.1 (the ``websockets`` package's threaded server);
+hard timeouts, no assertion on how fast anything happened.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import anyio
+import pytest
+from websockets.sync.server import ServerConnection
+
+import nonstop
+from nonstop import Disconnected, Reason
+from nonstop.core import FeedCore
+from nonstop.transports._streams import READ_HIGH_WATER, AsyncioStream
+from tests.transports.test_driver_behaviour import FAST, burst, free_port, server
+
+if sys.version_info >= (3, 11):
+    from builtins import BaseExceptionGroup
+else:  # pragma: no cover - anyio brings the backport
+    from exceptiongroup import BaseExceptionGroup
+
+pytestmark = pytest.mark.timeout(60)
+
+BIG = "x" * (512 * 1024)
+
+
+def deaf(stop: threading.Event) -> Any:
+    """A handler that never reads: websockets stops reading the socket once
+    its queue is full, so the client's writes back up."""
+
+    def handler(ws: ServerConnection) -> None:
+        stop.wait(30)
+
+    return handler
+
+
+@pytest.mark.anyio
+async def test_a_server_that_stops_reading_stalls_writes_and_the_feed_reconnects() -> None:
+    stop = threading.Event()
+    events: list[nonstop.core.AppEvent] = []
+    with server(deaf(stop)) as port, anyio.fail_after(40):
+        try:
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", write_timeout=0.5,
+                                       on_event=events.append, **FAST) as feed:
+                await feed.wait_connected(10)
+                while not any(isinstance(e, Disconnected) for e in events):
+                    try:
+                        await feed.send(BIG)
+                    except nonstop.NotConnected:
+                        await anyio.sleep(0.01)
+                stop.set()
+                await feed.wait_connected(10)  # and it comes back
+        finally:
+            stop.set()
+    stalled = next(e for e in events if isinstance(e, Disconnected))
+    assert stalled.reason is Reason.NETWORK
+    assert "write blocked for 0.5s" in stalled.detail
+
+
+def test_a_server_that_stops_reading_stalls_writes_in_the_blocking_driver() -> None:
+    stop = threading.Event()
+    events: list[nonstop.core.AppEvent] = []
+    with server(deaf(stop)) as port:
+        try:
+            with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", write_timeout=0.5,
+                                      on_event=events.append, **FAST) as feed:
+                feed.wait_connected(10)
+                deadline = time.monotonic() + 30
+                while not any(isinstance(e, Disconnected) for e in events):
+                    assert time.monotonic() < deadline
+                    try:
+                        feed.send(BIG)
+                    except nonstop.NotConnected:
+                        time.sleep(0.01)
+                stop.set()
+                feed.wait_connected(10)
+        finally:
+            stop.set()
+    stalled = next(e for e in events if isinstance(e, Disconnected))
+    assert stalled.reason is Reason.NETWORK
+    assert "write blocked for 0.5s" in stalled.detail
+
+
+def _localhost_addresses() -> int:
+    return len({info[4][0] for info in socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)})
+
+
+@pytest.mark.anyio
+async def test_refused_on_every_address_of_a_name_is_refused() -> None:
+    """``localhost`` may be ::1 and 127.0.0.1: both are tried, and both
+    refusing is reason ``refused`` (not a generic network error)."""
+    events: list[nonstop.core.AppEvent] = []
+    port = free_port()
+    with anyio.fail_after(20):
+        async with nonstop.connect(f"ws://localhost:{port}/", max_attempts=1,
+                                   on_event=events.append, **FAST) as feed:
+            with pytest.raises(nonstop.FeedGaveUp):
+                await feed.__anext__()
+    refused = [e for e in events if isinstance(e, Disconnected)]
+    assert [e.reason for e in refused] == [Reason.REFUSED], (refused, _localhost_addresses())
+
+
+def test_refused_on_every_address_of_a_name_in_the_blocking_driver() -> None:
+    events: list[nonstop.core.AppEvent] = []
+    port = free_port()
+    with nonstop.sync.connect(f"ws://localhost:{port}/", max_attempts=1,
+                              on_event=events.append, **FAST) as feed:
+        with pytest.raises(nonstop.FeedGaveUp):
+            next(iter(feed))
+    assert [e.reason for e in events if isinstance(e, Disconnected)] == [Reason.REFUSED]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_the_asyncio_protocol_stops_reading_while_the_queue_is_full() -> None:
+    """A stalled consumer: the feed's queue fills, then at most about 1 MiB
+    waits unread in the protocol (TCP pushes the server back); when the
+    consumer comes back every message arrives, in order."""
+    count = 3000
+    with server(burst(count, pad=4096)) as port, anyio.fail_after(40):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=16, **FAST) as feed:
+            await feed.wait_connected(10)
+            stream = feed._stream
+            assert isinstance(stream, AsyncioStream)
+            protocol = stream._protocol
+            with anyio.fail_after(10):
+                while not protocol.reading_paused:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.3)
+            held = protocol.queued
+            got = []
+            async for message in feed:
+                got.append(int(message.split(":")[0]))
+                if len(got) == count:
+                    break
+            metrics = feed.metrics()
+    assert READ_HIGH_WATER <= held < READ_HIGH_WATER + 512 * 1024
+    assert got == list(range(count))
+    assert metrics.messages_dropped == 0 and metrics.connection == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_bug_in_the_asyncio_read_callback_reaches_the_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reads are fed to the core inside asyncio's callback; an exception
+    there must not vanish into asyncio's log: the consumer gets it."""
+
+    def echo(ws: ServerConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    def broken(self: FeedCore, data: bytes, now: float) -> None:
+        raise RuntimeError("a bug in the core")
+
+    with server(echo) as port, anyio.fail_after(20):
+        with pytest.raises(BaseExceptionGroup) as group:  # the feed's task failed too
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
+                await feed.wait_connected(10)
+                monkeypatch.setattr(FeedCore, "receive_data", broken)
+                await feed.send("hello")
+                with pytest.raises(RuntimeError, match="a bug in the core"):
+                    async for _ in feed:
+                        pass
+    assert group.group_contains(RuntimeError, match="a bug in the core")
