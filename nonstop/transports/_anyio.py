@@ -371,8 +371,10 @@ class AsyncFeed:
         stream = self._stream
         if not data or stream is None:
             return True
-        if type(stream) is AsyncioStream and stream.write_nowait(data):
+        written = stream.write_nowait(data)
+        if written == len(data):
             return True  # written at once: no scope, no trip through the loop
+        data = data[written:]
         self._writing = True
         timeout = self._opts.write_timeout
         try:

@@ -7,7 +7,9 @@ connection: ``receive`` (whatever bytes are there, or wait), ``send``,
 ``aclose`` (graceful, TLS close_notify included) and ``abort`` (an RST: the
 peer is dead or hostile).  :func:`open_stream` connects and returns one of:
 
-* :class:`AnyioStream` -- anyio's TCP/TLS stream, used on **trio**.
+* :class:`AnyioStream` -- anyio's TCP/TLS stream, used on **trio** (a
+  trio-level socket stream was tried: no faster round trip, since trio's
+  scheduler batch, not the stream, sets the pace).
 * :class:`AsyncioStream` -- an :class:`asyncio.Protocol` of ours, used on
   **asyncio**.  anyio's asyncio stream pays, on every ``receive`` that has
   to wait, a ``resume_reading``/``pause_reading`` pair (two ``epoll_ctl``
@@ -16,15 +18,20 @@ peer is dead or hostile).  :func:`open_stream` connects and returns one of:
   third of the round trip.  This protocol reads all the time (until 1 MiB
   waits unread: then the transport pauses, the kernel's window fills, and
   the server is pushed back), wakes the reader with a plain future, and
-  writes at once; it waits only while asyncio says the write buffer is full.
+  writes at once (:meth:`AsyncioStream.write_nowait`); it waits only while
+  asyncio says the write buffer is full.  While the driver waits for a read
+  it may install a *sink*: the protocol's callback then hands it the bytes
+  directly, and the driver parses them right there (see
+  ``AsyncFeed._on_data``), without waking its own task first.
 
-Connecting (both): every address :func:`socket.getaddrinfo` gives, in turn,
-each error kept and the last raised with the first as its context (the same
-as the blocking driver), so a refused ``localhost`` on both IPv6 and IPv4 is
-still a ``ConnectionRefusedError`` that :func:`~nonstop.core.classify_error`
-calls ``refused``.  The stream's errors are what the core classifies: an
-``OSError`` (reset, broken pipe), an :class:`ssl.SSLError`, or
-:class:`anyio.EndOfStream` for a clean end.
+Connecting on asyncio: every address :func:`socket.getaddrinfo` gives, in
+turn, each error kept and the last raised with the first as its context (as
+the blocking driver does), so a refused ``localhost`` on both IPv6 and IPv4
+is still a ``ConnectionRefusedError`` that
+:func:`~nonstop.core.classify_error` calls ``refused``; then asyncio's TLS
+handshake on that socket.  The stream's errors are what the core
+classifies: an ``OSError`` (reset, broken pipe), an :class:`ssl.SSLError`,
+or :class:`anyio.EndOfStream` for a clean end.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ READ_HIGH_WATER = 1 << 20
 class Stream(Protocol):
     async def receive(self, max_bytes: int) -> bytes: ...
     async def send(self, data: bytes) -> None: ...
+    def write_nowait(self, data: bytes) -> int: ...
     async def aclose(self) -> None: ...
     async def abort(self) -> None: ...
 
@@ -70,16 +78,14 @@ class AnyioStream:
         self.receive = stream.receive
         self.send = stream.send
 
+    def write_nowait(self, data: bytes) -> int:
+        return 0  # always through send()
+
     async def aclose(self) -> None:
         await self._stream.aclose()
 
     async def abort(self) -> None:
-        try:
-            sock = self._stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        except anyio.TypedAttributeLookupError:  # pragma: no cover - every TCP stream has one
-            pass
-        else:
-            _linger_zero(sock)
+        _linger_zero(self._stream.extra(anyio.abc.SocketAttribute.raw_socket))
         await anyio.aclose_forcefully(self._stream)
 
 
@@ -163,15 +169,15 @@ class AsyncioStream:
         and the driver has work to do)."""
         self._protocol._wake()
 
-    def write_nowait(self, data: bytes) -> bool:
+    def write_nowait(self, data: bytes) -> int:
         """Write *data* now if nothing stands in the way (no error, not
-        closing, asyncio's buffer not full); False: use :meth:`send`."""
+        closing, asyncio's buffer not full): how much was taken, all or 0."""
         p = self._protocol
         transport = self._transport
         if p.writable is not None or p.error is not None or transport.is_closing():
-            return False
+            return 0
         transport.write(data)
-        return True
+        return len(data)
 
     async def receive(self, max_bytes: int) -> bytes:
         """The bytes that are there (all of them: the protocol already holds
