@@ -12,7 +12,12 @@ The thread sleeps exactly until the next deadline: an idle feed costs no CPU.
 The application lives in other threads.  Its calls (``send``, ``subscribe``,
 ...) take one lock around the *core* call only -- never around I/O -- and then
 write a byte to a ``socketpair`` to wake the loop, so new bytes are written
-and a new deadline is honoured at once.  ``stop()`` takes no lock at all: it
+and a new deadline is honoured at once.  One exception, for latency: on a
+plain TCP socket ``send`` writes its bytes itself, without blocking, under
+the write lock the loop also takes to write (so bytes never interleave);
+whatever the kernel does not take at once is left in ``_unsent`` for the
+loop.  (TLS: an SSL object must not read in one thread and write in another,
+so there the loop always writes.)  ``stop()`` takes no lock at all: it
 sets a flag and writes the wake-up byte, so it is safe from a signal handler;
 the loop then runs the close handshake and the thread ends.
 
@@ -85,6 +90,8 @@ class SyncFeed:
         self._core = core
         self._opts = options
         self._lock = threading.Lock()  # guards the core only
+        self._write_lock = threading.Lock()  # one writer on the socket at a time
+        self._unsent = b""  # taken from the core, not yet written (send() wrote part)
         self._cond = threading.Condition()  # guards the buffer and waiters
         self._buffer = MessageBuffer(options.queue_size, options.overflow)
         self._observer = Observer(core.config.label, options.logger, options.on_event)
@@ -243,7 +250,8 @@ class SyncFeed:
         with self._lock:
             self._core.send(message, time.monotonic())
             backlog = self._core.pending_output
-        self._wake()
+        if not self._write_now():
+            self._wake()
         if backlog > HIGH_WATER and threading.current_thread() is not self._thread:
             with self._cond:
                 self._cond.wait_for(
@@ -359,11 +367,36 @@ class SyncFeed:
             if core.state in HAS_TRANSPORT and core.state is not State.CONNECTING:
                 core.transport_failed(exc, time.monotonic())
 
-    def _flush(self) -> None:
-        with self._lock:
-            data = self._core.data_to_send()
+    def _write_now(self) -> bool:
+        """From an application thread: write what the core has queued, if
+        the socket is plain TCP and the loop is not writing; never block.
+        False: the loop must write (or write the rest)."""
         sock = self._sock
-        if data and sock is not None:
+        if sock is None or isinstance(sock, ssl.SSLSocket):
+            return False
+        with self._write_lock:
+            if self._unsent or sock is not self._sock:
+                return False
+            with self._lock:
+                data = self._core.data_to_send()
+            try:
+                sent = sock.send(data) if data else 0
+            except OSError:  # full (BlockingIOError) or broken: the loop sees which
+                sent = 0
+            if sent < len(data):
+                self._unsent = data[sent:]
+                return False
+        return True
+
+    def _flush(self) -> None:
+        with self._write_lock:
+            with self._lock:
+                data = self._core.data_to_send()
+            if self._unsent:
+                data, self._unsent = self._unsent + data, b""
+            sock = self._sock
+            if not data or sock is None:
+                return
             try:
                 sock.settimeout(self._opts.write_timeout)
                 sock.sendall(data)
@@ -374,8 +407,8 @@ class SyncFeed:
                 ))
             except OSError as exc:
                 self._fail_transport(exc)
-            with self._cond:  # a sender may be waiting for the backlog to drain
-                self._cond.notify_all()
+        with self._cond:  # a sender may be waiting for the backlog to drain
+            self._cond.notify_all()
 
     def _dispatch(self) -> None:
         core = self._core
@@ -424,7 +457,9 @@ class SyncFeed:
 
     def _drop_socket(self, *, abort: bool) -> None:
         connecting, self._connecting = self._connecting, None
-        sock, self._sock = self._sock, None
+        with self._write_lock:  # no send() is writing to it; its leftovers go too
+            sock, self._sock = self._sock, None
+            self._unsent = b""
         sockets = [sock]
         if connecting is not None:
             sockets += [connecting.tls, connecting.sock]

@@ -173,3 +173,41 @@ async def test_a_bug_in_the_asyncio_read_callback_reaches_the_consumer(
                     async for _ in feed:
                         pass
     assert group.group_contains(RuntimeError, match="a bug in the core")
+
+
+def test_blocking_sends_from_many_threads_arrive_whole_and_in_order() -> None:
+    """``send`` writes from the caller's thread (plain TCP) and leaves what
+    the kernel does not take to the I/O thread: frames never interleave,
+    nothing is lost, each thread's messages keep their order."""
+    got: list[str] = []
+    done = threading.Event()
+    threads_n, per_thread = 4, 150
+
+    def collect(ws: ServerConnection) -> None:
+        for message in ws:
+            assert isinstance(message, str)
+            got.append(message)
+            if len(got) == threads_n * per_thread:
+                done.set()
+
+    with server(collect) as port:
+        with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
+            feed.wait_connected(10)
+
+            def sender(t: int) -> None:
+                for i in range(per_thread):
+                    pad = "y" * (300_000 if i % 10 == 0 else i)  # some force partial writes
+                    feed.send(f"{t}:{i}:{pad}")
+
+            workers = [threading.Thread(target=sender, args=(t,)) for t in range(threads_n)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(30)
+            assert done.wait(30)
+            metrics = feed.metrics()
+    for t in range(threads_n):
+        mine = [m.split(":") for m in got if m.startswith(f"{t}:")]
+        assert [int(i) for _, i, _ in mine] == list(range(per_thread))
+        assert all(len(pad) == (300_000 if int(i) % 10 == 0 else int(i)) for _, i, pad in mine)
+    assert metrics.connection == 1 and metrics.disconnects == {}
