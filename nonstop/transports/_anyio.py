@@ -15,12 +15,21 @@ loop every driver runs (STYLE.md 7):
 4. feed exactly one input: ``transport_opened``/``transport_failed``,
    ``receive_data``/``receive_eof``, or ``handle_timer(max(deadline, now))``.
 
-Every decision is the core's.  The application's calls (``send``,
-``subscribe``, ``stop``, ...) call the core synchronously -- there is one
-event loop thread, so no lock is needed -- and then *kick* the loop: cancel
-its wait scope so step 1 writes the new bytes and step 3 uses the new
-deadline.  A kick never interrupts a TCP/TLS connect unless the core has left
-``CONNECTING`` (a stop), so the attempt is not wasted.
+Every decision is the core's.  The application's calls (``subscribe``,
+``stop``, ...) call the core synchronously -- there is one event loop
+thread, so no lock is needed -- and then *kick* the loop: cancel its wait
+scope so step 1 writes the new bytes and step 3 uses the new deadline.  A
+kick never interrupts a TCP/TLS connect unless the core has left
+``CONNECTING`` (a stop), so the attempt is not wasted.  ``send`` writes
+from the caller's task (see :meth:`AsyncFeed._write`).
+
+Two shortcuts on asyncio, for latency (the streams are in
+:mod:`._streams`): the stream writes without a trip through the event loop
+when asyncio's buffer has room, and while the loop waits in step 3 for
+bytes, the protocol's callback hands them to :meth:`AsyncFeed._on_data`,
+which does step 4 and the message part of step 2 right there, so the
+consumer is woken one loop turn earlier; the loop itself wakes only when
+there is more to do.
 
 Cancellation: everything lives in one task group.  Leaving the ``async with``
 block stops gracefully (close handshake, bounded by ``close_timeout``);
@@ -511,8 +520,9 @@ class AsyncFeed:
         if there is more to do: bytes to write, a lifecycle event or effect
         (kept in order in ``_stash``), a failure, a full queue, an earlier
         deadline.  False (not now): the protocol queues the bytes."""
-        if self._parked is not stream or self._writing or not self._live(stream):
-            return False
+        if (self._parked is not stream or self._writing or self._buffer.held
+                or not self._live(stream)):
+            return False  # the loop will take them (after a pause, if the queue is full)
         try:
             core = self._core
             buffer = self._buffer

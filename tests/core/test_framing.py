@@ -38,6 +38,7 @@ from nonstop.core import (
     Reason,
     State,
     Stopped,
+    _framing,
 )
 from tests.helpers import Pair, frame
 
@@ -167,6 +168,44 @@ def test_application_messages_go_out_as_text_and_binary_frames() -> None:
         (TEXT, True, "caf\u00e9".encode()), (BINARY, True, b"\x00\x01"),
         (TEXT, True, b'{"op":"ping","n":[1]}')]
     assert pair.server_messages == ["caf\u00e9", b"\x00\x01", '{"op":"ping","n":[1]}']
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 127, 65535, 65536, 70_001])
+def test_every_length_is_written_as_wsproto_reads_it(size: int) -> None:
+    """Data frames are serialized and masked by us, not wsproto: wsproto's
+    server side must read back exactly what was sent, at every length."""
+    pair = open_pair()
+    text = "\u00e9" * size  # two UTF-8 bytes per character
+    binary = (bytes(range(256)) * (size // 256 + 1))[:size]
+    pair.core.send(text, NOW)
+    pair.core.send(binary, NOW)
+    pair.pump()
+    assert pair.server_messages == [text, binary]
+    assert [(op, fin, len(p)) for op, fin, p in client_frames(pair)] == [
+        (TEXT, True, 2 * size), (BINARY, True, size)]
+
+
+def test_masking_keys_are_fresh_and_drawn_from_the_os_in_pools(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    real = _framing.urandom
+
+    def counting(n: int) -> bytes:
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr(_framing, "urandom", counting)
+    pair = open_pair()
+    start = len(pair.wire_to_server)
+    for _ in range(1500):
+        pair.core.send("x", NOW)
+    pair.pump()
+    wire = bytes(pair.wire_to_server)[start:]
+    keys = {wire[i + 2:i + 6] for i in range(0, len(wire), 7)}  # 2 + 4 + 1 bytes each
+    assert len(wire) == 1500 * 7
+    assert len(keys) > 1490  # 32 random bits each: a repeat or two at most
+    assert calls == [4096, 4096]  # 1,024 keys per call
 
 
 def test_protocol_ping_goes_out_as_a_ping_frame() -> None:
