@@ -49,7 +49,7 @@ def connect(
     queue_size: int = 4096,
     overflow: Overflow | OverflowName = "backpressure",
     on_event: Callable[[AppEvent], None] | None = None,
-    read_size: int = 256 * 1024,
+    read_size: int = 1024 * 1024,
     write_timeout: float = 10.0,
     logger: logging.Logger | None = None,
     rng: random.Random | None = None,

@@ -62,7 +62,7 @@ from ..core import (
     Subscription,
 )
 from ..core._state import HAS_TRANSPORT
-from ._common import DriverOptions, MessageBuffer, Observer, WriteStalled
+from ._common import DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
 from ._streams import AsyncioStream, Stream, open_stream
 
 __all__ = ["AsyncFeed"]
@@ -107,6 +107,7 @@ class AsyncFeed:
         self._parked_deadline = math.inf  # and the deadline it waits with
         self._stash: list[Event] = []  # events _on_data left for _dispatch
         self._sink_error: BaseException | None = None
+        self._reads = ReadSize(options.read_size)
 
     # ------------------------------------------------------------------
     # context management
@@ -497,6 +498,7 @@ class AsyncFeed:
                 tls=effect.tls,
                 ssl_context=self._opts.ssl_context,
                 server_hostname=effect.server_hostname,
+                read_size=self._opts.read_size,
             )
         except Exception as exc:
             core.transport_failed(exc, anyio.current_time())
@@ -508,6 +510,7 @@ class AsyncFeed:
                 await stream.abort()
             return
         self._stream = stream
+        self._reads = ReadSize(self._opts.read_size)
         if type(stream) is AsyncioStream:
             stream.set_sink(lambda data, now: self._on_data(stream, data, now))
         core.transport_opened(anyio.current_time())
@@ -554,7 +557,7 @@ class AsyncFeed:
         core = self._core
         self._parked, self._parked_deadline = stream, deadline
         try:
-            data = await stream.receive(self._opts.read_size)
+            data = await stream.receive(self._reads.now)
         except anyio.EndOfStream:
             if self._live(stream):
                 core.receive_eof(anyio.current_time())
@@ -568,6 +571,7 @@ class AsyncFeed:
             if self._sink_error is not None:
                 raise self._sink_error
             return
+        self._reads.update(len(data))
         if self._live(stream):  # not if a stop() came while the read completed
             core.receive_data(data, anyio.current_time())
 

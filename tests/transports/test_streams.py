@@ -1,5 +1,6 @@
 """The byte streams under the drivers: write stalls, every address refused,
-the asyncio protocol's read pause, and bugs in its read callback.
+the asyncio protocol's read pause, bugs in its read callback, writes from
+many threads, and the adaptive read size.
 
 Real sockets on 127.0.0.1 (the ``websockets`` package's threaded server);
 hard timeouts, no assertion on how fast anything happened.
@@ -7,6 +8,9 @@ hard timeouts, no assertion on how fast anything happened.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import socket
 import sys
 import threading
@@ -20,6 +24,7 @@ from websockets.sync.server import ServerConnection
 import nonstop
 from nonstop import Disconnected, Reason
 from nonstop.core import FeedCore
+from nonstop.transports._common import MIN_READ, ReadSize
 from nonstop.transports._streams import READ_HIGH_WATER, AsyncioStream
 from tests.transports.test_driver_behaviour import FAST, burst, free_port, server
 
@@ -211,3 +216,76 @@ def test_blocking_sends_from_many_threads_arrive_whole_and_in_order() -> None:
         assert [int(i) for _, i, _ in mine] == list(range(per_thread))
         assert all(len(pad) == (300_000 if int(i) % 10 == 0 else int(i)) for _, i, pad in mine)
     assert metrics.connection == 1 and metrics.disconnects == {}
+
+
+def test_read_size_grows_on_full_reads_and_falls_back_on_small_ones() -> None:
+    reads = ReadSize(1 << 20)
+    assert reads.now == MIN_READ == 64 * 1024
+    assert reads.update(MIN_READ) == 256 * 1024  # full: four times larger
+    assert reads.update(256 * 1024) == 1 << 20
+    assert reads.update(1 << 20) == 1 << 20  # capped at read_size
+    assert reads.update(300_000) == 1 << 20  # a partial read keeps the size
+    assert reads.update(100) == MIN_READ  # a trickle: back to the smallest
+    small = ReadSize(4096)  # read_size below MIN_READ: fixed
+    assert small.now == 4096 and small.update(4096) == 4096 and small.update(1) == 4096
+
+
+def blast_server(frames: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A bare TCP server that accepts one WebSocket client and writes
+    *frames* in one ``sendall`` (faster than any library server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request)
+            assert key is not None
+            accept = base64.b64encode(hashlib.sha1(
+                key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            conn.recv(4096)  # the client's "go"
+            conn.sendall(frames)
+            time.sleep(0.2)
+            conn.sendall(b"\x81\x03end")
+            conn.recv(1)  # until the client goes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_the_asyncio_transport_reads_in_larger_gulps_during_a_burst() -> None:
+    count = 20_000
+    payload = b"m" * 200
+    frames = (bytes((0x81, 126)) + len(payload).to_bytes(2, "big") + payload) * count
+    listener, thread = blast_server(frames)
+    port = listener.getsockname()[1]
+    try:
+        with anyio.fail_after(30):
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=100_000,
+                                       read_size=512 * 1024, **FAST) as feed:
+                await feed.wait_connected(10)
+                stream = feed._stream
+                assert isinstance(stream, AsyncioStream)
+                transport = stream._transport
+                first = transport.max_size  # type: ignore[attr-defined]
+                await feed.send("go")
+                sizes = set()
+                n = 0
+                async for message in feed:
+                    sizes.add(transport.max_size)  # type: ignore[attr-defined]
+                    n += 1
+                    if message == "end":
+                        break
+                last = transport.max_size  # type: ignore[attr-defined]
+    finally:
+        listener.close()
+        thread.join(10)
+    assert n == count + 1
+    assert first == MIN_READ and 512 * 1024 in sizes and last == MIN_READ
