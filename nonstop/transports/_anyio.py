@@ -107,7 +107,7 @@ class AsyncFeed:
         self._parked_deadline = math.inf  # and the deadline it waits with
         self._stash: list[Event] = []  # events _on_data left for _dispatch
         self._sink_error: BaseException | None = None
-        self._reads = ReadSize(options.read_size)
+        self._reads = ReadSize(options.read_size, options.queue_size)
 
     # ------------------------------------------------------------------
     # context management
@@ -413,6 +413,7 @@ class AsyncFeed:
                 break
             if type(event) is Messages:
                 delivered = True
+                self._reads.messages += len(event.data)
                 if buffer.push(event) == "disconnect":
                     core.reconnect(anyio.current_time(), reason=Reason.SLOW_CONSUMER)
             else:
@@ -491,6 +492,7 @@ class AsyncFeed:
         self._pending_open = None
         core = self._core
         self._in_connect = True
+        self._reads = reads = ReadSize(self._opts.read_size, self._opts.queue_size)
         try:
             stream = await open_stream(
                 effect.host,
@@ -498,7 +500,7 @@ class AsyncFeed:
                 tls=effect.tls,
                 ssl_context=self._opts.ssl_context,
                 server_hostname=effect.server_hostname,
-                read_size=self._opts.read_size,
+                reads=reads,
             )
         except Exception as exc:
             core.transport_failed(exc, anyio.current_time())
@@ -510,7 +512,6 @@ class AsyncFeed:
                 await stream.abort()
             return
         self._stream = stream
-        self._reads = ReadSize(self._opts.read_size)
         if type(stream) is AsyncioStream:
             stream.set_sink(lambda data, now: self._on_data(stream, data, now))
         core.transport_opened(anyio.current_time())
@@ -536,6 +537,7 @@ class AsyncFeed:
             while (event := core.next_event()) is not None:
                 if not stash and type(event) is Messages:
                     delivered = True
+                    self._reads.messages += len(event.data)
                     if buffer.push(event) == "disconnect":
                         core.reconnect(now, reason=Reason.SLOW_CONSUMER)
                         wake = True
@@ -557,7 +559,7 @@ class AsyncFeed:
         core = self._core
         self._parked, self._parked_deadline = stream, deadline
         try:
-            data = await stream.receive(self._reads.now)
+            data = await stream.receive()
         except anyio.EndOfStream:
             if self._live(stream):
                 core.receive_eof(anyio.current_time())
@@ -571,7 +573,6 @@ class AsyncFeed:
             if self._sink_error is not None:
                 raise self._sink_error
             return
-        self._reads.update(len(data))
         if self._live(stream):  # not if a stop() came while the read completed
             core.receive_data(data, anyio.current_time())
 

@@ -92,7 +92,7 @@ class SyncFeed:
         self._lock = threading.Lock()  # guards the core only
         self._write_lock = threading.Lock()  # one writer on the socket at a time
         self._unsent = b""  # taken from the core, not yet written (send() wrote part)
-        self._reads = ReadSize(options.read_size)
+        self._reads = ReadSize(options.read_size, options.queue_size)
         self._cond = threading.Condition()  # guards the buffer and waiters
         self._buffer = MessageBuffer(options.queue_size, options.overflow)
         self._observer = Observer(core.config.label, options.logger, options.on_event)
@@ -430,6 +430,7 @@ class SyncFeed:
                         while i < n and type(events[i]) is Messages:
                             batch = events[i]
                             assert isinstance(batch, Messages)
+                            self._reads.messages += len(batch.data)
                             if buffer.push(batch) == "disconnect":
                                 slow = True
                             i += 1
@@ -606,7 +607,7 @@ class SyncFeed:
         self._selector.unregister(sock)
         self._connecting = None
         self._sock = sock
-        self._reads = ReadSize(self._opts.read_size)
+        self._reads = ReadSize(self._opts.read_size, self._opts.queue_size)
         self._selector.register(sock, selectors.EVENT_READ, None)
         with self._lock:
             self._core.transport_opened(time.monotonic())

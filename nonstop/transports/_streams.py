@@ -57,7 +57,7 @@ READ_HIGH_WATER = 1 << 20
 
 
 class Stream(Protocol):
-    async def receive(self, max_bytes: int) -> bytes: ...
+    async def receive(self) -> bytes: ...
     async def send(self, data: bytes) -> None: ...
     def write_nowait(self, data: bytes) -> int: ...
     async def aclose(self) -> None: ...
@@ -71,14 +71,19 @@ def _linger_zero(sock: object) -> None:
 
 
 class AnyioStream:
-    """anyio's stream (trio): a thin pass-through."""
+    """anyio's stream (trio): a thin pass-through, reads sized by *reads*."""
 
-    __slots__ = ("_stream", "receive", "send")
+    __slots__ = ("_reads", "_stream", "send")
 
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, reads: ReadSize) -> None:
         self._stream = stream
-        self.receive = stream.receive
+        self._reads = reads
         self.send = stream.send
+
+    async def receive(self) -> bytes:
+        data = await self._stream.receive(self._reads.now)
+        self._reads.update(len(data))
+        return data
 
     def write_nowait(self, data: bytes) -> int:
         return 0  # always through send()
@@ -94,9 +99,9 @@ class AnyioStream:
 class _FeedProtocol(asyncio.Protocol):
     """Buffers what arrives and wakes the one reader; tracks write pressure."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_size: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, reads: ReadSize) -> None:
         self.loop = loop
-        self.reads = ReadSize(read_size)
+        self.reads = reads
         self.sized = False  # the transport reads max_size bytes: we set it
         self.transport: asyncio.Transport | None = None
         self.chunks: list[bytes] = []
@@ -195,10 +200,10 @@ class AsyncioStream:
         transport.write(data)
         return len(data)
 
-    async def receive(self, max_bytes: int) -> bytes:
+    async def receive(self) -> bytes:
         """The bytes that are there (all of them: the protocol already holds
         them), waiting for some if there are none; ``b""`` if woken by
-        :meth:`wake` with none."""
+        :meth:`wake` with none.  (The protocol sizes asyncio's reads.)"""
         p = self._protocol
         if not p.chunks:
             if not p.at_eof:
@@ -281,15 +286,19 @@ async def open_stream(
     tls: bool,
     ssl_context: ssl.SSLContext | None,
     server_hostname: str | None,
-    read_size: int,
+    reads: ReadSize,
 ) -> Stream:
-    """Connect (and shake hands for TLS) with the stream that suits the loop."""
+    """Connect (and shake hands for TLS) with the stream that suits the loop.
+
+    *reads* sizes the stream's reads; the driver counts the messages each
+    read brought into it.
+    """
     if _on_asyncio():
         sock = await _connect_socket(host, port)
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.create_connection(
-                lambda: _FeedProtocol(loop, read_size),
+                lambda: _FeedProtocol(loop, reads),
                 sock=sock,
                 ssl=ssl_context if tls else None,
                 server_hostname=server_hostname if tls else None,
@@ -309,7 +318,7 @@ async def open_stream(
         )
     else:
         stream = await anyio.connect_tcp(host, port)
-    return AnyioStream(stream)
+    return AnyioStream(stream, reads)
 
 
 def _on_asyncio() -> bool:

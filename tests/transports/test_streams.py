@@ -219,15 +219,26 @@ def test_blocking_sends_from_many_threads_arrive_whole_and_in_order() -> None:
 
 
 def test_read_size_grows_on_full_reads_and_falls_back_on_small_ones() -> None:
-    reads = ReadSize(1 << 20)
+    reads = ReadSize(1 << 20, 4096)
     assert reads.now == MIN_READ == 64 * 1024
     assert reads.update(MIN_READ) == 256 * 1024  # full: four times larger
     assert reads.update(256 * 1024) == 1 << 20
     assert reads.update(1 << 20) == 1 << 20  # capped at read_size
     assert reads.update(300_000) == 1 << 20  # a partial read keeps the size
     assert reads.update(100) == MIN_READ  # a trickle: back to the smallest
-    small = ReadSize(4096)  # read_size below MIN_READ: fixed
+    small = ReadSize(4096, 4096)  # read_size below MIN_READ: fixed
     assert small.now == 4096 and small.update(4096) == 4096 and small.update(1) == 4096
+
+
+def test_read_size_stops_growing_before_a_read_would_overflow_the_queue() -> None:
+    reads = ReadSize(1 << 20, 4096)
+    reads.update(MIN_READ)
+    assert reads.now == 256 * 1024
+    reads.messages = 4096  # that read: 4,096 messages in 256 KiB
+    assert reads.update(256 * 1024) == 256 * 1024  # 1 MiB would bring 16,384
+    assert reads.messages == 0
+    reads.messages = 1024  # 1,024 in 256 KiB: 4,096 in 1 MiB still fit
+    assert reads.update(256 * 1024) == 1 << 20
 
 
 def blast_server(frames: bytes) -> tuple[socket.socket, threading.Thread]:
