@@ -10,6 +10,8 @@ real certificates from trustme, hard timeouts.
 from __future__ import annotations
 
 import datetime
+import os
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -126,3 +128,67 @@ async def test_server_hostname_option_checks_the_named_host() -> None:
 def test_ssl_context_for_a_plain_url_is_a_configuration_error() -> None:
     with pytest.raises(nonstop.ConfigError, match="wss://"):
         nonstop.sync.connect("ws://127.0.0.1:1/", ssl=ssl.create_default_context())
+
+
+@contextmanager
+def silent_tcp_server() -> Iterator[int]:
+    """Accepts TCP connections and never says a word (nor a TLS byte)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(10)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+STALL = dict(RETRY, connect_timeout=0.3, handshake_timeout=0.3)
+
+
+@pytest.mark.anyio
+async def test_a_tls_handshake_that_never_answers_times_out_and_leaks_nothing() -> None:
+    events: list[nonstop.core.AppEvent] = []
+    before = open_fds()
+    with silent_tcp_server() as port, anyio.fail_after(30):
+        async with nonstop.connect(f"wss://localhost:{port}/", ssl=client_context(CA),
+                                   on_event=events.append, **STALL) as feed:
+            with pytest.raises(nonstop.FeedGaveUp):
+                await feed.__anext__()
+    await anyio.sleep(0.1)
+    after = open_fds()  # the server's sockets are closed too by now
+    failures = [e for e in events if isinstance(e, Disconnected)]
+    assert [f.reason for f in failures] == [Reason.CONNECT_TIMEOUT] * 2, failures
+    assert after <= before
+
+
+def test_a_tls_handshake_that_never_answers_times_out_in_the_blocking_driver() -> None:
+    events: list[nonstop.core.AppEvent] = []
+    before = open_fds()
+    with silent_tcp_server() as port:
+        with nonstop.sync.connect(f"wss://localhost:{port}/", ssl=client_context(CA),
+                                  on_event=events.append, **STALL) as feed:
+            with pytest.raises(nonstop.FeedGaveUp):
+                feed.receive(timeout=20)
+    after = open_fds()  # the server's sockets are closed too by now
+    failures = [e for e in events if isinstance(e, Disconnected)]
+    assert [f.reason for f in failures] == [Reason.CONNECT_TIMEOUT] * 2, failures
+    assert after <= before
