@@ -327,8 +327,8 @@ class Framing:
         append = run.append
         while n - pos >= 2:
             if not self._fragmented:
-                # The hottest loop: short and 16-bit-length text and binary
-                # frames, nothing else.  Whatever it does not take falls
+                # The hottest loop: whole text and binary frames in their
+                # shortest length form, nothing else.  Whatever it does not take falls
                 # through to the general case below, one frame at a time.
                 while n - pos >= 2:
                     b0 = data[pos]
@@ -342,6 +342,11 @@ class Framing:
                         if length < 126:
                             break
                         start = pos + 4
+                    elif length == 127 and n - pos >= 10:
+                        length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                        if length < 65536 or length >= _NO_LIMIT:
+                            break
+                        start = pos + 10
                     else:
                         break
                     end = start + length
@@ -411,18 +416,17 @@ class Framing:
                             self._fail(INVALID_DATA, f"{_INVALID_UTF8}: {exc.reason}", out)
                             return out
                     break
-                if b0 == 0x81:
-                    try:
-                        run.append(data[start:end].decode("utf-8"))
-                    except UnicodeDecodeError as exc:
-                        if run:
-                            out.append(run)
-                        self._fail(INVALID_DATA, f"{_INVALID_UTF8}: {exc.reason}", out)
-                        return out
-                else:
-                    run.append(data[start:end])
-                pos = end
-                continue
+                # The hot loop takes every whole simple frame but text that
+                # is not UTF-8: that fails here (as wsproto would, 1007).
+                # (Anything else would fall through to wsproto, which
+                # parses it just as well.)
+                try:
+                    data[start:end].decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    if run:
+                        out.append(run)
+                    self._fail(INVALID_DATA, f"{_INVALID_UTF8}: {exc.reason}", out)
+                    return out
             # Anything else is wsproto's.  Control frames go whole (wsproto
             # waits for them whole too); data frames of a fragmented message
             # stream, so wsproto checks each piece as it comes.

@@ -334,3 +334,13 @@ def test_a_length_not_in_its_shortest_form_is_a_protocol_error() -> None:
     framing = open_framing()
     non_minimal = bytes([0x82, 126]) + (5).to_bytes(2, "big") + b"12345"
     assert flatten(framing.feed(frame(TEXT, b"ok") + non_minimal)) == ["ok", ("failed", 1002)]
+    for length in (5, 65535):  # the 64-bit form for a length that fits in 16 bits
+        framing = open_framing()
+        non_minimal = bytes([0x82, 127]) + length.to_bytes(8, "big") + b"x" * length
+        assert flatten(framing.feed(frame(TEXT, b"ok") + non_minimal)) == ["ok", ("failed", 1002)]
+
+
+def test_a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() -> None:
+    framing = open_framing(max_size=None)
+    huge = bytes([0x82, 127]) + (1 << 63).to_bytes(8, "big") + b"x" * 10
+    assert flatten(framing.feed(frame(TEXT, b"ok") + huge)) == ["ok", ("failed", 1002)]
