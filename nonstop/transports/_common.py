@@ -217,11 +217,14 @@ def build_driver_options(
 class MessageBuffer:
     """The bounded queue of messages between a driver and its application.
 
-    The core delivers messages in runs (:class:`~nonstop.core.Messages`), so
-    the buffer moves whole runs: ``push`` extends the queue in one call and
-    ``take`` hands the consumer a list, keeping per-message work off the hot
-    path.  Each run's connection number and receive time are kept once per
-    run (``_meta``), for :meth:`take_records`.
+    The core delivers messages in runs (:class:`~nonstop.core.Messages`), and
+    the buffer keeps them as runs: ``push`` appends the run's list itself (no
+    copy), and ``take`` hands the consumer a run's list as it is when the
+    run fits, so a message costs no per-item queue operation between the
+    socket and the application.  Each run keeps its connection number and
+    receive time, for :meth:`take_records`.  The lists become the buffer's
+    once pushed (the core never touches a run it has handed out) and the
+    consumer's once taken.
 
     ``push`` returns what the driver must do: ``"ok"``, ``"full"`` (under
     ``backpressure``: the rest of the run is held and reading stops) or
@@ -229,11 +232,12 @@ class MessageBuffer:
     driver stops reading -- move in as the consumer makes room.
     """
 
-    __slots__ = ("_queue", "_meta", "_held", "size", "policy", "dropped", "overflows")
+    __slots__ = ("_runs", "_count", "_held", "size", "policy", "dropped", "overflows")
 
     def __init__(self, size: int, policy: Overflow) -> None:
-        self._queue: collections.deque[Payload] = collections.deque()
-        self._meta: collections.deque[list[Any]] = collections.deque()  # [conn, time, count]
+        # [messages, index of the first not taken, connection, received_at]
+        self._runs: collections.deque[list[Any]] = collections.deque()
+        self._count = 0  # messages in _runs, not taken
         self._held: collections.deque[Messages] = collections.deque()
         self.size = size
         self.policy = policy
@@ -241,7 +245,7 @@ class MessageBuffer:
         self.overflows = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return self._count
 
     @property
     def held(self) -> bool:
@@ -249,26 +253,22 @@ class MessageBuffer:
         return bool(self._held)
 
     def _append(self, data: list[Payload], connection: int, received_at: float) -> None:
-        self._queue.extend(data)
-        meta = self._meta
-        if meta and meta[-1][0] == connection and meta[-1][1] == received_at:
-            meta[-1][2] += len(data)
-        else:
-            meta.append([connection, received_at, len(data)])
+        self._runs.append([data, 0, connection, received_at])
+        self._count += len(data)
 
     def push(self, batch: Messages) -> str:
         if self._held:
             self._held.append(batch)
             return "full"
         data = batch.data
-        room = self.size - len(self._queue)
+        room = self.size - self._count
         if len(data) <= room:
             self._append(data, batch.connection, batch.received_at)
             return "ok"
         self.overflows += 1
         if self.policy is Overflow.DROP_OLDEST:
             self._append(data, batch.connection, batch.received_at)
-            self._drop_oldest(len(self._queue) - self.size)
+            self._drop_oldest(self._count - self.size)
             return "ok"
         if room > 0:
             self._append(data[:room], batch.connection, batch.received_at)
@@ -281,59 +281,66 @@ class MessageBuffer:
 
     def _drop_oldest(self, count: int) -> None:
         self.dropped += count
-        queue, meta = self._queue, self._meta
-        for _ in range(count):
-            queue.popleft()
+        self._count -= count
+        runs = self._runs
         while count:
-            first = meta[0]
-            if first[2] > count:
-                first[2] -= count
+            first = runs[0]
+            left = len(first[0]) - first[1]
+            if left > count:
+                first[1] += count
                 return
-            count -= first[2]
-            meta.popleft()
+            count -= left
+            runs.popleft()
 
     def take(self, limit: int) -> list[Payload]:
-        """Up to *limit* messages, oldest first (a new list)."""
-        queue = self._queue
-        if len(queue) <= limit:
-            out = list(queue)
-            queue.clear()
-            self._meta.clear()
-        else:
-            out = [queue.popleft() for _ in range(limit)]
-            self._consume_meta(limit)
+        """Up to *limit* messages, oldest first (a list that is the caller's)."""
+        runs = self._runs
+        out: list[Payload] | None = None
+        want = limit
+        while runs and want:
+            first = runs[0]
+            data, start = first[0], first[1]
+            left = len(data) - start
+            if left <= want:
+                runs.popleft()
+                piece = data if not start else data[start:]
+                want -= left
+            else:
+                piece = data[start:start + want]
+                first[1] = start + want
+                want = 0
+            if out is None:
+                out = piece
+            else:
+                out += piece
+        self._count -= limit - want
         if self._held:
             self._refill()
-        return out
+        return out if out is not None else []
 
     def take_records(self, limit: int) -> list[Message]:
         """Like :meth:`take`, with each message's connection and receive time."""
         out: list[Message] = []
-        queue, meta = self._queue, self._meta
-        while queue and len(out) < limit:
-            first = meta[0]
-            out.append(Message(data=queue.popleft(), connection=first[0], received_at=first[1]))
-            first[2] -= 1
-            if not first[2]:
-                meta.popleft()
+        runs = self._runs
+        while runs and len(out) < limit:
+            first = runs[0]
+            data, start, connection, received_at = first
+            end = min(len(data), start + limit - len(out))
+            out += [Message(data=item, connection=connection, received_at=received_at)
+                    for item in data[start:end]]
+            if end == len(data):
+                runs.popleft()
+            else:
+                first[1] = end
+        self._count -= len(out)
         if self._held:
             self._refill()
         return out
 
-    def _consume_meta(self, count: int) -> None:
-        meta = self._meta
-        while count:
-            first = meta[0]
-            if first[2] > count:
-                first[2] -= count
-                return
-            count -= first[2]
-            meta.popleft()
-
     def _refill(self) -> None:
         held = self._held
         while held:
-            room = self.size - len(self._queue)
+            room = self.size - self._count
             if room <= 0:
                 return
             batch = held[0]
@@ -349,7 +356,7 @@ class MessageBuffer:
     def add_driver_metrics(self, metrics: Metrics) -> Metrics:
         return replace(
             metrics,
-            queued=len(self._queue) + sum(len(b.data) for b in self._held),
+            queued=self._count + sum(len(b.data) for b in self._held),
             messages_dropped=self.dropped,
             overflows=self.overflows,
         )
