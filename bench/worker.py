@@ -37,6 +37,11 @@ def run_case(module: Any, options: dict[str, str], port: int, case: dict[str, An
             "p90_us": times[int(len(times) * 0.9)] * 1e6,
             "rounds": float(len(times)),
         }
+    warmup = case.get("warmup", 0)
+    if warmup:  # untimed: the same stream, shorter
+        url = f"{base}/stream?kind={case['kind']}&size={case['size']}&count={warmup}"
+        module.receive(url, warmup, case["size"], **options)
+        gc.collect()
     url = f"{base}/stream?kind={case['kind']}&size={case['size']}&count={case['count']}"
     seconds = module.receive(url, case["count"], case["size"], **options)
     return {
