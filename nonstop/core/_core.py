@@ -264,6 +264,8 @@ class FeedCore:
     # input checks
     def _tick(self, now: float) -> None:
         """Validate *now* (finite, not going back); call before changing anything."""
+        if type(now) is float and -math.inf < self._now <= now < math.inf:
+            return  # the common case in one test (NaN fails it; so does the first call)
         if not isinstance(now, (int, float)) or isinstance(now, bool) or not math.isfinite(now):
             raise LocalProtocolError(f"now must be a finite number of seconds, got {now!r}")
         if now < self._now:

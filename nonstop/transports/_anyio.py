@@ -39,10 +39,11 @@ the stream: no task, socket or file descriptor is left behind.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -63,7 +64,7 @@ from ..core import (
 )
 from ..core._state import HAS_TRANSPORT
 from ._common import DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
-from ._streams import AsyncioStream, Stream, open_stream
+from ._streams import AsyncioStream, Stream, _on_asyncio, open_stream
 
 __all__ = ["AsyncFeed"]
 
@@ -78,6 +79,14 @@ TAKE = 512
 FAILURE_GRACE = 1.0
 
 
+class _Flag(Protocol):
+    """What the driver needs of an event: anyio's, or asyncio's own."""
+
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    def wait(self) -> Awaitable[object]: ...
+
+
 class AsyncFeed:
     """A running feed: iterate it for messages; see :func:`nonstop.connect`."""
 
@@ -90,7 +99,13 @@ class AsyncFeed:
         self._pending_open: OpenTransport | None = None
         self._wait_scope: anyio.CancelScope | None = None
         self._in_connect = False
-        self._has_data = anyio.Event()
+        # anyio's event and clock, or on asyncio the loop's own (measured:
+        # anyio.Event() 743 ns, asyncio.Event() 122 ns; anyio.current_time()
+        # 400 ns, loop.time() 60 ns): the consumer makes a new event each
+        # time it waits, and every send reads the clock.  Set in __aenter__.
+        self._new_event: Callable[[], _Flag] = anyio.Event
+        self._clock: Callable[[], float] = anyio.current_time
+        self._has_data: _Flag = anyio.Event()
         self._local: list[str | bytes] = []  # taken by __anext__, reversed
         self._consumer_waiting = False  # blocked in __anext__ for lack of messages
         self._consumer_seen = False  # the application has iterated at all
@@ -114,6 +129,9 @@ class AsyncFeed:
     async def __aenter__(self) -> AsyncFeed:
         if self._tg is not None:
             raise RuntimeError("this feed was already started; call nonstop.connect() again")
+        if _on_asyncio():
+            self._new_event = asyncio.Event
+            self._clock = asyncio.get_running_loop().time
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -218,7 +236,7 @@ class AsyncFeed:
                     raise gave_up
                 raise StopAsyncIteration
             if self._has_data.is_set():
-                self._has_data = anyio.Event()
+                self._has_data = self._new_event()
             self._consumer_seen = self._consumer_waiting = True
             self._idle.set()
             try:
@@ -233,7 +251,7 @@ class AsyncFeed:
         Written at once from the caller's task (no hop through the feed's
         loop); returns when the bytes are handed to the socket.
         """
-        self._core.send(message, anyio.current_time())
+        self._core.send(message, self._clock())
         if not await self._write():
             self._kick()  # the write failed: let the loop act on it
 
