@@ -71,13 +71,21 @@ def _linger_zero(sock: object) -> None:
 
 
 class AnyioStream:
-    """anyio's stream (trio): a thin pass-through, reads sized by *reads*."""
+    """anyio's stream (trio): a thin pass-through, reads sized by *reads*.
 
-    __slots__ = ("_reads", "_stream", "send")
+    On plain TCP, :meth:`write_nowait` writes straight to the socket (it is
+    non-blocking): a write that fits costs no checkpoint, no cancel scope and
+    no trip through trio's scheduler.  What does not fit goes through
+    :meth:`send`, which waits for room.
+    """
 
-    def __init__(self, stream: anyio.abc.ByteStream, reads: ReadSize) -> None:
+    __slots__ = ("_raw", "_reads", "_stream", "send")
+
+    def __init__(self, stream: anyio.abc.ByteStream, reads: ReadSize,
+                 raw: socket.socket | None = None) -> None:
         self._stream = stream
         self._reads = reads
+        self._raw = raw
         self.send = stream.send
 
     async def receive(self) -> bytes:
@@ -86,7 +94,14 @@ class AnyioStream:
         return data
 
     def write_nowait(self, data: bytes) -> int:
-        return 0  # always through send()
+        """Write what the socket takes now (plain TCP): how much, maybe 0."""
+        raw = self._raw
+        if raw is None:
+            return 0  # TLS: always through send()
+        try:
+            return raw.send(data)
+        except OSError:  # full (EAGAIN), or broken: send() waits or says which
+            return 0
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -316,9 +331,9 @@ async def open_stream(
             tls_hostname=server_hostname,
             tls_standard_compatible=False,
         )
-    else:
-        stream = await anyio.connect_tcp(host, port)
-    return AnyioStream(stream, reads)
+        return AnyioStream(stream, reads)
+    stream = await anyio.connect_tcp(host, port)
+    return AnyioStream(stream, reads, stream.extra(anyio.abc.SocketAttribute.raw_socket))
 
 
 def _on_asyncio() -> bool:
