@@ -391,9 +391,28 @@ class AsyncFeed:
                     with anyio.CancelScope(shield=True):  # we may be cancelled already
                         await stream.abort()
             finally:
+                self._settle_core()
                 self._done.set()
                 self._has_data.set()
                 self._idle.set()
+
+    def _settle_core(self) -> None:
+        """The task is ending before the core stopped (its scope was
+        cancelled, or a bug): the socket is gone, so take the core to STOPPED
+        too -- ``feed.state`` must not say STOPPING forever -- and let the log
+        and ``on_event`` see its last events (``Disconnected``, ``Stopped``).
+        Messages still queued in the core are dropped with the feed."""
+        core = self._core
+        if core.state is State.STOPPED:
+            return
+        now = self._clock()
+        core.stop(now)
+        after_stop: State = core.state
+        if after_stop is not State.STOPPED:  # it was open or closing: the transport is gone
+            core.transport_failed(ConnectionAbortedError("the feed's task ended"), now)
+        while (event := core.next_event()) is not None:
+            if not isinstance(event, (Messages, OpenTransport, CloseTransport)):
+                self._observer.observe(event)
 
     def _fail_transport(self, exc: BaseException) -> None:
         core = self._core

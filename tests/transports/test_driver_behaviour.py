@@ -159,6 +159,32 @@ async def test_cancelling_the_enclosing_scope_leaves_nothing_behind() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_cancelled_feed_ends_stopped_open_or_in_backoff() -> None:
+    """Cancelling the enclosing scope aborts the socket at once; the feed
+    must then say STOPPED (not STOPPING forever), and its log and
+    ``on_event`` see the end."""
+    seen: list[object] = []
+    with server(burst(10)) as port, anyio.fail_after(30):
+        with anyio.move_on_after(0.5):
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=seen.append,
+                                       **FAST) as feed:
+                async for _message in feed:
+                    pass  # blocks after the burst until cancelled
+        assert feed.state is State.STOPPED and feed.metrics().state is State.STOPPED
+        assert [type(e).__name__ for e in seen[-2:]] == ["Disconnected", "Stopped"]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+    try:
+        with anyio.fail_after(30), anyio.move_on_after(0.3):
+            async with nonstop.connect(f"ws://127.0.0.1:{closed.getsockname()[1]}/",
+                                       **FAST) as feed:
+                await anyio.sleep(10)
+        assert feed.state is State.STOPPED
+    finally:
+        closed.close()
+
+
+@pytest.mark.anyio
 async def test_leaving_the_block_is_a_graceful_stop() -> None:
     closes: list[int | None] = []
 
