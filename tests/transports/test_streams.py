@@ -48,6 +48,13 @@ def deaf(stop: threading.Event) -> Any:
     return handler
 
 
+def assert_write_stalled(events: list[nonstop.core.AppEvent]) -> None:
+    """The first disconnect was the write stall, reported as a network fault."""
+    stalled = next(e for e in events if isinstance(e, Disconnected))
+    assert stalled.reason is Reason.NETWORK
+    assert "write blocked for 0.5s" in stalled.detail
+
+
 @pytest.mark.anyio
 async def test_a_server_that_stops_reading_stalls_writes_and_the_feed_reconnects() -> None:
     stop = threading.Event()
@@ -66,9 +73,7 @@ async def test_a_server_that_stops_reading_stalls_writes_and_the_feed_reconnects
                 await feed.wait_connected(10)  # and it comes back
         finally:
             stop.set()
-    stalled = next(e for e in events if isinstance(e, Disconnected))
-    assert stalled.reason is Reason.NETWORK
-    assert "write blocked for 0.5s" in stalled.detail
+    assert_write_stalled(events)
 
 
 def test_a_server_that_stops_reading_stalls_writes_in_the_blocking_driver() -> None:
@@ -90,9 +95,7 @@ def test_a_server_that_stops_reading_stalls_writes_in_the_blocking_driver() -> N
                 feed.wait_connected(10)
         finally:
             stop.set()
-    stalled = next(e for e in events if isinstance(e, Disconnected))
-    assert stalled.reason is Reason.NETWORK
-    assert "write blocked for 0.5s" in stalled.detail
+    assert_write_stalled(events)
 
 
 def _localhost_addresses() -> int:
