@@ -119,7 +119,7 @@ class AsyncFeed:
         # input reads the clock.  Chosen in __aenter__.
         self._new_event: Callable[[], _Flag] = anyio.Event
         self._clock: Callable[[], float] = anyio.current_time
-        self._new_scope: Callable[[float], _Scope] = _anyio_scope
+        self._new_scope: Callable[..., _Scope] = anyio.CancelScope  # (deadline=...)
         self._has_data: _Flag = anyio.Event()
         self._local: list[str | bytes] = []  # taken by __anext__, reversed
         self._consumer_waiting = False  # blocked in __anext__ for lack of messages
@@ -152,7 +152,7 @@ class AsyncFeed:
 
             self._new_event = trio.Event
             self._clock = trio.current_time
-            self._new_scope = _trio_scope
+            self._new_scope = trio.CancelScope
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -391,10 +391,12 @@ class AsyncFeed:
                     with anyio.CancelScope(shield=True):  # we may be cancelled already
                         await stream.abort()
             finally:
-                self._settle_core()
-                self._done.set()
-                self._has_data.set()
-                self._idle.set()
+                try:
+                    self._settle_core()
+                finally:  # whatever happens, nobody waits for this task any more
+                    self._done.set()
+                    self._has_data.set()
+                    self._idle.set()
 
     def _settle_core(self) -> None:
         """The task is ending before the core stopped (its scope was
@@ -524,7 +526,7 @@ class AsyncFeed:
         elif not held and core.reading_paused:
             core.resume_reading(self._clock())
         deadline = core.next_deadline()
-        scope = self._new_scope(math.inf if deadline is None else deadline)
+        scope = self._new_scope(deadline=math.inf if deadline is None else deadline)
         with scope:
             self._wait_scope = scope
             try:
@@ -639,14 +641,3 @@ class AsyncFeed:
         """Is *stream* still the core's transport (it may have been dropped
         by an application call while we awaited it)?"""
         return stream is self._stream and self._core.state in _READ_STATES
-
-
-
-def _anyio_scope(deadline: float) -> _Scope:
-    return anyio.CancelScope(deadline=deadline)
-
-
-def _trio_scope(deadline: float) -> _Scope:
-    import trio
-
-    return trio.CancelScope(deadline=deadline)

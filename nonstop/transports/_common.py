@@ -119,12 +119,12 @@ class ReadSize:
     and ``read_size``.  A read that fills the request makes the next one
     four times larger -- a burst is read in large gulps (measured on the
     bench: 1 MiB reads take 1 KiB messages 35 % faster than 256 KiB ones)
-    -- unless that larger read would
-    bring more messages than the queue holds (estimated from the last read:
-    the driver adds the messages each read brought to :attr:`messages`); a
-    larger read then only overflows the queue (64-byte messages went 15 %
-    slower in the blocking driver with 1 MiB reads than with 256 KiB ones).
-    A read that would have fitted in the smallest size goes back to it.
+    -- unless that larger read would bring more messages than the queue
+    holds (estimated from the last read: the driver adds the messages each
+    read brought to :attr:`messages`); a larger read then only overflows the
+    queue (64-byte messages went 15 % slower in the blocking driver with
+    1 MiB reads than with 256 KiB ones).  A read that would have fitted in
+    the smallest size goes back to it.
 
     A size is *proven* once a read of it came back full.  A larger one that
     comes back short falls back to the proven size for :data:`RETRY_AFTER`
