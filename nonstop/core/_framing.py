@@ -27,6 +27,7 @@ payloads keep the per-message cost to one list append.
 from __future__ import annotations
 
 import codecs
+import os
 from collections.abc import Sequence
 from os import urandom
 from typing import Final, Union
@@ -115,6 +116,11 @@ _NO_LIMIT: Final = 1 << 63
 #: unpredictable), as wsproto does, but this many bytes at a time: 1,024
 #: keys per system call instead of one.
 _KEY_POOL: Final = 4096
+#: Bumped in a child after ``fork()``: a pool of masking keys drawn before
+#: the fork is thrown away there, so parent and child never share keys.
+_FORKS = [0]
+if hasattr(os, "register_at_fork"):  # pragma: no branch  (not on Windows)
+    os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
 #: The longest frame header from a server: 2 bytes, 8 of length, 4 of mask.
 _MAX_HEADER: Final = 14
 
@@ -186,8 +192,8 @@ class Framing:
     """One connection's wire protocol.  Create a new one per connection."""
 
     __slots__ = ("_big_decoder", "_big_need", "_big_parts", "_big_text", "_dead", "_fast",
-                 "_fragmented", "_handshake", "_key_at", "_keys", "_max_size", "_owed", "_parts",
-                 "_passthrough", "_size", "_tail", "_ws", "outgoing")
+                 "_fragmented", "_handshake", "_key_at", "_keys", "_keys_fork", "_max_size",
+                 "_owed", "_parts", "_passthrough", "_size", "_tail", "_ws", "outgoing")
 
     def __init__(self, max_message_size: int | None, *, fast: bool = True) -> None:
         self._ws = WSConnection(ConnectionType.CLIENT)
@@ -210,6 +216,7 @@ class Framing:
         self.outgoing = bytearray()
         self._keys = b""  # masking keys from urandom, used from _key_at on
         self._key_at = 0
+        self._keys_fork = _FORKS[0]  # the fork generation the pool was drawn in
 
     # -- handshake --------------------------------------------------------
     def request(
@@ -450,7 +457,7 @@ class Framing:
 
     def _start_big(self, text: bool, length: int, piece: bytes, out: list[Item]) -> None:
         """Begin a big frame whose header is read: keep its first *piece*
-        (a view of the read, no copy) and wait for ``length`` bytes in all."""
+        (the rest of the read) and wait for ``length`` bytes in all."""
         self._big_need = length - len(piece)
         self._big_parts, self._big_text = [], []
         self._big_decoder = codecs.getincrementaldecoder("utf-8")() if text else None
@@ -628,8 +635,8 @@ class Framing:
         else:
             header = bytes((opcode, 0xFF)) + n.to_bytes(8, "big")
         at = self._key_at
-        if at + 4 > len(self._keys):
-            self._keys, at = urandom(_KEY_POOL), 0
+        if at + 4 > len(self._keys) or self._keys_fork != _FORKS[0]:
+            self._keys, at, self._keys_fork = urandom(_KEY_POOL), 0, _FORKS[0]
         key = self._keys[at:at + 4]
         self._key_at = at + 4
         out = self.outgoing

@@ -270,7 +270,9 @@ class AsyncFeed:
 
         Raises :class:`~nonstop.NotConnected` when no connection is open.
         Written at once from the caller's task (no hop through the feed's
-        loop); returns when the bytes are handed to the socket.
+        loop); returns when the bytes are handed to the socket.  Like a
+        transport's ``write()``, it does not yield to the event loop when
+        the bytes fit: it waits only while the socket's buffer is full.
         """
         self._core.send(message, self._clock())
         if not await self._write():
@@ -586,7 +588,7 @@ class AsyncFeed:
         (kept in order in ``_stash``), a failure, a full queue, an earlier
         deadline.  False (not now): the protocol queues the bytes."""
         if (self._parked is not stream or self._writing or self._buffer.held
-                or not self._live(stream)):
+                or self._sink_error is not None or not self._live(stream)):
             return False  # the loop will take them (after a pause, if the queue is full)
         try:
             core = self._core
@@ -630,9 +632,9 @@ class AsyncFeed:
             return
         finally:
             self._parked = None
+        if self._sink_error is not None:  # _on_data failed: a bug, raise it here
+            raise self._sink_error
         if not data:  # woken by _on_data, which fed the core already
-            if self._sink_error is not None:
-                raise self._sink_error
             return
         if self._live(stream):  # not if a stop() came while the read completed
             core.receive_data(data, self._clock())

@@ -56,7 +56,7 @@ from ..core import (
     Subscription,
 )
 from ..core._state import HAS_TRANSPORT
-from ._common import DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
+from ._common import NEXT_ADDRESS_DELAY, DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
 
 __all__ = ["SyncFeed"]
 
@@ -70,15 +70,18 @@ _AddrInfo = tuple[Any, Any, int, str, Any]
 
 
 class _Connecting:
-    """A non-blocking TCP connect (trying each address), then a non-blocking
-    TLS handshake."""
+    """Non-blocking TCP connects (happy eyeballs: the next address starts
+    when the last failed or after NEXT_ADDRESS_DELAY, the first to connect
+    wins), then a non-blocking TLS handshake."""
 
-    __slots__ = ("effect", "addresses", "sock", "tls", "errors")
+    __slots__ = ("effect", "addresses", "trying", "next_at", "sock", "tls", "errors")
 
     def __init__(self, effect: OpenTransport, addresses: list[_AddrInfo]) -> None:
         self.effect = effect
         self.addresses = addresses
-        self.sock: socket.socket | None = None
+        self.trying: list[socket.socket] = []  # TCP connects in flight
+        self.next_at: float | None = None  # when to start the next address beside them
+        self.sock: socket.socket | None = None  # the one that connected
         self.tls: ssl.SSLSocket | None = None
         self.errors: list[OSError] = []
 
@@ -370,12 +373,16 @@ class SyncFeed:
 
     def _write_now(self) -> bool:
         """From an application thread: write what the core has queued, if
-        the socket is plain TCP and the loop is not writing; never block.
+        the socket is plain TCP and nobody else is writing; never block.
+        The write lock is only tried: the I/O thread holds it for as long as
+        a backlog takes to drain (up to ``write_timeout``).
         False: the loop must write (or write the rest)."""
         sock = self._sock
         if sock is None or isinstance(sock, ssl.SSLSocket):
             return False
-        with self._write_lock:
+        if not self._write_lock.acquire(blocking=False):
+            return False  # the bytes stay queued in the core, in order
+        try:
             if self._unsent or sock is not self._sock:
                 return False
             with self._lock:
@@ -387,6 +394,8 @@ class SyncFeed:
             if sent < len(data):
                 self._unsent = data[sent:]
                 return False
+        finally:
+            self._write_lock.release()
         return True
 
     def _flush(self) -> None:
@@ -464,7 +473,7 @@ class SyncFeed:
             self._unsent = b""
         sockets = [sock]
         if connecting is not None:
-            sockets += [connecting.tls, connecting.sock]
+            sockets += [connecting.tls, connecting.sock, *connecting.trying]
         for s in sockets:
             if s is None:
                 continue
@@ -499,6 +508,9 @@ class SyncFeed:
             return
         now = time.monotonic()
         timeout = None if deadline is None else max(0.0, deadline - now)
+        next_at = self._connecting.next_at if self._connecting is not None else None
+        if next_at is not None:
+            timeout = max(0.0, next_at - now) if timeout is None else min(timeout, max(0.0, next_at - now))
         ready = self._selector.select(timeout)
         woken = False
         for key, _mask in ready:
@@ -508,7 +520,7 @@ class SyncFeed:
                     while self._wake_r.recv(4096):
                         pass
             elif self._connecting is not None:
-                self._advance_connect()
+                self._advance_connect(key.fileobj)  # type: ignore[arg-type]
                 return
             elif not held:
                 self._read()
@@ -516,6 +528,10 @@ class SyncFeed:
         if woken:
             return
         now = time.monotonic()
+        c = self._connecting
+        if c is not None and c.next_at is not None and now >= c.next_at:
+            self._next_address()  # the first is slow: try the next beside it
+            return
         if deadline is not None and now >= deadline:
             with self._lock:
                 core.handle_timer(max(deadline, now))
@@ -533,8 +549,11 @@ class SyncFeed:
         self._next_address()
 
     def _next_address(self) -> None:
+        """Start connecting to the next address (beside those in flight);
+        with none left and none in flight, the connect failed."""
         c = self._connecting
         assert c is not None
+        c.next_at = None
         while c.addresses:
             family, kind, proto, _, address = c.addresses.pop(0)
             try:
@@ -547,11 +566,15 @@ class SyncFeed:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             err = sock.connect_ex(address)
             if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-                c.sock = sock
+                c.trying.append(sock)
                 self._selector.register(sock, selectors.EVENT_WRITE, None)
+                if c.addresses:
+                    c.next_at = time.monotonic() + NEXT_ADDRESS_DELAY
                 return
             sock.close()
             c.errors.append(OSError(err, os.strerror(err)))
+        if c.trying:
+            return  # the last ones may still connect
         self._connecting = None
         error = c.errors[-1] if c.errors else OSError(f"no address for {c.effect.host}")
         if len(c.errors) > 1:
@@ -559,18 +582,26 @@ class SyncFeed:
         with self._lock:
             self._core.transport_failed(error, time.monotonic())
 
-    def _advance_connect(self) -> None:
+    def _advance_connect(self, ready: socket.socket) -> None:
         c = self._connecting
-        assert c is not None and c.sock is not None
-        if c.tls is None:
-            err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        assert c is not None
+        if c.sock is None:  # a TCP connect finished, one way or the other
+            err = ready.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            c.trying.remove(ready)
             if err:
-                self._selector.unregister(c.sock)
-                c.sock.close()
-                c.sock = None
+                self._selector.unregister(ready)
+                ready.close()
                 c.errors.append(OSError(err, os.strerror(err)))
-                self._next_address()
+                if c.addresses or not c.trying:
+                    self._next_address()  # at once: no point waiting for the delay
                 return
+            c.sock = ready  # the first to connect wins
+            for other in c.trying:
+                self._selector.unregister(other)
+                other.close()
+            c.trying, c.next_at = [], None
+        assert c.sock is not None
+        if c.tls is None:
             if not c.effect.tls:
                 self._connected(c.sock)
                 return

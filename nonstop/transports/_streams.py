@@ -42,12 +42,12 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 
-from ._common import ReadSize
+from ._common import NEXT_ADDRESS_DELAY, ReadSize
 
 __all__ = ["Stream", "AnyioStream", "AsyncioStream", "open_stream"]
 
@@ -250,8 +250,10 @@ class AsyncioStream:
         if self._transport.is_closing():
             raise BrokenPipeError("the connection is closed")
         self._transport.write(data)
-        while p.writable is not None and not p.at_eof:
-            await p.writable
+        while (writable := p.writable) is not None and not p.at_eof:
+            # Shielded: a cancelled (timed-out) writer must not cancel the
+            # future the next writer will wait on.
+            await asyncio.shield(writable)
         if p.error is not None:
             raise p.error
 
@@ -266,32 +268,60 @@ class AsyncioStream:
 
 
 async def _connect_socket(host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket: each address in turn."""
+    """A connected non-blocking TCP socket: every address in turn, the next
+    one started when the last failed or after :data:`NEXT_ADDRESS_DELAY`,
+    the first to connect wins (as ``anyio.connect_tcp`` does).  All failed:
+    the last error, with the first as its context."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     errors: list[OSError] = []
-    for family, kind, proto, _, address in infos:
-        try:
-            sock = socket.socket(family, kind, proto)
-        except OSError as exc:
-            errors.append(exc)
-            continue
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, address)
-        except OSError as exc:
-            sock.close()
-            errors.append(exc)
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    tasks: list[asyncio.Task[socket.socket]] = []
+    winner: socket.socket | None = None
+    try:
+        for index, info in enumerate(infos):
+            tasks.append(loop.create_task(_connect_one(loop, info)))
+            last = index == len(infos) - 1
+            while winner is None:
+                running = [task for task in tasks if not task.done()]
+                if not running:
+                    break  # every attempt so far failed: the next address now
+                done, _ = await asyncio.wait(running, timeout=None if last else NEXT_ADDRESS_DELAY,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break  # this address is slow: start the next one beside it
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        winner = winner or task.result()
+                    elif isinstance(exc, OSError):
+                        errors.append(exc)
+                    else:
+                        raise exc
+            if winner is not None:
+                return winner
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()  # _connect_one closes its socket
+            elif not task.cancelled() and task.exception() is None and task.result() is not winner:
+                task.result().close()  # connected too, but second
     error = errors[-1] if errors else OSError(f"no address for {host}")
     if len(errors) > 1:
         error.__context__ = errors[0]
     raise error
+
+
+async def _connect_one(loop: asyncio.AbstractEventLoop, info: tuple[Any, ...]) -> socket.socket:
+    family, kind, proto, _, address = info
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def open_stream(

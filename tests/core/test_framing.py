@@ -10,6 +10,7 @@ decoded with :func:`client_frames`.  The clock starts at 1000.0.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 
 import pytest
@@ -206,6 +207,34 @@ def test_masking_keys_are_fresh_and_drawn_from_the_os_in_pools(
     assert len(wire) == 1500 * 7
     assert len(keys) > 1490  # 32 random bits each: a repeat or two at most
     assert calls == [4096, 4096]  # 1,024 keys per call
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_never_reuses_the_parents_masking_keys() -> None:
+    pair = open_pair()
+    pair.core.send("x", NOW)  # the pool is drawn before the fork
+    pair.pump()
+
+    def next_key() -> bytes:
+        start = len(pair.wire_to_server)
+        pair.core.send("y", NOW)
+        pair.pump()
+        return bytes(pair.wire_to_server)[start + 2:start + 6]
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next key, and leave without cleanup
+        try:
+            os.write(w, next_key())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        child_key = os.read(r, 4)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert len(child_key) == 4 and child_key != next_key()
 
 
 def test_protocol_ping_goes_out_as_a_ping_frame() -> None:

@@ -15,6 +15,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -96,6 +98,85 @@ def test_a_server_that_stops_reading_stalls_writes_in_the_blocking_driver() -> N
         finally:
             stop.set()
     assert_write_stalled(events)
+
+
+def test_a_blocking_send_never_waits_for_the_io_threads_stalled_write() -> None:
+    """While the I/O thread pushes a backlog into a socket the server does
+    not read (holding the write lock for up to ``write_timeout``), a small
+    ``send()`` from the application queues its bytes and returns."""
+    stop = threading.Event()
+    with server(deaf(stop)) as port:
+        try:
+            with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", write_timeout=5.0,
+                                      **FAST) as feed:
+                feed.wait_connected(10)
+                deadline = time.monotonic() + 20
+                while not feed._write_lock.locked():  # no other sender: the I/O thread has it
+                    assert time.monotonic() < deadline
+                    feed.send("x" * (100 * 1024))
+                    time.sleep(0.01)
+                t0 = time.monotonic()
+                feed.send("small")
+                took = time.monotonic() - t0
+                assert feed._write_lock.locked()  # still stalled: the send did not wait it out
+                assert took < 1.0, f"send() blocked {took:.2f}s behind the I/O thread's write"
+        finally:
+            stop.set()
+
+
+@contextmanager
+def first_address_black_holed(good_port: int) -> Iterator[str]:
+    """A host name whose first address swallows the SYN (a listener whose
+    accept queue is full: the kernel drops further SYNs, as a broken route
+    would) and whose second is *good_port*; both on 127.0.0.1."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue (backlog 0 holds one)
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(hole.getsockname())
+        fillers.append(filler)
+    name = "two-addresses.invalid"
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in (name, name.encode()):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p))
+                    for p in (hole.getsockname()[1], good_port)]
+        return real(host, port, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+    try:
+        yield name
+    finally:
+        socket.getaddrinfo = real
+        for s in [hole, *fillers]:
+            s.close()
+
+
+@pytest.mark.anyio
+async def test_an_address_that_never_answers_does_not_keep_the_next_from_being_tried() -> None:
+    """Happy eyeballs: the second address is tried after 250 ms, not after
+    the whole ``connect_timeout`` spent on the first."""
+    with server(burst(1)) as port, first_address_black_holed(port) as host:
+        with anyio.fail_after(20):
+            async with nonstop.connect(f"ws://{host}:{port}/", connect_timeout=5.0, **FAST) as feed:
+                t0 = time.monotonic()
+                await feed.wait_connected(10)
+                took = time.monotonic() - t0
+                assert feed.metrics().attempts == 1 and took < 3.0, took
+
+
+def test_an_address_that_never_answers_in_the_blocking_driver() -> None:
+    with server(burst(1)) as port, first_address_black_holed(port) as host:
+        with nonstop.sync.connect(f"ws://{host}:{port}/", connect_timeout=5.0, **FAST) as feed:
+            t0 = time.monotonic()
+            feed.wait_connected(10)
+            took = time.monotonic() - t0
+            assert feed.metrics().attempts == 1 and took < 3.0, took
+            assert len(feed._selector.get_map()) == 2  # the wake-up pipe and the one socket
 
 
 def _localhost_addresses() -> int:
