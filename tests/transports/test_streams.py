@@ -8,7 +8,9 @@ hard timeouts, no assertion on how fast anything happened.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import re
 import socket
@@ -27,7 +29,7 @@ import nonstop
 from nonstop import Disconnected, Reason
 from nonstop.core import FeedCore
 from nonstop.transports._common import MIN_READ, RETRY_AFTER, ReadSize
-from nonstop.transports._streams import READ_HIGH_WATER, AsyncioStream
+from nonstop.transports._streams import READ_HIGH_WATER, AsyncioStream, open_stream
 from tests.transports.test_driver_behaviour import FAST, burst, free_port, server
 
 if sys.version_info >= (3, 11):
@@ -206,6 +208,38 @@ def test_refused_on_every_address_of_a_name_in_the_blocking_driver() -> None:
         with pytest.raises(nonstop.FeedGaveUp):
             next(iter(feed))
     assert [e.reason for e in events if isinstance(e, Disconnected)] == [Reason.REFUSED]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_timed_out_asyncio_writer_leaves_the_next_one_a_live_wait() -> None:
+    """Two writers wait for room on a socket the server does not read; the
+    first gives up (its scope times out): the second must go on waiting,
+    not get the first one's cancellation."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    try:
+        stream = await open_stream("127.0.0.1", listener.getsockname()[1], tls=False,
+                                   ssl_context=None, server_hostname=None,
+                                   reads=ReadSize(MIN_READ, 16))
+        accepted.append(listener.accept()[0])  # never read
+        assert isinstance(stream, AsyncioStream)
+        chunk = b"x" * (1 << 20)
+        while stream.write_nowait(chunk):  # until asyncio says its buffer is full
+            pass
+        with anyio.move_on_after(0.2):
+            await stream.send(b"first")
+        second = asyncio.ensure_future(stream.send(b"second"))
+        await asyncio.sleep(0.3)
+        assert not second.done(), second  # still waiting for room, not cancelled
+        second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+        await stream.abort()
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
