@@ -1,4 +1,4 @@
-"""A raw socket reading the same byte stream without parsing: the ceiling.
+"""A raw socket reading the same byte stream without parsing: the reference.
 
 Theory of operation
 -------------------
@@ -7,10 +7,11 @@ then the loop is ``sock.recv(256 KiB)`` -- each read a new ``bytes`` object
 as every Python client gets; 256 KiB and 1 MiB measured the same here, 64 KiB
 and 4 MiB slower (4 MiB reads that come back short get a fresh mmap each:
 28 k msg/s of 64 KiB against 140 k) -- until exactly the bytes of *count*
-frames have arrived.  No frame is looked at, so no client
-that hands the application one object per message can beat it; the issue's
-64 KiB target is a fraction of this rate.  Its "messages per second" is the
-stream's frame count divided by the time to read those bytes.
+frames have arrived.  No frame is looked at; the issue's 64 KiB target is a
+fraction of this rate.  It is not a hard ceiling: at 64 KiB loopback itself
+varies by about 20 % from run to run, and a reader that keeps one buffer
+(picows) has come out above it.  Its "messages per second" is the stream's
+frame count divided by the time to read those bytes.
 """
 
 from __future__ import annotations
