@@ -116,11 +116,19 @@ _NO_LIMIT: Final = 1 << 63
 #: unpredictable), as wsproto does, but this many bytes at a time: 1,024
 #: keys per system call instead of one.
 _KEY_POOL: Final = 4096
-#: Bumped in a child after ``fork()``: a pool of masking keys drawn before
-#: the fork is thrown away there, so parent and child never share keys.
-_FORKS = [0]
+#: How many ``fork()`` calls this process came out of: a pool of masking keys
+#: drawn in an earlier generation is thrown away, so parent and child never
+#: share keys.
+_fork_generation = 0
+
+
+def _forked() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
 if hasattr(os, "register_at_fork"):  # pragma: no branch  (not on Windows)
-    os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
+    os.register_at_fork(after_in_child=_forked)
 #: The longest frame header from a server: 2 bytes, 8 of length, 4 of mask.
 _MAX_HEADER: Final = 14
 
@@ -216,7 +224,7 @@ class Framing:
         self.outgoing = bytearray()
         self._keys = b""  # masking keys from urandom, used from _key_at on
         self._key_at = 0
-        self._keys_fork = _FORKS[0]  # the fork generation the pool was drawn in
+        self._keys_fork = _fork_generation  # the generation the pool was drawn in
 
     # -- handshake --------------------------------------------------------
     def request(
@@ -635,8 +643,8 @@ class Framing:
         else:
             header = bytes((opcode, 0xFF)) + n.to_bytes(8, "big")
         at = self._key_at
-        if at + 4 > len(self._keys) or self._keys_fork != _FORKS[0]:
-            self._keys, at, self._keys_fork = urandom(_KEY_POOL), 0, _FORKS[0]
+        if at + 4 > len(self._keys) or self._keys_fork != _fork_generation:
+            self._keys, at, self._keys_fork = urandom(_KEY_POOL), 0, _fork_generation
         key = self._keys[at:at + 4]
         self._key_at = at + 4
         out = self.outgoing

@@ -509,8 +509,9 @@ class SyncFeed:
         now = time.monotonic()
         timeout = None if deadline is None else max(0.0, deadline - now)
         next_at = self._connecting.next_at if self._connecting is not None else None
-        if next_at is not None:
-            timeout = max(0.0, next_at - now) if timeout is None else min(timeout, max(0.0, next_at - now))
+        if next_at is not None:  # happy eyeballs: the next address is due then
+            until_next = max(0.0, next_at - now)
+            timeout = until_next if timeout is None else min(timeout, until_next)
         ready = self._selector.select(timeout)
         woken = False
         for key, _mask in ready:

@@ -209,6 +209,26 @@ def test_masking_keys_are_fresh_and_drawn_from_the_os_in_pools(
     assert calls == [4096, 4096]  # 1,024 keys per call
 
 
+def test_the_fork_hook_makes_every_connection_draw_a_new_key_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    real = _framing.urandom
+
+    def counting(n: int) -> bytes:
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr(_framing, "urandom", counting)
+    pair = open_pair()
+    pair.core.send("x", NOW)
+    pair.core.send("x", NOW)
+    assert calls == [4096]  # one pool, many keys
+    _framing._forked()  # what os.register_at_fork runs in a child
+    pair.core.send("x", NOW)
+    assert calls == [4096, 4096]  # the pool drawn before the fork is gone
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_never_reuses_the_parents_masking_keys() -> None:
     pair = open_pair()
