@@ -24,6 +24,30 @@ the loop then runs the close handshake and the thread ends.
 Messages reach the application through the bounded
 :class:`~nonstop.transports._common.MessageBuffer` behind a condition
 variable, with the same slow-consumer policies as the anyio driver.
+
+**Whoever waits runs the loop.**  A consumer that finds the buffer empty
+does not sleep until the I/O thread hands it messages (a thread hop: a
+condition variable and the GIL, about 12 µs per echo and a tenth of the
+1 KiB throughput on the bench): it takes the loop over and runs it itself
+until messages come, then gives it back on its way out of ``next()``.  One
+thread at a time owns the loop (``_owner``, under the condition):
+
+* the I/O thread, while nobody iterates (or the consumer is busy elsewhere);
+* a consumer thread, while it waits in ``next()``, ``receive()``,
+  ``batches()`` or ``records()``;
+* nobody, for a moment after a consumer returned with messages: the I/O
+  thread takes the loop back only once the consumer has been away for
+  :data:`HANDBACK` (a consumer that iterates comes back long before), or at
+  once for a stop, a write the caller could not do, or the end of the feed.
+  Core deadlines and ``stop()`` may therefore wait up to :data:`HANDBACK`.
+
+A consumer that finds the I/O thread owning the loop asks for it
+(``_wanted`` and the wake-up byte); the I/O thread hands it over at the top
+of its next turn.  Callbacks (``on_event``, the logger) run in whichever
+thread owns the loop.  A ``KeyboardInterrupt`` in a consumer that owns the
+loop leaves it between turns almost always (in ``select``); in the rare
+instant between a read and its dispatch, that read is lost, as in any
+single-threaded client.
 """
 
 from __future__ import annotations
@@ -65,6 +89,15 @@ E = TypeVar("E", bound=AppEvent)
 HIGH_WATER = 1 << 20
 FAILURE_GRACE = 1.0
 TAKE = 512
+#: How long a consumer may be away (between two waits in ``next()``) before
+#: the I/O thread takes the loop back.
+HANDBACK = 0.02
+
+#: ``_owner`` values besides a consumer's thread ident.
+_FREE = 0
+_IO = -1
+
+T = TypeVar("T")
 
 _AddrInfo = tuple[Any, Any, int, str, Any]
 
@@ -112,6 +145,13 @@ class SyncFeed:
         self._local: list[str | bytes] = []  # taken by __next__, reversed
         self._consumer_waiting = False  # blocked in __next__ for lack of messages
         self._consumer_seen = False
+        # Who runs the loop (see the module docstring); guarded by _cond.
+        self._owner = _IO
+        self._released_at = 0.0  # when a consumer last gave the loop up
+        self._wanted = False  # a consumer asked the I/O thread for the loop
+        self._nudged = False  # the loop is wanted at once (a write is waiting)
+        self._io_parked = False  # the I/O thread waits for a consumer to give it up
+        self._releases = 0  # how many times a consumer gave the loop up
         self._done = threading.Event()
         self._crash: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -199,14 +239,12 @@ class SyncFeed:
 
     def records(self) -> Iterator[Message]:
         """Iterate messages with metadata (connection number, receive time)."""
+        buffer = self._buffer
         while True:
-            with self._cond:
-                try:
-                    self._wait_messages(None)
-                except StopIteration:
-                    return
-                records = self._buffer.take_records(TAKE)
-                self._made_room()
+            try:
+                records = self._await(lambda: buffer.take_records(TAKE), None)
+            except StopIteration:
+                return
             yield from records
 
     def _take(self, limit: int, timeout: float | None) -> list[str | bytes]:
@@ -214,37 +252,119 @@ class SyncFeed:
             local, self._local = self._local, []
             local.reverse()
             return local
-        with self._cond:
-            self._wait_messages(timeout)
-            batch = self._buffer.take(limit)
-            self._made_room()
-        return batch
+        buffer = self._buffer
+        return self._await(lambda: buffer.take(limit), timeout)
 
     def _made_room(self) -> None:
         if not self._buffer.held and self._core.reading_paused:
             self._wake()
 
-    def _wait_messages(self, timeout: float | None) -> None:
-        """With the condition held: return once messages are queued; at the
-        end raise StopIteration, FeedGaveUp or the I/O thread's crash."""
+    def _await(self, take: Callable[[], T], timeout: float | None) -> T:
+        """Once messages are queued, ``take()`` some; at the end raise
+        StopIteration, FeedGaveUp or the I/O thread's crash.  While there
+        are none, run the loop in this thread (or wait for whoever does)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not len(self._buffer):
-            if self._done.is_set():
-                if self._crash is not None:
-                    raise self._crash
-                gave_up = self._observer.gave_up()
-                if gave_up is not None:
-                    raise gave_up
-                raise StopIteration
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"no message within {timeout}s")
-            self._consumer_seen = self._consumer_waiting = True
-            self._cond.notify_all()
-            try:
-                self._cond.wait(remaining)
-            finally:
-                self._consumer_waiting = False
+        me = threading.get_ident()
+        cond = self._cond
+        running = False  # this thread owns the loop
+        try:
+            while True:
+                with cond:
+                    if len(self._buffer):
+                        got = take()
+                        self._made_room()
+                        return got
+                    if self._done.is_set():
+                        if self._crash is not None:
+                            raise self._crash
+                        gave_up = self._observer.gave_up()
+                        if gave_up is not None:
+                            raise gave_up
+                        raise StopIteration
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"no message within {timeout}s")
+                    self._consumer_seen = self._consumer_waiting = True
+                    cond.notify_all()
+                    running = self._claim_loop(me)
+                    if not running:
+                        cond.wait(remaining)
+                        continue
+                if not self._step(remaining):  # stopped: the I/O thread ends it
+                    self._release_loop(me)
+                    running = False
+        finally:
+            self._consumer_waiting = False
+            if running:
+                self._release_loop(me)
+
+    def _claim_loop(self, me: int) -> bool:
+        """With the condition held: True if thread *me* now owns the loop;
+        if the I/O thread has it, ask for it (the caller then waits)."""
+        owner = self._owner
+        if owner == me:
+            return True
+        if owner == _FREE and self._core.state is not State.STOPPED:
+            self._owner = me
+            return True
+        if owner == _IO and not self._wanted:
+            self._wanted = True
+            self._wake()
+        return False
+
+    def _release_loop(self, me: int) -> None:
+        with self._cond:
+            if self._owner == me:
+                self._owner = _FREE
+                self._released_at = time.monotonic()
+                self._releases += 1
+                if self._io_parked:
+                    self._cond.notify_all()
+
+    def _io_turn(self) -> None:
+        """In the I/O thread, before each turn of the loop: hand the loop to
+        a consumer that asked for it, and wait until it is the I/O thread's
+        again (see the module docstring)."""
+        cond = self._cond
+        seen = -1
+        with cond:
+            while True:
+                owner = self._owner
+                if owner == _IO:
+                    if not self._wanted:
+                        return
+                    self._wanted = False
+                    self._owner = _FREE
+                    self._released_at = time.monotonic()
+                    cond.notify_all()
+                elif owner == _FREE:
+                    away = time.monotonic() - self._released_at
+                    if (away >= HANDBACK or self._nudged or self._stop_requested
+                            or self._core.state is State.STOPPED):
+                        self._owner = _IO
+                        self._nudged = False
+                        return
+                    cond.wait(HANDBACK - away)
+                elif self._releases != seen:
+                    # A consumer runs it and comes and goes: look again in
+                    # HANDBACK (a notify per release would wake this thread,
+                    # and take the GIL, at every batch).
+                    seen = self._releases
+                    cond.wait(HANDBACK)
+                else:  # it has held the loop since (it waits for messages):
+                    self._io_parked = True  # notify when it gives it up
+                    try:
+                        cond.wait()
+                    finally:
+                        self._io_parked = False
+
+    def _nudge(self) -> None:
+        """The loop is needed now (a write the caller could not do): if no
+        thread runs it, the I/O thread takes it back at once."""
+        with self._cond:
+            if self._owner == _FREE:
+                self._nudged = True
+                self._cond.notify_all()
 
     def send(self, message: object) -> None:
         """Send ``str`` (text), ``bytes`` (binary) or a JSON-able object.
@@ -256,6 +376,7 @@ class SyncFeed:
             backlog = self._core.pending_output
         if not self._write_now():
             self._wake()
+            self._nudge()
         if backlog > HIGH_WATER and threading.current_thread() is not self._thread:
             with self._cond:
                 self._cond.wait_for(
@@ -343,15 +464,9 @@ class SyncFeed:
             with self._lock:
                 core.start(time.monotonic())
             while True:
-                self._flush()
-                self._dispatch()
-                if core.state is State.STOPPED:
+                self._io_turn()
+                if not self._step(None):
                     break
-                if self._stop_requested and core.state not in (State.STOPPING, State.STOPPED):
-                    with self._lock:
-                        core.stop(time.monotonic())
-                    continue
-                self._wait()
         except BaseException as exc:  # a bug: surface it to the consumer
             self._crash = exc
             raise
@@ -361,6 +476,25 @@ class SyncFeed:
             self._done.set()
             with self._cond:
                 self._cond.notify_all()
+
+    def _step(self, limit: float | None) -> bool:
+        """One turn of the loop, in whichever thread owns it: write, hand
+        out events, then wait (at most *limit* seconds) for one input.  A
+        consumer that owns the loop does not wait once messages are queued:
+        it returns to hand them out.  False once stopped."""
+        core = self._core
+        self._flush()
+        self._dispatch()
+        if core.state is State.STOPPED:
+            return False
+        if self._stop_requested and core.state is not State.STOPPING:
+            with self._lock:
+                core.stop(time.monotonic())
+            return True
+        if self._owner != _IO and len(self._buffer):
+            return True  # a consumer: go and hand them out
+        self._wait(limit)
+        return True
 
     def _now(self) -> float:
         return time.monotonic()
@@ -484,7 +618,7 @@ class SyncFeed:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 s.close()
 
-    def _wait(self) -> None:
+    def _wait(self, limit: float | None = None) -> None:
         core = self._core
         if core.failure_pending:
             # Give the application up to FAILURE_GRACE seconds to take (and
@@ -512,6 +646,8 @@ class SyncFeed:
         if next_at is not None:  # happy eyeballs: the next address is due then
             until_next = max(0.0, next_at - now)
             timeout = until_next if timeout is None else min(timeout, until_next)
+        if limit is not None:  # a consumer's receive(timeout)
+            timeout = limit if timeout is None else min(timeout, limit)
         ready = self._selector.select(timeout)
         woken = False
         for key, _mask in ready:
