@@ -184,7 +184,9 @@ class SyncFeed:
 
         Safe from any thread and from a signal handler (it takes no lock).
         Waits up to *timeout* (default ``close_timeout`` + 2 s) for the thread
-        to finish, except when called from the feed's own thread.
+        to finish, except when called from the thread running the loop (a
+        callback, or a signal handler that interrupted a consumer waiting in
+        ``next()``): the loop ends the feed once the caller returns.
         """
         self._stop_requested = True
         self._wake()
@@ -192,10 +194,15 @@ class SyncFeed:
         if thread is None:
             self._close_wake()
             return
-        if thread is threading.current_thread():
-            return
+        if self._in_loop():
+            return  # from a callback: the loop ends the feed once this returns
         limit = self._core.config.close_timeout + 2.0 if timeout is None else timeout
         thread.join(limit)
+
+    def _in_loop(self) -> bool:
+        """True in the thread running the loop (a callback): it must not
+        wait for the loop."""
+        return threading.current_thread() is self._thread or self._owner == threading.get_ident()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # full (already woken) or closed
@@ -377,7 +384,7 @@ class SyncFeed:
         if not self._write_now():
             self._wake()
             self._nudge()
-        if backlog > HIGH_WATER and threading.current_thread() is not self._thread:
+        if backlog > HIGH_WATER and not self._in_loop():
             with self._cond:
                 self._cond.wait_for(
                     lambda: self._core.pending_output <= HIGH_WATER or self._done.is_set(),

@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import anyio
@@ -37,10 +37,12 @@ def hello(ws: ServerConnection) -> None:
 
 
 @contextmanager
-def tls_server(cert: trustme.LeafCert) -> Iterator[int]:
+def tls_server(
+    cert: trustme.LeafCert, handler: Callable[[ServerConnection], None] = hello
+) -> Iterator[int]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
-    with serve(hello, "127.0.0.1", 0, ssl=context) as server:
+    with serve(handler, "127.0.0.1", 0, ssl=context) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
