@@ -64,7 +64,7 @@ from ..core import (
 )
 from ..core._state import HAS_TRANSPORT
 from ._common import DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
-from ._streams import AsyncioStream, Stream, _on_asyncio, open_stream
+from ._streams import AnyioStream, AsyncioStream, Stream, _on_asyncio, open_stream
 
 __all__ = ["AsyncFeed"]
 
@@ -256,6 +256,8 @@ class AsyncFeed:
                 if gave_up is not None:
                     raise gave_up
                 raise StopAsyncIteration
+            if self._inline_read():
+                continue
             if self._has_data.is_set():
                 self._has_data = self._new_event()
             self._consumer_seen = self._consumer_waiting = True
@@ -579,16 +581,38 @@ class AsyncFeed:
             stream.set_sink(lambda data, now: self._on_data(stream, data, now))
         core.transport_opened(self._clock())
 
-    def _on_data(self, stream: AsyncioStream, data: bytes, now: float) -> bool:
-        """asyncio only: a read, in the protocol's callback, while the loop
-        waits in :meth:`_read` for it.  Feed it to the core and queue the
+    def _inline_read(self) -> bool:
+        """trio, plain TCP: the consumer found the queue empty.  Read what
+        the socket has right here and queue its messages, as asyncio's
+        protocol callback does (:meth:`_on_data`), instead of waiting for
+        the loop's task to wake, read and wake the consumer in turn (two
+        trips through trio's scheduler).  The loop's task is parked in
+        :meth:`_read`, waiting for the socket to be readable; it finds
+        nothing there, or the next bytes.  True if bytes were read."""
+        stream = self._stream
+        if type(stream) is not AnyioStream or not self._may_sink(stream):
+            return False
+        data = stream.read_nowait()
+        if not data:
+            return False
+        self._on_data(stream, data, self._clock())
+        return True
+
+    def _may_sink(self, stream: Stream) -> bool:
+        """May bytes from *stream* be handled outside the loop's task, now?"""
+        return not (self._parked is not stream or self._writing or self._buffer.held
+                    or self._sink_error is not None or not self._live(stream))
+
+    def _on_data(self, stream: Stream, data: bytes, now: float) -> bool:
+        """A read outside the loop's task (asyncio: in the protocol's
+        callback; trio: the consumer's :meth:`_inline_read`), while the loop
+        waits in :meth:`_read`.  Feed it to the core and queue the
         messages right here -- the consumer wakes one trip through the event
         loop earlier than if this task woke first -- and wake the loop only
         if there is more to do: bytes to write, a lifecycle event or effect
         (kept in order in ``_stash``), a failure, a full queue, an earlier
         deadline.  False (not now): the protocol queues the bytes."""
-        if (self._parked is not stream or self._writing or self._buffer.held
-                or self._sink_error is not None or not self._live(stream)):
+        if not self._may_sink(stream):
             return False  # the loop will take them (after a pause, if the queue is full)
         try:
             core = self._core
@@ -612,14 +636,23 @@ class AsyncFeed:
             deadline = core.next_deadline()
             if (wake or core.failure_pending or buffer.held
                     or (deadline is not None and deadline < self._parked_deadline)):
-                stream.wake()
+                self._wake_loop(stream)
         except BaseException as exc:  # a bug: raise it in the feed's task
             self._sink_error = exc
-            stream.wake()
+            self._wake_loop(stream)
         return True
+
+    def _wake_loop(self, stream: Stream) -> None:
+        """End the loop's wait in :meth:`_read`: it has work to do."""
+        if type(stream) is AsyncioStream:
+            stream.wake()  # receive() returns b""
+        else:
+            self._kick(force=True)  # the read is cancelled: nothing was taken
 
     async def _read(self, stream: Stream, deadline: float) -> None:
         core = self._core
+        if self._sink_error is not None:  # _on_data failed while the loop was woken
+            raise self._sink_error
         self._parked, self._parked_deadline = stream, deadline
         try:
             data = await stream.receive()

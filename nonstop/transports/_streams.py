@@ -76,7 +76,8 @@ class AnyioStream:
     On plain TCP, :meth:`write_nowait` writes straight to the socket (it is
     non-blocking): a write that fits costs no checkpoint, no cancel scope and
     no trip through trio's scheduler.  What does not fit goes through
-    :meth:`send`, which waits for room.
+    :meth:`send`, which waits for room.  :meth:`read_nowait` likewise reads
+    what is there without waiting (the consumer's inline read).
     """
 
     __slots__ = ("_raw", "_reads", "_stream", "send")
@@ -89,8 +90,43 @@ class AnyioStream:
         self.send = stream.send
 
     async def receive(self) -> bytes:
-        data = await self._stream.receive(self._reads.now)
-        self._reads.update(len(data))
+        raw = self._raw
+        if raw is None:  # TLS
+            data = await self._stream.receive(self._reads.now)
+            self._reads.update(len(data))
+            return data
+        # Plain TCP: trio's own recv yields once more *after* it has the
+        # bytes; the consumer's inline read (read_nowait) could then take
+        # the bytes after them first.  Here the yields come before the read
+        # (a checkpoint, then readiness), and the bytes go back to the
+        # caller with no yield in between.
+        import trio  # on trio: it is there
+
+        await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                data = raw.recv(self._reads.now)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(raw)
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            self._reads.update(len(data))
+            return data
+
+    def read_nowait(self) -> bytes:
+        """What the socket has now (plain TCP), without waiting; ``b""``
+        if nothing (or TLS, an error or the end of the stream: those are
+        left to :meth:`receive`, which reports them)."""
+        raw = self._raw
+        if raw is None:
+            return b""
+        try:
+            data = raw.recv(self._reads.now)
+        except OSError:  # nothing yet (EAGAIN), or broken
+            return b""
+        if data:
+            self._reads.update(len(data))
         return data
 
     def write_nowait(self, data: bytes) -> int:

@@ -271,13 +271,13 @@ async def test_the_asyncio_protocol_stops_reading_while_the_queue_is_full() -> N
     assert metrics.messages_dropped == 0 and metrics.connection == 1
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
-async def test_a_bug_in_the_asyncio_read_callback_reaches_the_consumer(
+async def test_a_bug_in_a_read_outside_the_loops_task_reaches_the_consumer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Reads are fed to the core inside asyncio's callback; an exception
-    there must not vanish into asyncio's log: the consumer gets it."""
+    """Reads are fed to the core inside asyncio's callback (on trio, in the
+    consumer's inline read, or the loop's task); an exception there must
+    not vanish into asyncio's log: the consumer gets it."""
 
     def echo(ws: ServerConnection) -> None:
         for message in ws:
@@ -434,3 +434,43 @@ async def test_the_asyncio_transport_reads_in_larger_gulps_during_a_burst() -> N
         thread.join(10)
     assert n == count + 1
     assert first == MIN_READ and max(sizes) > MIN_READ and last == MIN_READ
+
+
+@pytest.mark.anyio
+async def test_a_blast_of_frames_arrives_whole_and_in_order() -> None:
+    """A server that writes faster than the client parses: on trio the
+    consumer reads inline while the loop's task waits on the same socket
+    (on asyncio the protocol's callback reads); every message arrives once,
+    in order, no protocol error, however the two interleave (the consumer
+    yields now and then)."""
+    count = 20_000
+    frames = bytearray()
+    for i in range(count):
+        payload = f"{i}:{'x' * (i % 3000)}".encode()
+        head = bytes((0x81, len(payload))) if len(payload) < 126 else \
+            bytes((0x81, 126)) + len(payload).to_bytes(2, "big")
+        frames += head + payload
+    listener, thread = blast_server(bytes(frames))
+    port = listener.getsockname()[1]
+    events: list[nonstop.core.AppEvent] = []
+    got: list[int] = []
+    try:
+        with anyio.fail_after(40):
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
+                                       **FAST) as feed:
+                await feed.wait_connected(10)
+                await feed.send("go")
+                async for message in feed:
+                    if message == "end":
+                        break
+                    assert isinstance(message, str)
+                    number, _, rest = message.partition(":")
+                    got.append(int(number))
+                    assert len(rest) == int(number) % 3000
+                    if len(got) % 997 == 0:
+                        await anyio.sleep(0)
+    finally:
+        listener.close()
+        thread.join(10)
+    assert got == list(range(count))
+    assert [e.reason for e in events if isinstance(e, Disconnected)] == [Reason.STOPPED]
