@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-The feed's background thread does all socket I/O; this (main) thread
-iterates the feed with ``for`` (``mode="batches"``: ``feed.batches()``).
-Both threads share the GIL, which is the cost a blocking user pays, so it is
-measured as is.
+This (main) thread iterates the feed with ``for`` (``mode="batches"``:
+``feed.batches()``).  While it waits for messages it runs the feed's loop
+itself (reads, parses, queues); the feed's background thread takes the loop
+back only when this thread has been away for a while.  The background
+thread is there and shares the GIL, as it does for every blocking user, so
+it is measured as is.
 """
 
 from __future__ import annotations

@@ -582,17 +582,25 @@ class AsyncFeed:
         core.transport_opened(self._clock())
 
     def _inline_read(self) -> bool:
-        """trio, plain TCP: the consumer found the queue empty.  Read what
-        the socket has right here and queue its messages, as asyncio's
-        protocol callback does (:meth:`_on_data`), instead of waiting for
-        the loop's task to wake, read and wake the consumer in turn (two
-        trips through trio's scheduler).  The loop's task is parked in
-        :meth:`_read`, waiting for the socket to be readable; it finds
-        nothing there, or the next bytes.  True if bytes were read."""
+        """Plain TCP, during a burst (the last reads filled their size): the
+        consumer found the queue empty.  Read what the socket has right here
+        and queue its messages (:meth:`_on_data`), instead of waiting for
+        the event loop to see the socket readable, read and wake the
+        consumer (trio: two trips through its scheduler; asyncio: one
+        through the loop).  The loop's task is parked in :meth:`_read`; it
+        finds nothing there, or the next bytes.  Outside bursts (an echo)
+        it is not tried: the socket would be empty.  True if bytes were
+        read."""
         stream = self._stream
-        if type(stream) is not AnyioStream or not self._may_sink(stream):
+        if (type(stream) is not AnyioStream and type(stream) is not AsyncioStream) \
+                or not self._may_sink(stream):
             return False
-        data = stream.read_nowait()
+        try:
+            data = stream.read_nowait()
+        except OSError as exc:  # reset: say so now (the next read may only see the end)
+            self._fail_transport(exc)
+            self._wake_loop(stream)
+            return False
         if not data:
             return False
         self._on_data(stream, data, self._clock())

@@ -45,9 +45,10 @@ A consumer that finds the I/O thread owning the loop asks for it
 (``_wanted`` and the wake-up byte); the I/O thread hands it over at the top
 of its next turn.  Callbacks (``on_event``, the logger) run in whichever
 thread owns the loop.  A ``KeyboardInterrupt`` in a consumer that owns the
-loop leaves it between turns almost always (in ``select``); in the rare
-instant between a read and its dispatch, that read is lost, as in any
-single-threaded client.
+loop almost always lands in ``select``, where nothing is lost; in the rare
+instant between a read and its dispatch, that read (or a lifecycle step)
+can be lost, as in any single-threaded client; the docs say to let the
+interrupt end the feed.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from ._common import NEXT_ADDRESS_DELAY, ReadSize
+from ._common import MIN_READ, NEXT_ADDRESS_DELAY, ReadSize
 
 __all__ = ["Stream", "AnyioStream", "AsyncioStream", "open_stream"]
 
@@ -62,6 +62,16 @@ class Stream(Protocol):
     def write_nowait(self, data: bytes) -> int: ...
     async def aclose(self) -> None: ...
     async def abort(self) -> None: ...
+
+
+def _recv_nowait(raw: socket.socket, reads: ReadSize) -> bytes:
+    try:
+        data = raw.recv(reads.now)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    if data:
+        reads.update(len(data))
+    return data
 
 
 def _linger_zero(sock: object) -> None:
@@ -115,19 +125,13 @@ class AnyioStream:
             return data
 
     def read_nowait(self) -> bytes:
-        """What the socket has now (plain TCP), without waiting; ``b""``
-        if nothing (or TLS, an error or the end of the stream: those are
-        left to :meth:`receive`, which reports them)."""
+        """What the socket has now (plain TCP, during a burst), without
+        waiting; ``b""`` if nothing (or TLS, or the end of the stream: left
+        to :meth:`receive`, which reports it).  A broken connection raises."""
         raw = self._raw
-        if raw is None:
+        if raw is None or self._reads.now <= MIN_READ:
             return b""
-        try:
-            data = raw.recv(self._reads.now)
-        except OSError:  # nothing yet (EAGAIN), or broken
-            return b""
-        if data:
-            self._reads.update(len(data))
-        return data
+        return _recv_nowait(raw, self._reads)
 
     def write_nowait(self, data: bytes) -> int:
         """Write what the socket takes now (plain TCP): how much, maybe 0."""
@@ -227,11 +231,30 @@ class _FeedProtocol(asyncio.Protocol):
 class AsyncioStream:
     """A connection over our :class:`asyncio.Protocol` (see the module doc)."""
 
-    __slots__ = ("_protocol", "_transport")
+    __slots__ = ("_protocol", "_raw", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, protocol: _FeedProtocol) -> None:
+    def __init__(self, transport: asyncio.Transport, protocol: _FeedProtocol,
+                 raw: socket.socket | None = None) -> None:
         self._transport = transport
         self._protocol = protocol
+        self._raw = raw  # plain TCP: the socket, for read_nowait
+
+    def read_nowait(self) -> bytes:
+        """What the socket has now (plain TCP, during a burst, nothing
+        queued in the protocol), read behind the transport's back, which is
+        safe: asyncio's reads hold no state but the socket's, and the
+        protocol hands each read to the same sink in this thread.  ``b""``
+        if nothing (or the end of the stream: the transport reports it).
+        A broken connection raises."""
+        raw = self._raw
+        p = self._protocol
+        if (raw is None or p.reads.now <= MIN_READ or p.chunks or p.at_eof
+                or p.reading_paused or self._transport.is_closing()):
+            return b""
+        data = _recv_nowait(raw, p.reads)
+        if data and p.sized:
+            self._transport.max_size = p.reads.now  # type: ignore[attr-defined]
+        return data
 
     def set_sink(self, sink: Callable[[bytes, float], bool] | None) -> None:
         self._protocol.sink = sink
@@ -387,7 +410,7 @@ async def open_stream(
         except BaseException:
             sock.close()
             raise
-        return AsyncioStream(transport, protocol)
+        return AsyncioStream(transport, protocol, None if tls else sock)
     if tls:
         stream: anyio.abc.ByteStream = await anyio.connect_tcp(
             host,

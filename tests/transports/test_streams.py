@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -375,9 +376,10 @@ def test_read_size_stops_growing_before_a_read_would_overflow_the_queue() -> Non
     assert reads.update(256 * 1024) == 1 << 20
 
 
-def blast_server(frames: bytes) -> tuple[socket.socket, threading.Thread]:
+def blast_server(frames: bytes, *, reset: bool = False) -> tuple[socket.socket, threading.Thread]:
     """A bare TCP server that accepts one WebSocket client and writes
-    *frames* in one ``sendall`` (faster than any library server)."""
+    *frames* in one ``sendall`` (faster than any library server); then an
+    ``end`` message, or with *reset* an RST at once."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
@@ -394,6 +396,9 @@ def blast_server(frames: bytes) -> tuple[socket.socket, threading.Thread]:
                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
             conn.recv(4096)  # the client's "go"
             conn.sendall(frames)
+            if reset:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
             time.sleep(0.2)
             conn.sendall(b"\x81\x03end")
             conn.recv(1)  # until the client goes
@@ -474,3 +479,65 @@ async def test_a_blast_of_frames_arrives_whole_and_in_order() -> None:
         thread.join(10)
     assert got == list(range(count))
     assert [e.reason for e in events if isinstance(e, Disconnected)] == [Reason.STOPPED]
+
+
+@pytest.mark.anyio
+async def test_a_reset_in_the_middle_of_a_burst_is_reported_as_a_reset() -> None:
+    """The server writes 20 MB and resets the connection while the client
+    is still reading: the feed says RESET, not a clean end of stream."""
+    payload = b"y" * 1000
+    frames = b"".join(bytes((0x81, 126)) + len(payload).to_bytes(2, "big") + payload
+                      for _ in range(20_000))
+    listener, thread = blast_server(frames, reset=True)
+    port = listener.getsockname()[1]
+    events: list[nonstop.core.AppEvent] = []
+    got = 0
+    try:
+        with anyio.fail_after(30):
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
+                                       **FAST) as feed:
+                await feed.wait_connected(10)
+                await feed.send("go")
+                with anyio.move_on_after(10):
+                    async for message in feed:
+                        assert message == payload.decode()
+                        got += 1
+                        if got % 1000 == 0:
+                            await anyio.sleep(0.001)  # the reset arrives meanwhile
+                        if any(isinstance(e, Disconnected) for e in events):
+                            break
+    finally:
+        listener.close()
+        thread.join(10)
+    first = next(e for e in events if isinstance(e, Disconnected))
+    assert first.reason is Reason.RESET, first
+    assert 0 < got <= 20_000
+
+
+@pytest.mark.anyio
+async def test_a_reset_seen_by_the_consumers_inline_read_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The consumer's inline read (during a burst) is the one that meets
+    the reset: it is reported as RESET at once, not left for the loop's
+    next read (which on Linux would only see the end of the stream)."""
+    with server(burst(50_000)) as port, anyio.fail_after(30):
+        events: list[nonstop.core.AppEvent] = []
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
+                                   **FAST) as feed:
+            await feed.wait_connected(10)
+            stream = feed._stream
+            assert stream is not None
+            await feed.__anext__()
+
+            def reset(self: object) -> bytes:
+                raise ConnectionResetError(104, "reset in the inline read")
+
+            monkeypatch.setattr(type(stream), "read_nowait", reset)
+            with anyio.move_on_after(10):
+                async for _ in feed:
+                    if any(isinstance(e, Disconnected) for e in events):
+                        break
+    first = next(e for e in events if isinstance(e, Disconnected))
+    assert first.reason is Reason.RESET
+    assert "reset in the inline read" in first.detail
