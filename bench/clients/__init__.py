@@ -43,6 +43,7 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "websocket-client": ("websocket_client", ("websocket",), {}),
     "wsproto": ("wsproto_loop", ("wsproto",), {}),
     "raw-socket": ("raw_socket", (), {}),
+    "trio-socket": ("trio_socket", ("trio",), {}),
 }
 
 #: Clients without an echo round trip: the raw byte-stream reader, and the
