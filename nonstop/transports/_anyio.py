@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -63,7 +64,7 @@ from ..core import (
     Subscription,
 )
 from ..core._state import HAS_TRANSPORT
-from ._common import DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
+from ._common import HANDBACK, DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
 from ._streams import AnyioStream, AsyncioStream, Stream, _on_asyncio, open_stream
 
 __all__ = ["AsyncFeed"]
@@ -138,6 +139,16 @@ class AsyncFeed:
         self._stash: list[Event] = []  # events _on_data left for _dispatch
         self._sink_error: BaseException | None = None
         self._reads = ReadSize(options.read_size, options.queue_size)
+        # trio, plain TCP: the consumer reads the socket itself while it
+        # waits (see _consumer_read); the loop's task steps aside.
+        self._wait_readable: Callable[[socket.socket], Awaitable[None]] | None = None
+        self._loop_on_fd = False  # the loop's task waits on (or reads) the socket
+        self._consumer_reads = False  # reading is the consumer's (until HANDBACK away)
+        self._consumer_on_fd = False  # the consumer waits on the socket right now
+        self._consumer_left = 0.0  # when it last went back to the application
+        self._releases = 0  # how many times it did
+        self._seen_releases = -1  # the count the loop's task saw when it parked
+        self._loop_deep = False  # the loop's task parked until the consumer leaves
 
     # ------------------------------------------------------------------
     # context management
@@ -153,6 +164,7 @@ class AsyncFeed:
             self._new_event = trio.Event
             self._clock = trio.current_time
             self._new_scope = trio.CancelScope
+            self._wait_readable = trio.lowlevel.wait_readable
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -248,6 +260,19 @@ class AsyncFeed:
         """Return once messages are queued; at the end raise StopAsyncIteration
         (a stop), FeedGaveUp (it gave up) or the driver's crash."""
         buffer = self._buffer
+        if len(buffer):
+            return
+        try:
+            await self._wait_for_messages(buffer)
+        finally:
+            if self._consumer_reads:  # back to the application: the loop may read again
+                self._consumer_left = self._clock()
+                self._releases += 1
+                if self._loop_deep:
+                    self._loop_deep = False
+                    self._kick(force=True)
+
+    async def _wait_for_messages(self, buffer: MessageBuffer) -> None:
         while not len(buffer):
             if self._done.is_set():
                 if self._crash is not None:
@@ -256,6 +281,8 @@ class AsyncFeed:
                 if gave_up is not None:
                     raise gave_up
                 raise StopAsyncIteration
+            if self._wait_readable is not None and await self._consumer_read():
+                continue
             if self._inline_read():
                 continue
             if self._has_data.is_set():
@@ -530,14 +557,28 @@ class AsyncFeed:
         elif not held and core.reading_paused:
             core.resume_reading(self._clock())
         deadline = core.next_deadline()
-        scope = self._new_scope(deadline=math.inf if deadline is None else deadline)
+        until = math.inf if deadline is None else deadline
+        stream = self._stream
+        park = False
+        if self._consumer_reads and stream is not None and not held and self._pending_open is None:
+            park, until = self._park_until(until)
+        scope = self._new_scope(deadline=until)
         with scope:
             self._wait_scope = scope
             try:
                 if self._pending_open is not None:
                     await self._open(self._pending_open)
                     return
-                stream = self._stream
+                if park:
+                    self._parked, self._parked_deadline = stream, until
+                    try:
+                        if self._consumer_waiting:
+                            self._has_data.set()  # it may take the socket now
+                        await anyio.sleep_forever()
+                    finally:
+                        self._parked = None
+                        self._loop_deep = False
+                    return
                 if stream is not None and not held:
                     await self._read(stream, math.inf if deadline is None else deadline)
                     return
@@ -552,6 +593,21 @@ class AsyncFeed:
         now = self._clock()
         if deadline is not None and now >= deadline:
             core.handle_timer(max(deadline, now))
+
+    def _park_until(self, until: float) -> tuple[bool, float]:
+        """The consumer reads the socket (trio): should the loop's task
+        stay off it, and until when (besides the core's deadline)?"""
+        if self._consumer_on_fd:
+            if self._releases == self._seen_releases:
+                self._loop_deep = True  # it has waited since: until it leaves
+                return True, until
+            self._seen_releases = self._releases
+            return True, min(until, self._clock() + HANDBACK)
+        back = self._consumer_left + HANDBACK
+        if self._clock() < back:
+            return True, min(until, back)
+        self._consumer_reads = False  # away too long: the loop reads again
+        return False, until
 
     async def _open(self, effect: OpenTransport) -> None:
         self._pending_open = None
@@ -580,6 +636,59 @@ class AsyncFeed:
         if type(stream) is AsyncioStream:
             stream.set_sink(lambda data, now: self._on_data(stream, data, now))
         core.transport_opened(self._clock())
+
+    async def _consumer_read(self) -> bool:
+        """trio, plain TCP, queue empty: read the socket in the consumer's
+        own task -- wait until it is readable, read, queue the messages
+        (:meth:`_on_data`) -- instead of waiting for the loop's task to do
+        it and wake this one (two trips through trio's scheduler per
+        message in an echo: measured 82 µs against a bare trio socket's
+        54).  The loop's task steps aside while the consumer reads, and
+        takes the socket back once the consumer has been away for
+        :data:`HANDBACK` (it keeps the queue filling and pings answered
+        while the application is busy).  One task at a time waits on the
+        socket.  True if bytes were read; False: wait the usual way."""
+        stream = self._stream
+        if type(stream) is not AnyioStream or stream.raw is None:
+            return False
+        if self._loop_on_fd:  # ask the loop's task to step aside; it wakes us
+            self._consumer_reads = True
+            self._consumer_left = self._clock()
+            self._kick(force=True)
+            return False
+        if not self._consumer_reads or not self._may_sink(stream):
+            self._consumer_reads = True  # from the loop's next wait on (it parks)
+            return False
+        raw = stream.raw
+        wait_readable = self._wait_readable
+        assert wait_readable is not None
+        self._consumer_on_fd = True
+        try:
+            while True:
+                try:
+                    data = raw.recv(self._reads.now)
+                except BlockingIOError:
+                    try:
+                        await wait_readable(raw)
+                    except Exception:  # closed under us (a stop, a reconnect)
+                        return False
+                    if not self._may_sink(stream):
+                        return False
+                    continue
+                except OSError as exc:
+                    self._consumer_reads = False
+                    self._fail_transport(exc)
+                    self._wake_loop(stream)
+                    return False
+                if not data:  # the end: the loop's task reads it and says so
+                    self._consumer_reads = False
+                    self._wake_loop(stream)
+                    return False
+                self._reads.update(len(data))
+                self._on_data(stream, data, self._clock())
+                return True
+        finally:
+            self._consumer_on_fd = False
 
     def _inline_read(self) -> bool:
         """Plain TCP, during a burst (the last reads filled their size): the
@@ -662,6 +771,7 @@ class AsyncFeed:
         if self._sink_error is not None:  # _on_data failed while the loop was woken
             raise self._sink_error
         self._parked, self._parked_deadline = stream, deadline
+        self._loop_on_fd = True
         try:
             data = await stream.receive()
         except anyio.EndOfStream:
@@ -673,6 +783,7 @@ class AsyncFeed:
             return
         finally:
             self._parked = None
+            self._loop_on_fd = False
         if self._sink_error is not None:  # _on_data failed: a bug, raise it here
             raise self._sink_error
         if not data:  # woken by _on_data, which fed the core already

@@ -81,7 +81,15 @@ from ..core import (
     Subscription,
 )
 from ..core._state import HAS_TRANSPORT
-from ._common import NEXT_ADDRESS_DELAY, DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
+from ._common import (
+    HANDBACK,
+    NEXT_ADDRESS_DELAY,
+    DriverOptions,
+    MessageBuffer,
+    Observer,
+    ReadSize,
+    WriteStalled,
+)
 
 __all__ = ["SyncFeed"]
 
@@ -90,10 +98,6 @@ E = TypeVar("E", bound=AppEvent)
 HIGH_WATER = 1 << 20
 FAILURE_GRACE = 1.0
 TAKE = 512
-#: How long a consumer may be away (between two waits in ``next()``) before
-#: the I/O thread takes the loop back.
-HANDBACK = 0.02
-
 #: ``_owner`` values besides a consumer's thread ident.
 _FREE = 0
 _IO = -1

@@ -111,6 +111,10 @@ _DRIVER_KEYS = ("ssl", "queue_size", "overflow", "on_event", "read_size", "write
 #: read (mmap, mremap, munmap: measured 19.8 us per small read at 256 KiB,
 #: 6.6 us at 64 KiB), so a trickle of small messages reads in 64 KiB.
 MIN_READ = 64 * 1024
+#: How long a consumer that reads the socket itself while it waits (the
+#: blocking driver; the anyio driver on trio) may be away in the application
+#: before the driver's own loop takes the socket back.
+HANDBACK = 0.02
 #: Happy eyeballs (RFC 8305): how long one address gets before the next is
 #: tried alongside it.  A host whose first address swallows the SYN (a
 #: broken IPv6 route) must not spend the whole ``connect_timeout`` there.

@@ -124,6 +124,11 @@ class AnyioStream:
             self._reads.update(len(data))
             return data
 
+    @property
+    def raw(self) -> socket.socket | None:
+        """The socket (plain TCP), for reads and writes outside anyio."""
+        return self._raw
+
     def read_nowait(self) -> bytes:
         """What the socket has now (plain TCP, during a burst), without
         waiting; ``b""`` if nothing (or TLS, or the end of the stream: left

@@ -1,0 +1,183 @@
+"""The anyio driver's consumer reads: on trio (plain TCP) a consumer that
+waits for messages reads the socket in its own task while the loop's task
+steps aside, and the loop's task takes the socket back once the consumer
+has been away for ``HANDBACK`` (see ``AsyncFeed._consumer_read``).  Every
+test runs on asyncio too, where the same behaviour comes from the loop's
+task and the protocol callback.
+
+Real sockets on 127.0.0.1 (the ``websockets`` package's threaded server);
+hard timeouts; time bounds many times what they guard.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import pytest
+from websockets.sync.server import ServerConnection
+
+import nonstop
+from nonstop import Disconnected, Reason, State
+
+from .test_driver_behaviour import FAST, burst, server
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
+
+QUIET: dict[str, Any] = dict(FAST, ping_interval=None, silence_timeout=None)
+
+
+def echo(ws: ServerConnection) -> None:
+    for message in ws:
+        ws.send(message)
+
+
+async def test_pings_are_answered_while_the_consumer_is_busy() -> None:
+    answered: list[float] = []
+
+    def handler(ws: ServerConnection) -> None:
+        ws.send("first")
+        assert ws.recv(10) == "busy now"
+        t0 = time.monotonic()
+        if ws.ping().wait(10):
+            answered.append(time.monotonic() - t0)
+        ws.send("second")
+        for _ in ws:
+            pass
+
+    with server(handler) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
+            assert await feed.__anext__() == "first"  # the consumer read it itself (trio)
+            await feed.send("busy now")
+            await anyio.sleep(3.0)  # not iterating
+            assert answered and answered[0] < 2.0, answered
+            assert await feed.__anext__() == "second"
+
+
+async def test_messages_queue_up_while_the_consumer_is_busy() -> None:
+    def handler(ws: ServerConnection) -> None:
+        ws.send("first")
+        assert ws.recv(10) == "more"
+        for i in range(200):
+            ws.send(str(i))
+        for _ in ws:
+            pass
+
+    with server(handler) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
+            assert await feed.__anext__() == "first"
+            await feed.send("more")
+            with anyio.fail_after(10):
+                while feed.metrics().queued < 200:
+                    await anyio.sleep(0.01)
+            assert [await feed.__anext__() for _ in range(200)] == [str(i) for i in range(200)]
+
+
+async def test_keepalive_runs_while_the_consumer_waits() -> None:
+    events: list[nonstop.core.AppEvent] = []
+
+    def handler(ws: ServerConnection) -> None:
+        for _ in ws:
+            pass
+
+    with server(handler) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", ping_interval=0.1, ping_timeout=2.0,
+                                   silence_timeout=0.3, on_event=events.append, **FAST) as feed:
+            await feed.wait_connected(10)
+            with anyio.move_on_after(1.5):
+                await feed.__anext__()  # nothing comes; pongs do
+            metrics = feed.metrics()
+            assert metrics.last_ping_rtt is not None
+            assert metrics.reconnects == 0
+            assert not [e for e in events if isinstance(e, Disconnected)]
+
+
+async def test_a_cancelled_wait_loses_nothing() -> None:
+    def handler(ws: ServerConnection) -> None:
+        assert ws.recv(10) == "go"
+        ws.send("late")
+        for _ in ws:
+            pass
+
+    with server(handler) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
+            await feed.wait_connected(10)
+            for _ in range(3):
+                with anyio.move_on_after(0.1):
+                    await feed.__anext__()
+            await feed.send("go")
+            assert await feed.__anext__() == "late"
+            assert feed.state is State.OPEN
+
+
+async def test_stop_from_another_task_ends_a_waiting_consumer() -> None:
+    with server(echo) as port, anyio.fail_after(30):
+        got: list[str | bytes] = []
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
+            await feed.wait_connected(10)
+
+            async def consume() -> None:
+                async for message in feed:
+                    got.append(message)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                await feed.send("one")
+                with anyio.fail_after(10):
+                    while not got:
+                        await anyio.sleep(0.01)
+                await anyio.sleep(0.1)  # the consumer waits on the socket again
+                await feed.aclose()
+        assert got == ["one"]
+        assert feed.state is State.STOPPED
+
+
+async def test_the_server_going_away_while_the_consumer_waits_is_seen_and_healed() -> None:
+    """The server closes while the consumer waits on the socket: the end is
+    reported, the feed reconnects, and the consumer gets the next
+    connection's messages."""
+    connections: list[int] = []
+
+    def handler(ws: ServerConnection) -> None:
+        connections.append(1)
+        ws.send(f"hello {len(connections)}")
+        if len(connections) == 1:
+            time.sleep(0.3)  # the consumer is waiting by now
+            ws.close()
+            return
+        for _ in ws:
+            pass
+
+    events: list[nonstop.core.AppEvent] = []
+    with server(handler) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
+                                   **QUIET) as feed:
+            assert await feed.__anext__() == "hello 1"
+            assert await feed.__anext__() == "hello 2"
+    first = next(e for e in events if isinstance(e, Disconnected))
+    assert first.reason is Reason.SERVER_CLOSED
+
+
+async def test_echo_from_the_consuming_task() -> None:
+    with server(echo) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
+            await feed.wait_connected(10)
+            for i in range(300):
+                await feed.send(f"m{i}")
+                assert await feed.__anext__() == f"m{i}"
+
+
+async def test_a_burst_read_by_the_consumer_arrives_in_order() -> None:
+    count = 20_000
+    with server(burst(count, pad=300)) as port, anyio.fail_after(40):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=256, **QUIET) as feed:
+            got = []
+            async for message in feed:
+                assert isinstance(message, str)
+                got.append(int(message.partition(":")[0]))
+                if len(got) % 500 == 0:
+                    await anyio.sleep(0.03)  # away longer than HANDBACK: the loop reads
+                if len(got) == count:
+                    break
+    assert got == list(range(count))
