@@ -33,10 +33,24 @@ def echo(ws: ServerConnection) -> None:
         ws.send(message)
 
 
-async def test_pings_are_answered_while_the_consumer_is_busy() -> None:
+async def take_the_socket(feed: nonstop.AsyncFeed, backend: str) -> None:
+    """Wait in ``__anext__`` with nothing coming: on trio the consumer
+    then reads the socket itself (checked), so what follows runs in that
+    mode."""
+    await feed.wait_connected(10)
+    with anyio.move_on_after(0.2):
+        await feed.__anext__()
+    assert feed._consumer_reads is (backend == "trio")
+
+
+async def test_pings_are_answered_while_the_consumer_is_busy(anyio_backend: str) -> None:
+    """The consumer (reading the socket itself, on trio) takes a message,
+    then works for 3 s without iterating: the loop's task takes the socket
+    back and answers the server's ping long before the consumer returns."""
     answered: list[float] = []
 
     def handler(ws: ServerConnection) -> None:
+        assert ws.recv(10) == "go"
         ws.send("first")
         assert ws.recv(10) == "busy now"
         t0 = time.monotonic()
@@ -48,6 +62,8 @@ async def test_pings_are_answered_while_the_consumer_is_busy() -> None:
 
     with server(handler) as port, anyio.fail_after(30):
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
+            await take_the_socket(feed, anyio_backend)
+            await feed.send("go")
             assert await feed.__anext__() == "first"  # the consumer read it itself (trio)
             await feed.send("busy now")
             await anyio.sleep(3.0)  # not iterating
@@ -55,8 +71,9 @@ async def test_pings_are_answered_while_the_consumer_is_busy() -> None:
             assert await feed.__anext__() == "second"
 
 
-async def test_messages_queue_up_while_the_consumer_is_busy() -> None:
+async def test_messages_queue_up_while_the_consumer_is_busy(anyio_backend: str) -> None:
     def handler(ws: ServerConnection) -> None:
+        assert ws.recv(10) == "go"
         ws.send("first")
         assert ws.recv(10) == "more"
         for i in range(200):
@@ -66,6 +83,8 @@ async def test_messages_queue_up_while_the_consumer_is_busy() -> None:
 
     with server(handler) as port, anyio.fail_after(30):
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
+            await take_the_socket(feed, anyio_backend)
+            await feed.send("go")
             assert await feed.__anext__() == "first"
             await feed.send("more")
             with anyio.fail_after(10):
@@ -93,7 +112,7 @@ async def test_keepalive_runs_while_the_consumer_waits() -> None:
             assert not [e for e in events if isinstance(e, Disconnected)]
 
 
-async def test_a_cancelled_wait_loses_nothing() -> None:
+async def test_a_cancelled_wait_loses_nothing(anyio_backend: str) -> None:
     def handler(ws: ServerConnection) -> None:
         assert ws.recv(10) == "go"
         ws.send("late")
@@ -102,7 +121,7 @@ async def test_a_cancelled_wait_loses_nothing() -> None:
 
     with server(handler) as port, anyio.fail_after(30):
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
-            await feed.wait_connected(10)
+            await take_the_socket(feed, anyio_backend)
             for _ in range(3):
                 with anyio.move_on_after(0.1):
                     await feed.__anext__()
