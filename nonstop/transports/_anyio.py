@@ -668,10 +668,16 @@ class AsyncFeed:
                 try:
                     data = raw.recv(self._reads.now)
                 except BlockingIOError:
+                    # Waiting, as in _wait_for_messages (a deferred failure
+                    # waits for this before it closes: _let_consumer_catch_up).
+                    self._consumer_seen = self._consumer_waiting = True
+                    self._idle.set()
                     try:
                         await wait_readable(raw)
                     except Exception:  # closed under us (a stop, a reconnect)
                         return False
+                    finally:
+                        self._consumer_waiting = False
                     if not self._may_sink(stream):
                         return False
                     continue

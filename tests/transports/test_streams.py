@@ -515,12 +515,13 @@ async def test_a_reset_in_the_middle_of_a_burst_is_reported_as_a_reset() -> None
 
 
 @pytest.mark.anyio
-async def test_a_reset_seen_by_the_consumers_inline_read_is_reported(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_reset_seen_by_the_consumers_own_read_is_reported(
+    monkeypatch: pytest.MonkeyPatch, anyio_backend: str,
 ) -> None:
-    """The consumer's inline read (during a burst) is the one that meets
-    the reset: it is reported as RESET at once, not left for the loop's
-    next read (which on Linux would only see the end of the stream)."""
+    """The consumer's own read (asyncio: the inline read during a burst;
+    trio: the read it does while it waits) is the one that meets the
+    reset: it is reported as RESET at once, not left for the loop's next
+    read (which on Linux would only see the end of the stream)."""
     with server(burst(50_000)) as port, anyio.fail_after(30):
         events: list[nonstop.core.AppEvent] = []
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
@@ -529,15 +530,25 @@ async def test_a_reset_seen_by_the_consumers_inline_read_is_reported(
             stream = feed._stream
             assert stream is not None
             await feed.__anext__()
+            if anyio_backend == "asyncio":
+                def reset(self: object) -> bytes:
+                    raise ConnectionResetError(104, "reset in the consumer's read")
 
-            def reset(self: object) -> bytes:
-                raise ConnectionResetError(104, "reset in the inline read")
+                monkeypatch.setattr(type(stream), "read_nowait", reset)
+            else:
+                target = stream.raw  # type: ignore[union-attr]
+                real = socket.socket.recv
 
-            monkeypatch.setattr(type(stream), "read_nowait", reset)
+                def recv(self: socket.socket, *args: Any) -> bytes:
+                    if self is target:
+                        raise ConnectionResetError(104, "reset in the consumer's read")
+                    return real(self, *args)
+
+                monkeypatch.setattr(socket.socket, "recv", recv)
             with anyio.move_on_after(10):
                 async for _ in feed:
                     if any(isinstance(e, Disconnected) for e in events):
                         break
     first = next(e for e in events if isinstance(e, Disconnected))
     assert first.reason is Reason.RESET
-    assert "reset in the inline read" in first.detail
+    assert "reset in the consumer's read" in first.detail
