@@ -125,7 +125,8 @@ class AsyncFeed:
         self._local: list[str | bytes] = []  # taken by __anext__, reversed
         self._consumer_waiting = False  # blocked in __anext__ for lack of messages
         self._consumer_seen = False  # the application has iterated at all
-        self._idle = anyio.Event()
+        self._idle = anyio.Event()  # set by a waiting consumer while _catching_up
+        self._catching_up = False
         self._space = anyio.Event()
         self._writing = False
         self._written = anyio.Event()
@@ -260,10 +261,28 @@ class AsyncFeed:
         """Return once messages are queued; at the end raise StopAsyncIteration
         (a stop), FeedGaveUp (it gave up) or the driver's crash."""
         buffer = self._buffer
-        if len(buffer):
-            return
         try:
-            await self._wait_for_messages(buffer)
+            while not len(buffer):
+                if self._done.is_set():
+                    if self._crash is not None:
+                        raise self._crash
+                    gave_up = self._observer.gave_up()
+                    if gave_up is not None:
+                        raise gave_up
+                    raise StopAsyncIteration
+                if self._wait_readable is not None and await self._consumer_read():
+                    continue
+                if self._inline_read():
+                    continue
+                if self._has_data.is_set():
+                    self._has_data = self._new_event()
+                self._consumer_seen = self._consumer_waiting = True
+                if self._catching_up:
+                    self._idle.set()
+                try:
+                    await self._has_data.wait()
+                finally:
+                    self._consumer_waiting = False
         finally:
             if self._consumer_reads:  # back to the application: the loop may read again
                 self._consumer_left = self._clock()
@@ -271,28 +290,6 @@ class AsyncFeed:
                 if self._loop_deep:
                     self._loop_deep = False
                     self._kick(force=True)
-
-    async def _wait_for_messages(self, buffer: MessageBuffer) -> None:
-        while not len(buffer):
-            if self._done.is_set():
-                if self._crash is not None:
-                    raise self._crash
-                gave_up = self._observer.gave_up()
-                if gave_up is not None:
-                    raise gave_up
-                raise StopAsyncIteration
-            if self._wait_readable is not None and await self._consumer_read():
-                continue
-            if self._inline_read():
-                continue
-            if self._has_data.is_set():
-                self._has_data = self._new_event()
-            self._consumer_seen = self._consumer_waiting = True
-            self._idle.set()
-            try:
-                await self._has_data.wait()
-            finally:
-                self._consumer_waiting = False
 
     async def send(self, message: object) -> None:
         """Send a message (``str``: text, ``bytes``: binary, else JSON).
@@ -541,11 +538,15 @@ class AsyncFeed:
     async def _let_consumer_catch_up(self) -> None:
         """Before a deferred protocol failure: give the application up to
         FAILURE_GRACE seconds to take (and answer) the messages before it."""
-        with anyio.move_on_after(FAILURE_GRACE):
-            while self._consumer_seen and (len(self._buffer) or not self._consumer_waiting):
-                if self._idle.is_set():
-                    self._idle = anyio.Event()
-                await self._idle.wait()
+        self._catching_up = True  # the consumer sets _idle when it waits
+        try:
+            with anyio.move_on_after(FAILURE_GRACE):
+                while self._consumer_seen and (len(self._buffer) or not self._consumer_waiting):
+                    if self._idle.is_set():
+                        self._idle = anyio.Event()
+                    await self._idle.wait()
+        finally:
+            self._catching_up = False
 
     async def _wait(self) -> None:
         core = self._core
@@ -671,7 +672,8 @@ class AsyncFeed:
                     # Waiting, as in _wait_for_messages (a deferred failure
                     # waits for this before it closes: _let_consumer_catch_up).
                     self._consumer_seen = self._consumer_waiting = True
-                    self._idle.set()
+                    if self._catching_up:
+                        self._idle.set()
                     try:
                         await wait_readable(raw)
                     except Exception:  # closed under us (a stop, a reconnect)
