@@ -31,6 +31,16 @@ which does step 4 and the message part of step 2 right there, so the
 consumer is woken one loop turn earlier; the loop itself wakes only when
 there is more to do.
 
+Reads by the consumer (plain TCP; see :meth:`AsyncFeed._inline_read` and
+:meth:`AsyncFeed._consumer_read`).  A consumer that finds the queue empty
+during a burst reads what the socket has right there (asyncio and trio).
+On trio a waiting consumer goes further: it waits on the socket itself and
+feeds what it reads through the same :meth:`AsyncFeed._on_data`, while the
+loop's task parks in step 3 (still running timers, writes and lifecycle
+events) and takes the socket back once the consumer has been away for
+``HANDBACK`` (20 ms).  One party at a time waits on the socket, and no
+reader yields between ``recv`` and the core, so bytes are never reordered.
+
 Cancellation: everything lives in one task group.  Leaving the ``async with``
 block stops gracefully (close handshake, bounded by ``close_timeout``);
 cancelling the enclosing scope cancels the task, and the ``finally`` closes
