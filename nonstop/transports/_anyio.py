@@ -74,7 +74,7 @@ from ..core import (
     Subscription,
 )
 from ..core._state import HAS_TRANSPORT
-from ._common import HANDBACK, DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
+from ._common import HANDBACK, MIN_READ, DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
 from ._streams import AnyioStream, AsyncioStream, Stream, _on_asyncio, open_stream
 
 __all__ = ["AsyncFeed"]
@@ -718,6 +718,8 @@ class AsyncFeed:
         finds nothing there, or the next bytes.  Outside bursts (an echo)
         it is not tried: the socket would be empty.  True if bytes were
         read."""
+        if self._reads.now <= MIN_READ:  # not a burst (the streams check it too)
+            return False
         stream = self._stream
         if (type(stream) is not AnyioStream and type(stream) is not AsyncioStream) \
                 or not self._may_sink(stream):
