@@ -662,6 +662,11 @@ class AsyncFeed:
         stream = self._stream
         if type(stream) is not AnyioStream or stream.raw is None:
             return False
+        if self._consumer_on_fd or self._stash:
+            # Another consumer task waits on the socket (trio allows one), or
+            # a read left events and messages in _stash for the loop's
+            # task: its _dispatch queues them and sets _has_data.
+            return False
         if self._loop_on_fd:  # ask the loop's task to step aside; it wakes us
             self._consumer_reads = True
             self._consumer_left = self._clock()
@@ -718,7 +723,7 @@ class AsyncFeed:
         finds nothing there, or the next bytes.  Outside bursts (an echo)
         it is not tried: the socket would be empty.  True if bytes were
         read."""
-        if self._reads.now <= MIN_READ:  # not a burst (the streams check it too)
+        if self._reads.now <= MIN_READ or self._stash:  # not a burst; or wait for _dispatch
             return False
         stream = self._stream
         if (type(stream) is not AnyioStream and type(stream) is not AsyncioStream) \

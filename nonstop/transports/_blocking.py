@@ -47,8 +47,11 @@ of its next turn.  Callbacks (``on_event``, the logger) run in whichever
 thread owns the loop.  A ``KeyboardInterrupt`` in a consumer that owns the
 loop almost always lands in ``select``, where nothing is lost; in the rare
 instant between a read and its dispatch, that read (or a lifecycle step)
-can be lost, as in any single-threaded client; the docs say to let the
-interrupt end the feed.
+can be lost, and during a blocked write the rest of a frame, as in any
+single-threaded client; the docs say to let the interrupt end the feed.
+The loop's own blocking steps (a name lookup before a connect, a write
+that waits for room, up to ``write_timeout``) then also run in the
+consumer's thread, so ``receive(timeout)`` can return that much later.
 """
 
 from __future__ import annotations
@@ -371,8 +374,9 @@ class SyncFeed:
                         self._io_parked = False
 
     def _nudge(self) -> None:
-        """The loop is needed now (a write the caller could not do): if no
-        thread runs it, the I/O thread takes it back at once."""
+        """The loop is needed now (a write the caller could not do, a
+        subscription, a reconnect): if no thread runs it, the I/O thread
+        takes it back at once."""
         with self._cond:
             if self._owner == _FREE:
                 self._nudged = True
@@ -400,18 +404,21 @@ class SyncFeed:
         with self._lock:
             sub = self._core.subscribe(subscription, time.monotonic())
         self._wake()
+        self._nudge()
         return sub
 
     def unsubscribe(self, subscription: object) -> Subscription:
         with self._lock:
             sub = self._core.unsubscribe(subscription, time.monotonic())
         self._wake()
+        self._nudge()
         return sub
 
     def reconnect(self) -> bool:
         with self._lock:
             started = self._core.reconnect(time.monotonic())
         self._wake()
+        self._nudge()
         return started
 
     def metrics(self) -> Metrics:

@@ -11,7 +11,14 @@ hard timeouts; time bounds many times what they guard.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import re
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -200,3 +207,104 @@ async def test_a_burst_read_by_the_consumer_arrives_in_order() -> None:
                 if len(got) == count:
                     break
     assert got == list(range(count))
+
+
+@contextlib.contextmanager
+def pong_and_message_server() -> Iterator[tuple[int, dict[int, float]]]:
+    """A bare server that answers each ping with its pong and a numbered
+    text message in one ``sendall`` (one read for the client: a lifecycle
+    event, then a message)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent_at: dict[int, float] = {}
+
+    def frame(opcode: int, payload: bytes) -> bytes:
+        return bytes((0x80 | opcode, len(payload))) + payload
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(4096)
+                key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request)
+                assert key is not None
+                accept = base64.b64encode(hashlib.sha1(
+                    key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                buf = bytearray()
+                n = 0
+                while True:
+                    while len(buf) < 6 or len(buf) < 6 + (buf[1] & 0x7F):
+                        data = conn.recv(4096)
+                        if not data:
+                            return
+                        buf += data
+                    opcode, size = buf[0] & 0x0F, buf[1] & 0x7F  # client frames are small
+                    mask, payload = buf[2:6], bytes(buf[6:6 + size])
+                    del buf[:6 + size]
+                    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                    if opcode == 0x9:
+                        n += 1
+                        sent_at[n] = time.monotonic()
+                        conn.sendall(frame(0xA, payload) + frame(0x1, str(n).encode()))
+                    elif opcode == 0x8:
+                        conn.sendall(frame(0x8, payload))
+                        return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], sent_at
+    finally:
+        listener.close()
+        thread.join(10)
+
+
+async def test_a_message_behind_a_lifecycle_event_in_the_same_read_is_not_held_back() -> None:
+    """The consumer reads a pong and a message in one read: the pong goes
+    to the loop's task (in order, so the message waits behind it), and the
+    consumer waits for the loop to queue them rather than on the socket,
+    where they would stay until the next bytes (the next ping, 3 s on)."""
+    with pong_and_message_server() as (port, sent_at), anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", ping_interval=3.0, ping_timeout=2.0,
+                                   silence_timeout=None, **FAST) as feed:
+            await feed.wait_connected(10)
+            for _ in range(2):
+                message = await feed.__anext__()
+                assert isinstance(message, str)
+                late = time.monotonic() - sent_at[int(message)]
+                assert late < 1.5, f"message {message} came {late:.3f} s after it was sent"
+
+
+async def test_two_tasks_iterating_one_feed_share_it() -> None:
+    """Two tasks iterate the same feed (only one may wait on a trio socket
+    at a time): every message once, no error, no reconnect."""
+
+    def handler(ws: ServerConnection) -> None:
+        for i in range(20):
+            ws.send(str(i))
+            time.sleep(0.05)
+        for _ in ws:
+            pass
+
+    events: list[nonstop.core.AppEvent] = []
+    got: list[int] = []
+    with server(handler) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
+                                   **QUIET) as feed:
+            async def consume() -> None:
+                async for message in feed:
+                    got.append(int(message))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                tg.start_soon(consume)
+                with anyio.fail_after(10):
+                    while len(got) < 20:
+                        await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+    assert sorted(got) == list(range(20))
+    assert not [e for e in events if isinstance(e, Disconnected)
+                and e.reason is not Reason.STOPPED]
