@@ -11,10 +11,7 @@ hard timeouts; time bounds many times what they guard.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import re
 import socket
 import threading
 import time
@@ -29,6 +26,7 @@ import nonstop
 from nonstop import Disconnected, Reason, State
 
 from .test_driver_behaviour import FAST, burst, server
+from .test_streams import accept_upgrade
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
 
@@ -224,15 +222,7 @@ def pong_and_message_server() -> Iterator[tuple[int, dict[int, float]]]:
         with contextlib.suppress(OSError):
             conn, _ = listener.accept()
             with conn:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += conn.recv(4096)
-                key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request)
-                assert key is not None
-                accept = base64.b64encode(hashlib.sha1(
-                    key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                accept_upgrade(conn)
                 buf = bytearray()
                 n = 0
                 while True:

@@ -376,6 +376,19 @@ def test_read_size_stops_growing_before_a_read_would_overflow_the_queue() -> Non
     assert reads.update(256 * 1024) == 1 << 20
 
 
+def accept_upgrade(conn: socket.socket) -> None:
+    """Read a client's WebSocket upgrade request on *conn* and answer 101."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += conn.recv(4096)
+    key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request)
+    assert key is not None
+    accept = base64.b64encode(hashlib.sha1(
+        key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+
 def blast_server(frames: bytes, *, reset: bool = False) -> tuple[socket.socket, threading.Thread]:
     """A bare TCP server that accepts one WebSocket client and writes
     *frames* in one ``sendall`` (faster than any library server); then an
@@ -385,15 +398,7 @@ def blast_server(frames: bytes, *, reset: bool = False) -> tuple[socket.socket, 
     def serve() -> None:
         conn, _ = listener.accept()
         with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(4096)
-            key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request)
-            assert key is not None
-            accept = base64.b64encode(hashlib.sha1(
-                key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            accept_upgrade(conn)
             conn.recv(4096)  # the client's "go"
             conn.sendall(frames)
             if reset:
