@@ -274,12 +274,7 @@ class AsyncFeed:
         try:
             while not len(buffer):
                 if self._done.is_set():
-                    if self._crash is not None:
-                        raise self._crash
-                    gave_up = self._observer.gave_up()
-                    if gave_up is not None:
-                        raise gave_up
-                    raise StopAsyncIteration
+                    self._observer.end(self._crash, StopAsyncIteration)
                 if self._wait_readable is not None and await self._consumer_read():
                     continue
                 if self._inline_read():

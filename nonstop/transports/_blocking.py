@@ -290,12 +290,7 @@ class SyncFeed:
                         self._made_room()
                         return got
                     if self._done.is_set():
-                        if self._crash is not None:
-                            raise self._crash
-                        gave_up = self._observer.gave_up()
-                        if gave_up is not None:
-                            raise gave_up
-                        raise StopIteration
+                        self._observer.end(self._crash, StopIteration)
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError(f"no message within {timeout}s")

@@ -26,7 +26,7 @@ import random
 import ssl as _ssl
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from ..core import (
     AlertPolicy,
@@ -425,4 +425,15 @@ class Observer:
         if stopped is not None and stopped.reason is not Reason.STOPPED:
             return FeedGaveUp(stopped)
         return None
+
+    def end(self, crash: BaseException | None, stop: type[Exception]) -> NoReturn:
+        """A consumer asked for messages after the feed ended: raise the
+        driver's crash, :class:`FeedGaveUp` (it gave up) or *stop* (a stop:
+        ``StopIteration`` or ``StopAsyncIteration``)."""
+        if crash is not None:
+            raise crash
+        gave_up = self.gave_up()
+        if gave_up is not None:
+            raise gave_up
+        raise stop
 
