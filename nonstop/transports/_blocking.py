@@ -27,8 +27,9 @@ variable, with the same slow-consumer policies as the anyio driver.
 
 **Whoever waits runs the loop.**  A consumer that finds the buffer empty
 does not sleep until the I/O thread hands it messages (a thread hop: a
-condition variable and the GIL, about 12 µs per echo and a tenth of the
-1 KiB throughput on the bench): it takes the loop over and runs it itself
+condition variable and the GIL, about 12 µs per echo on the bench, and
+reads in the I/O thread's malloc arena cost 64 KiB messages a fifth of
+their rate in page faults): it takes the loop over and runs it itself
 until messages come, then gives it back on its way out of ``next()``.  One
 thread at a time owns the loop (``_owner``, under the condition):
 
