@@ -107,6 +107,8 @@ _HINTS = {
 _AUTH_STATUSES = frozenset({401, 403})
 _LATER_STATUSES = frozenset({429, 503})
 _POLICY_CODE = 1008
+# Where bytes from the server are expected (a tuple: _require's order).
+_RECEIVING = (State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING)
 _TRY_AGAIN_LATER = 1013
 
 
@@ -201,27 +203,29 @@ class FeedCore:
         state = self._state
         if state is State.STOPPED:
             return None
-        candidates: list[float] = []
-        alert = self._alerts.next_deadline()
-        if alert is not None:
-            candidates.append(alert)
-        if state is State.BACKOFF:
-            assert self._retry_at is not None
-            candidates.append(self._retry_at)
-        elif state is State.OPEN:
+        # The earliest of a few optional times, without a list: a driver asks
+        # after every read, so this is on the hot path.
+        best = self._alerts.next_deadline()
+        if state is State.OPEN:
             assert self._health is not None
-            if self._deferred is not None:
-                candidates.append(self._deferred[1])
-            health = self._health.next_deadline()
-            if health is not None:
-                candidates.append(health)
+            t = self._health.next_deadline()
+            if t is not None and (best is None or t < best):
+                best = t
+            if self._deferred is not None and (best is None or self._deferred[1] < best):
+                best = self._deferred[1]
             if self._pending_acks and self._paused_at is None:
-                candidates.append(min(self._pending_acks.values()))
-            if self._stable_at is not None:
-                candidates.append(self._stable_at)
-        elif self._deadline is not None:
-            candidates.append(self._deadline)
-        return min(candidates) if candidates else None
+                t = min(self._pending_acks.values())
+                if best is None or t < best:
+                    best = t
+            t = self._stable_at
+        elif state is State.BACKOFF:
+            assert self._retry_at is not None
+            t = self._retry_at
+        else:
+            t = self._deadline
+        if t is not None and (best is None or t < best):
+            best = t
+        return best
 
     def metrics(self, now: float) -> Metrics:
         """A snapshot of the feed's counters at *now* (changes nothing)."""
@@ -352,7 +356,8 @@ class FeedCore:
             raise LocalProtocolError(f"data must be bytes, got {type(data).__name__}")
         if not data:
             raise LocalProtocolError("receive_data(b'') is not EOF: call receive_eof(now)")
-        self._require("receive_data", State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING)
+        if self._state not in _RECEIVING:
+            self._require("receive_data", *_RECEIVING)
         self._now = now
         self._bytes += len(data)
         framing = self._framing
@@ -456,10 +461,13 @@ class FeedCore:
         is kept for a later connection.
         """
         self._tick(now)
-        try:
-            payload = encode_message(message)
-        except ConfigError as exc:
-            raise LocalProtocolError(str(exc)) from None
+        if type(message) is str:  # the common case, without a call
+            payload: Payload = message
+        else:
+            try:
+                payload = encode_message(message)
+            except ConfigError as exc:
+                raise LocalProtocolError(str(exc)) from None
         if self._state is not State.OPEN or self._framing is None or not self._framing.is_open:
             raise NotConnected(f"cannot send while {self._state.value}; wait for Connected")
         self._now = now

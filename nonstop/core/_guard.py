@@ -264,6 +264,8 @@ class AlertTracker:
         return out
 
     def next_deadline(self) -> float | None:
+        if self.down_since is None and not self.active:
+            return None  # connected, no alert: the common case, asked after every read
         deadlines = []
         down_for = self.policy.down_for
         if down_for is not None and self.down_since is not None and AlertKind.DOWN not in self.active:

@@ -101,16 +101,22 @@ class Health:
         return None if timeout is None else after(self.last_rx, timeout)
 
     def next_deadline(self) -> float | None:
-        if self.paused:
-            candidates = [t for t in (self.next_ping, self.app_next) if t is not None]
-        else:
-            candidates = [
-                t
-                for t in (self.next_ping, self.pong_due, self.app_next, self.app_pong_due,
-                          self.silence_deadline())
-                if t is not None
-            ]
-        return min(candidates) if candidates else None
+        # The earliest set time, without a list (the driver asks after every read).
+        best = self.next_ping
+        t = self.app_next
+        if t is not None and (best is None or t < best):
+            best = t
+        if self.paused:  # no liveness verdict while not reading
+            return best
+        for t in (self.pong_due, self.app_pong_due):
+            if t is not None and (best is None or t < best):
+                best = t
+        timeout = self._config.silence_timeout
+        if timeout is not None:
+            t = after(self.last_rx, timeout)
+            if best is None or t < best:
+                best = t
+        return best
 
     def _verdict(self, now: float) -> tuple[Reason, str] | None:
         config = self._config
