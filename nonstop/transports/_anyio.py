@@ -74,7 +74,16 @@ from ..core import (
     Subscription,
 )
 from ..core._state import HAS_TRANSPORT
-from ._common import HANDBACK, MIN_READ, DriverOptions, MessageBuffer, Observer, ReadSize, WriteStalled
+from ._common import (
+    HANDBACK,
+    MIN_READ,
+    DriverOptions,
+    MessageBuffer,
+    Observer,
+    ReadSize,
+    WriteStalled,
+    take_pending,
+)
 from ._streams import AnyioStream, AsyncioStream, Stream, _on_asyncio, loop_clock, open_stream
 
 __all__ = ["AsyncFeed"]
@@ -266,8 +275,8 @@ class AsyncFeed:
 
     async def batches(self, limit: int = TAKE) -> AsyncIterator[list[str | bytes]]:
         """Iterate messages in lists, as many as are ready (up to *limit*):
-        the fastest way to consume a busy feed.  Don't mix with plain
-        iteration on the same feed."""
+        the fastest way to consume a busy feed.  After plain iteration the
+        messages it took and did not hand out come first, in order."""
         while True:
             try:
                 yield await self._take(limit)
@@ -275,7 +284,12 @@ class AsyncFeed:
                 return
 
     async def records(self) -> AsyncIterator[Message]:
-        """Iterate messages with their metadata (connection number, receive time)."""
+        """Iterate messages with their metadata (connection number, receive time).
+
+        Don't mix with plain iteration or :meth:`batches` on one feed: the
+        messages those took and did not hand out yet have no metadata
+        left, so they are not in this iteration (they stay for the next
+        plain one)."""
         while True:
             try:
                 await self._wait_messages()
@@ -288,9 +302,8 @@ class AsyncFeed:
 
     async def _take(self, limit: int) -> list[str | bytes]:
         if self._local:  # left by plain iteration
-            local, self._local = self._local, []
-            local.reverse()
-            return local
+            batch, self._local = take_pending(self._local, limit)
+            return batch
         await self._wait_messages()
         batch = self._buffer.take(limit)
         self._made_room()

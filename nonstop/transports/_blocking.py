@@ -59,6 +59,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
+import operator
 import os
 import selectors
 import socket
@@ -93,6 +95,7 @@ from ._common import (
     Observer,
     ReadSize,
     WriteStalled,
+    take_pending,
 )
 
 __all__ = ["SyncFeed"]
@@ -102,6 +105,10 @@ E = TypeVar("E", bound=AppEvent)
 HIGH_WATER = 1 << 20
 FAILURE_GRACE = 1.0
 TAKE = 512
+#: ``for message in feed``: messages up to this size are held until their
+#: batch is consumed, bigger ones are let go one by one (see __iter__).
+HOLD_SIZE = 4096
+_END: Any = object()  # the end of a popped batch
 #: ``_owner`` values besides a consumer's thread ident.
 _FREE = 0
 _IO = -1
@@ -159,6 +166,8 @@ class SyncFeed:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._stop_requested = False
         self._local: list[str | bytes] = []  # taken by __next__, reversed
+        # a ``for`` loop's current batch and its iterator (see __iter__)
+        self._run_left: tuple[list[str | bytes], Iterator[str | bytes] | None] | None = None
         self._consumer_waiting = False  # blocked in __next__ for lack of messages
         self._consumer_seen = False
         # Who runs the loop (see the module docstring); guarded by _cond.
@@ -232,9 +241,58 @@ class SyncFeed:
     # ------------------------------------------------------------------
     # the application's side
     def __iter__(self) -> Iterator[str | bytes]:
-        return self
+        """``for message in feed``: C iterators per message, Python per
+        batch.  A ``for`` loop's step is an iterator over the batch being
+        consumed, chained by :func:`itertools.chain` (for a 1 KiB message 15
+        ns, against 70 ns for a ``__next__`` method: 10 % of its cost).
+        Small messages: the list's own iterator.  Big ones (over
+        :data:`HOLD_SIZE`): ``list.pop`` until a sentinel, so that each
+        message is let go once consumed, as with ``next()`` -- a batch of
+        512 kept to its end cost 64 KiB messages half their rate in page
+        faults.  Nothing is lost when the loop breaks: the batch and its
+        iterator are kept in ``_run_left``, and the next call of any other
+        kind (``next(feed)``, ``receive``, ``batches``, a new loop) first
+        takes back what the iterator had not reached (:meth:`_reclaim`)."""
+        return itertools.chain.from_iterable(self._runs())
+
+    def _runs(self) -> Iterator[Iterator[str | bytes]]:
+        while True:
+            try:
+                batch = self._take(TAKE, None)
+            except StopIteration:
+                return
+            run: Iterator[str | bytes]
+            if len(batch[0]) <= HOLD_SIZE:
+                run = iter(batch)
+                self._run_left = (batch, run)
+            else:
+                batch.append(_END)
+                batch.reverse()
+                run = iter(batch.pop, _END)
+                self._run_left = (batch, None)
+            yield run
+
+    def _reclaim(self) -> None:
+        """Take back the messages a ``for`` loop's batch iterator has not
+        reached (it broke out, or another call came in between), in order,
+        ahead of anything else; that iterator then yields nothing more."""
+        assert self._run_left is not None
+        batch, run = self._run_left
+        self._run_left = None
+        if run is not None:  # a list iterator
+            left = operator.length_hint(run)
+            rest = batch[len(batch) - left:]
+            batch.clear()  # the old iterator is exhausted: no message twice
+            rest.reverse()  # as _local keeps them: oldest last
+        else:  # popped up to the sentinel at [0]: the rest is reversed already
+            rest = batch[1:]
+            del batch[1:]  # the old iterator's next pop is the sentinel
+        if rest:
+            self._local = self._local + rest  # (empty then: a batch is taken only once _local is)
 
     def __next__(self) -> str | bytes:
+        if self._run_left is not None:
+            self._reclaim()
         local = self._local
         if local:
             return local.pop()
@@ -246,6 +304,8 @@ class SyncFeed:
     def receive(self, timeout: float | None = None) -> str | bytes:
         """The next message; :class:`TimeoutError` after *timeout* seconds,
         :class:`StopIteration` once the feed has stopped."""
+        if self._run_left is not None:
+            self._reclaim()
         local = self._local
         if local:
             return local.pop()
@@ -253,7 +313,9 @@ class SyncFeed:
 
     def batches(self, limit: int = TAKE) -> Iterator[list[str | bytes]]:
         """Messages in lists, as many as are ready (up to *limit*): the
-        fastest way to consume a busy feed.  Don't mix with plain iteration."""
+        fastest way to consume a busy feed.  After plain iteration (a
+        ``for`` loop left by ``break``, or ``next()``) the messages it took
+        and did not hand out come first, in order."""
         while True:
             try:
                 yield self._take(limit, None)
@@ -261,7 +323,12 @@ class SyncFeed:
                 return
 
     def records(self) -> Iterator[Message]:
-        """Iterate messages with metadata (connection number, receive time)."""
+        """Iterate messages with metadata (connection number, receive time).
+
+        Don't mix with plain iteration or :meth:`batches` on one feed: the
+        messages those took and did not hand out yet have no metadata
+        left, so they are not in this iteration (they stay for the next
+        plain one)."""
         buffer = self._buffer
         while True:
             try:
@@ -271,10 +338,11 @@ class SyncFeed:
             yield from records
 
     def _take(self, limit: int, timeout: float | None) -> list[str | bytes]:
+        if self._run_left is not None:
+            self._reclaim()
         if self._local:  # left by plain iteration
-            local, self._local = self._local, []
-            local.reverse()
-            return local
+            batch, self._local = take_pending(self._local, limit)
+            return batch
         buffer = self._buffer
         return self._await(lambda: buffer.take(limit), timeout)
 

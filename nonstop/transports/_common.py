@@ -242,6 +242,19 @@ def build_driver_options(
     )
 
 
+def take_pending(pending: list[Payload], limit: int) -> tuple[list[Payload], list[Payload]]:
+    """Up to *limit* of the messages plain iteration took from the buffer
+    and has not handed out yet (kept reversed, the oldest last, so that
+    ``pop()`` is O(1)): those, oldest first, and what is left, as kept."""
+    if len(pending) <= limit:
+        pending.reverse()
+        return pending, []
+    taken = pending[-limit:]
+    del pending[-limit:]
+    taken.reverse()
+    return taken, pending
+
+
 class MessageBuffer:
     """The bounded queue of messages between a driver and its application.
 

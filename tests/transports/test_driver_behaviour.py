@@ -104,6 +104,65 @@ def test_backpressure_in_the_blocking_driver() -> None:
     assert metrics.messages_dropped == 0 and metrics.connection == 1
 
 
+@pytest.mark.parametrize("pad", [0, 5000], ids=["small", "big"])  # big: over HOLD_SIZE
+def test_blocking_for_loops_lose_and_repeat_nothing_when_mixed(pad: int) -> None:
+    # `for message in feed` walks each batch with a C iterator; breaking out
+    # of it, or calling next()/receive()/batches() in between, must hand on
+    # exactly the messages it had not reached, in order.
+    count = 3000 if not pad else 300
+    with server(burst(count, pad=pad)) as port:
+        with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
+            feed.wait_connected(10)
+            deadline = time.monotonic() + 10
+            while feed.metrics().messages_received < count and time.monotonic() < deadline:
+                time.sleep(0.01)  # all queued: the first loop's batch holds many
+            got: list[str | bytes] = []
+            for message in feed:
+                got.append(message)
+                if len(got) == 5:
+                    break
+            got.append(next(feed))
+            got.append(feed.receive(timeout=10))
+            it = iter(feed)
+            got += [next(it), next(feed), next(it), next(it)]
+            for batch in feed.batches(limit=3):
+                assert len(batch) == 3  # the limit holds for what a loop left, too
+                got += batch
+                break
+            for message in it:  # the old loop's iterator goes on where it is
+                got.append(message)
+                if len(got) == count - 10:
+                    break
+            for message in feed:
+                got.append(message)
+                if len(got) == count:
+                    break
+            with pytest.raises(TimeoutError):
+                feed.receive(timeout=0.2)  # nothing left over, nothing twice
+    assert [int(str(m).split(":")[0]) for m in got] == list(range(count))
+
+
+@pytest.mark.anyio
+async def test_async_iteration_mixed_with_batches_in_order() -> None:
+    count = 2000
+    with server(burst(count)) as port:
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
+            await feed.wait_connected(10)
+            with anyio.fail_after(20):
+                while feed.metrics().messages_received < count:
+                    await anyio.sleep(0.01)
+                got: list[str | bytes] = [await feed.__anext__() for _ in range(3)]
+                async for batch in feed.batches(limit=2):
+                    assert len(batch) == 2  # what plain iteration left, within the limit
+                    got += batch
+                    break
+                async for message in feed:
+                    got.append(message)
+                    if len(got) == count:
+                        break
+    assert [int(m) for m in got] == list(range(count))
+
+
 @pytest.mark.anyio
 async def test_drop_oldest_keeps_the_newest_messages() -> None:
     with server(burst(1000)) as port, anyio.fail_after(30):
