@@ -50,6 +50,7 @@ the stream: no task, socket or file descriptor is left behind.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -183,6 +184,7 @@ class AsyncFeed:
         self._writing = False
         self._written = anyio.Event()
         self._done = anyio.Event()
+        self._finished = False  # _done is set (a plain test for the consumer's hot path)
         self._crash: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._waiters: list[tuple[Callable[[AppEvent], bool], anyio.Event, list[AppEvent]]] = []
@@ -319,11 +321,11 @@ class AsyncFeed:
         buffer = self._buffer
         try:
             while not len(buffer):
-                if self._done.is_set():
+                if self._finished:
                     self._observer.end(self._crash, StopAsyncIteration)
                 if self._wait_readable is not None and await self._consumer_read():
                     continue
-                if self._inline_read():
+                if self._reads.now > MIN_READ and self._inline_read():  # (a burst)
                     continue
                 if self._has_data.is_set():
                     self._has_data = self._new_event()
@@ -473,6 +475,7 @@ class AsyncFeed:
                 try:
                     self._settle_core()
                 finally:  # whatever happens, nobody waits for this task any more
+                    self._finished = True
                     self._done.set()
                     self._has_data.set()
                     self._idle.set()
@@ -686,7 +689,7 @@ class AsyncFeed:
             return
         self._stream = stream
         if type(stream) is AsyncioStream:
-            stream.set_sink(lambda data, now: self._on_data(stream, data, now))
+            stream.set_sink(functools.partial(self._on_data, stream))  # (no Python frame)
         core.transport_opened(self._clock())
 
     async def _consumer_read(self) -> bool:
