@@ -92,7 +92,8 @@ __all__ = ["AsyncFeed"]
 E = TypeVar("E", bound=AppEvent)
 
 #: States in which the core reads from its transport.
-_READ_STATES = frozenset({State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING})
+# (a tuple: membership tests identity first; an Enum hashes in Python)
+_READ_STATES = (State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING)
 #: Messages the consumer takes from the queue at a time.
 TAKE = 512
 #: Longest wait for the application to take the messages that came just
