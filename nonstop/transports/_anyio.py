@@ -271,7 +271,9 @@ class AsyncFeed:
         local = self._local
         if local:
             return local.pop()
-        batch = await self._take(TAKE)
+        await self._wait_messages()  # (_take, inlined: one coroutine less per wait)
+        batch = self._buffer.take(TAKE)
+        self._made_room()
         batch.reverse()  # pop() from the end is O(1)
         self._local = batch
         return batch.pop()
@@ -788,7 +790,8 @@ class AsyncFeed:
     def _may_sink(self, stream: Stream) -> bool:
         """May bytes from *stream* be handled outside the loop's task, now?"""
         return not (self._parked is not stream or self._writing or self._buffer.held
-                    or self._sink_error is not None or not self._live(stream))
+                    or self._sink_error is not None
+                    or stream is not self._stream or self._core.state not in _READ_STATES)  # (_live)
 
     def _on_data(self, stream: Stream, data: bytes, now: float) -> bool:
         """A read outside the loop's task (asyncio: in the protocol's

@@ -344,3 +344,21 @@ def test_a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() -> None:
     framing = open_framing(max_size=None)
     huge = bytes([0x82, 127]) + (1 << 63).to_bytes(8, "big") + b"x" * 10
     assert flatten(framing.feed(frame(TEXT, b"ok") + huge)) == ["ok", ("failed", 1002)]
+
+
+def test_a_run_of_messages_is_an_ordinary_frozen_messages_event() -> None:
+    # The core makes Messages through the slots' setters, not __init__:
+    # what comes out must be the same value in every way.
+    import dataclasses
+
+    pair = Pair(ping_interval=None)
+    pair.connect()
+    pair.feed(frame(TEXT, b"a") + frame(BINARY, b"b"))
+    pair.pump()
+    (run,) = pair.batches
+    expected = Messages(data=["a", b"b"], connection=1, received_at=pair.now)
+    assert type(run) is Messages
+    assert run == expected and repr(run) == repr(expected)
+    assert dataclasses.astuple(run) == dataclasses.astuple(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.connection = 2  # type: ignore[misc]
