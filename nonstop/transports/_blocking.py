@@ -44,7 +44,11 @@ thread at a time owns the loop (``_owner``, under the condition):
 
 A consumer that finds the I/O thread owning the loop asks for it
 (``_wanted`` and the wake-up byte); the I/O thread hands it over at the top
-of its next turn.  Callbacks (``on_event``, the logger) run in whichever
+of its next turn.  While it does not own the loop the I/O thread waits on a
+condition of its own (``_io_cond``, over the same lock), notified only when
+the loop is free for it: the condition consumers and senders wait on is
+notified at every push and write, and each of those wake-ups took the GIL
+from the consumer.  Callbacks (``on_event``, the logger) run in whichever
 thread owns the loop.  A ``KeyboardInterrupt`` in a consumer that owns the
 loop almost always lands in ``select``, where nothing is lost; in the rare
 instant between a read and its dispatch, that read (or a lifecycle step)
