@@ -322,6 +322,7 @@ class AsyncFeed:
         """Return once messages are queued; at the end raise StopAsyncIteration
         (a stop), FeedGaveUp (it gave up) or the driver's crash."""
         buffer = self._buffer
+        self._consumer_seen = True
         try:
             while not len(buffer):
                 if self._finished:
@@ -598,7 +599,12 @@ class AsyncFeed:
         self._catching_up = True  # the consumer sets _idle when it waits
         try:
             with anyio.move_on_after(FAILURE_GRACE):
-                while self._consumer_seen and (len(self._buffer) or not self._consumer_waiting):
+                # Until none is queued and the consumer is back waiting for
+                # more (or never came: nothing to answer).  Queued messages
+                # are waited for even before the first iteration: an
+                # application that starts iterating a moment late would
+                # otherwise find the connection failed under its answer.
+                while len(self._buffer) or (self._consumer_seen and not self._consumer_waiting):
                     if self._idle.is_set():
                         self._idle = anyio.Event()
                     await self._idle.wait()

@@ -362,10 +362,12 @@ class SyncFeed:
         me = threading.get_ident()
         cond = self._cond
         running = False  # this thread owns the loop
+        self._consumer_seen = True
         try:
             while True:
                 with cond:
                     if len(self._buffer):
+                        self._consumer_waiting = False  # (under the lock: see _wait)
                         got = take()
                         self._made_room()
                         return got
@@ -716,11 +718,16 @@ class SyncFeed:
         core = self._core
         if core.failure_pending:
             # Give the application up to FAILURE_GRACE seconds to take (and
-            # answer) the messages that came just before a protocol error.
+            # answer) the messages that came just before a protocol error:
+            # until none is queued and the consumer is back waiting for more
+            # (or never came: then it has nothing to answer).  Queued
+            # messages are waited for even before the first iteration -- an
+            # application that starts iterating a moment after connect()
+            # would otherwise find the connection failed under its answer.
             with self._cond:
                 self._cond.wait_for(
-                    lambda: not self._consumer_seen
-                    or (not len(self._buffer) and self._consumer_waiting),
+                    lambda: not len(self._buffer)
+                    and (self._consumer_waiting or not self._consumer_seen),
                     FAILURE_GRACE,
                 )
         with self._cond:

@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 import pytest
 from websockets.sync.server import ServerConnection, serve
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 import nonstop
 from nonstop import Backoff, Disconnected, Reason, State
@@ -140,6 +142,73 @@ def test_blocking_for_loops_lose_and_repeat_nothing_when_mixed(pad: int) -> None
             with pytest.raises(TimeoutError):
                 feed.receive(timeout=0.2)  # nothing left over, nothing twice
     assert [int(str(m).split(":")[0]) for m in got] == list(range(count))
+
+
+@contextmanager
+def message_then_protocol_error() -> Iterator[tuple[int, list[object]]]:
+    """A server that, right after the upgrade, sends a fragmented text
+    message and then a continuation frame with nothing to continue
+    (Autobahn 5.15), and records what the client sends: the client must
+    still be able to answer the message, then fail with 1002."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[object] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            ws = WSConnection(ConnectionType.SERVER)
+            while not any(isinstance(e, Request) for e in seen):
+                ws.receive_data(conn.recv(4096))
+                seen.extend(ws.events())
+            conn.sendall(ws.send(AcceptConnection()))
+            conn.sendall(b"\x01\x09fragment1\x80\x09fragment2\x00\x09fragment3")
+            while not any(isinstance(e, CloseConnection) for e in seen):
+                data = conn.recv(4096)
+                if not data:
+                    break
+                ws.receive_data(data)
+                seen.extend(ws.events())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], seen
+    finally:
+        thread.join(10)
+        listener.close()
+
+
+def answers_then_close(seen: list[object]) -> list[object]:
+    return [(type(e).__name__, getattr(e, "data", getattr(e, "code", None)))
+            for e in seen if isinstance(e, (TextMessage, CloseConnection))]
+
+
+def test_blocking_a_late_consumer_answers_the_messages_before_a_protocol_error() -> None:
+    # The application starts iterating only after the bad bytes arrived: the
+    # failure waits (up to a second) until it took and answered the message.
+    with message_then_protocol_error() as (port, seen):
+        with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", max_attempts=1, **FAST) as feed:
+            feed.wait_connected(10)
+            time.sleep(0.2)
+            with pytest.raises(nonstop.FeedGaveUp):
+                for message in feed:
+                    feed.send(message)
+    assert answers_then_close(seen) == [("TextMessage", "fragment1fragment2"),
+                                        ("CloseConnection", 1002)]
+
+
+@pytest.mark.anyio
+async def test_a_late_consumer_answers_the_messages_before_a_protocol_error() -> None:
+    with message_then_protocol_error() as (port, seen):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", max_attempts=1, **FAST) as feed:
+            await feed.wait_connected(10)
+            await anyio.sleep(0.2)
+            with pytest.raises(nonstop.FeedGaveUp):
+                async for message in feed:
+                    await feed.send(message)
+    assert answers_then_close(seen) == [("TextMessage", "fragment1fragment2"),
+                                        ("CloseConnection", 1002)]
 
 
 @pytest.mark.anyio
