@@ -18,7 +18,7 @@ from websockets.sync.server import ServerConnection
 import nonstop
 from nonstop import Disconnected
 
-from .test_driver_behaviour import FAST, burst, server
+from .test_driver_behaviour import FAST, burst, ping_while_busy, server
 from .test_tls import CERTS, client_context, tls_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,17 +37,7 @@ def test_pings_are_answered_while_the_consumer_is_busy() -> None:
     server's ping long before the consumer returns."""
     answered: list[float] = []
 
-    def handler(ws: ServerConnection) -> None:
-        ws.send("first")
-        assert ws.recv(10) == "busy now"
-        t0 = time.monotonic()
-        if ws.ping().wait(10):
-            answered.append(time.monotonic() - t0)
-        ws.send("second")
-        for _ in ws:
-            pass
-
-    with server(handler) as port:
+    with server(ping_while_busy(answered)) as port:
         with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
             assert feed.receive(timeout=10) == "first"  # the consumer ran the loop for this
             feed.send("busy now")

@@ -25,7 +25,7 @@ from websockets.sync.server import ServerConnection
 import nonstop
 from nonstop import Disconnected, Reason, State
 
-from .test_driver_behaviour import FAST, burst, server
+from .test_driver_behaviour import FAST, burst, ping_while_busy, server
 from .test_streams import accept_upgrade
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
@@ -54,18 +54,7 @@ async def test_pings_are_answered_while_the_consumer_is_busy(anyio_backend: str)
     back and answers the server's ping long before the consumer returns."""
     answered: list[float] = []
 
-    def handler(ws: ServerConnection) -> None:
-        assert ws.recv(10) == "go"
-        ws.send("first")
-        assert ws.recv(10) == "busy now"
-        t0 = time.monotonic()
-        if ws.ping().wait(10):
-            answered.append(time.monotonic() - t0)
-        ws.send("second")
-        for _ in ws:
-            pass
-
-    with server(handler) as port, anyio.fail_after(30):
+    with server(ping_while_busy(answered, go=True)) as port, anyio.fail_after(30):
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
             await take_the_socket(feed, anyio_backend)
             await feed.send("go")

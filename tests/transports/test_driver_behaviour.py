@@ -57,6 +57,26 @@ def burst(count: int, then_wait: bool = True, pad: int = 0) -> Callable[[ServerC
     return handler
 
 
+def ping_while_busy(answered: list[float], *, go: bool = False) -> Callable[[ServerConnection], None]:
+    """Send "first"; once the client says "busy now", ping it and record
+    in *answered* how long the pong took; then send "second" (with *go*:
+    first wait for the client's "go")."""
+
+    def handler(ws: ServerConnection) -> None:
+        if go:
+            assert ws.recv(10) == "go"
+        ws.send("first")
+        assert ws.recv(10) == "busy now"
+        t0 = time.monotonic()
+        if ws.ping().wait(10):
+            answered.append(time.monotonic() - t0)
+        ws.send("second")
+        for _ in ws:
+            pass
+
+    return handler
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
