@@ -19,6 +19,7 @@ import base64
 import hashlib
 import os
 import socket
+from urllib.parse import urlsplit
 
 __all__ = [
     "GUID",
@@ -126,6 +127,16 @@ def payload_for(kind: str, size: int) -> bytes:
     if kind == "binary":
         return (bytes(range(256)) * (size // 256 + 1))[:size]
     raise ValueError(f"payload kind must be 'text' or 'binary', not {kind!r}")
+
+
+def dial(url: str) -> tuple[socket.socket, str, str]:
+    """A TCP connection (``TCP_NODELAY``) to a ``ws://`` *url*'s host and
+    port: the socket, the ``Host`` value and the request target."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock, parts.netloc, parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 def client_handshake(sock: socket.socket, host: str, target: str) -> bytes:

@@ -20,18 +20,14 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import trio
-from wire import OP_BINARY, OP_TEXT, client_handshake, encode_frame, payload_for
+from wire import OP_BINARY, OP_TEXT, client_handshake, dial, encode_frame, payload_for
 
 READ_SIZE = 256 * 1024
 
 
 def _connect(url: str) -> tuple[socket.socket, bytes]:
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    target = f"{parts.path}?{parts.query}" if parts.query else parts.path
-    rest = client_handshake(sock, parts.netloc, target)
+    sock, host, target = dial(url)
+    rest = client_handshake(sock, host, target)
     sock.setblocking(False)
     return sock, rest
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import socket
 import time
-from urllib.parse import urlsplit
 
+from wire import dial
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Request, TextMessage
 
@@ -22,13 +22,9 @@ READ_SIZE = 256 * 1024
 
 
 def _open(url: str) -> tuple[socket.socket, WSConnection]:
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock, host, target = dial(url)
     ws = WSConnection(ConnectionType.CLIENT)
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    sock.sendall(ws.send(Request(host=parts.netloc, target=target)))
+    sock.sendall(ws.send(Request(host=host, target=target)))
     while True:
         ws.receive_data(sock.recv(READ_SIZE) or None)
         for event in ws.events():
