@@ -331,7 +331,9 @@ class Framing:
         """
         out: list[Item] = []
         run: list[Payload] = []
-        limit = self._max_size if self._max_size is not None else _NO_LIMIT
+        # (a 64-bit length with its top bit set is never simple: RFC 6455 5.2)
+        limit = _NO_LIMIT - 1 if self._max_size is None else min(self._max_size, _NO_LIMIT - 1)
+        small = min(limit, 125)
         n = len(data)
         if self._owed:
             end = min(pos + self._owed, n)
@@ -343,38 +345,45 @@ class Framing:
         while n - pos >= 2:
             if not self._fragmented:
                 # The hottest loop: whole text and binary frames in their
-                # shortest length form, nothing else.  Whatever it does not take falls
-                # through to the general case below, one frame at a time.
-                while n - pos >= 2:
-                    b0 = data[pos]
-                    if b0 != 0x81 and b0 != 0x82:
-                        break
-                    length = data[pos + 1]
-                    if length < 126:
-                        start = pos + 2
-                    elif length == 126 and n - pos >= 4:
-                        length = (data[pos + 2] << 8) | data[pos + 3]
-                        if length < 126:
+                # shortest length form, within the limit, nothing else.
+                # Whatever it does not take falls through to the general
+                # case below, one frame at a time.  Header bytes past the
+                # end raise IndexError (a zero-cost ``try``: no bounds test
+                # per frame); a 7-bit length within ``small`` is within the
+                # limit too.
+                try:
+                    while True:
+                        b0 = data[pos]
+                        length = data[pos + 1]
+                        if length <= small:
+                            start = pos + 2
+                        elif length == 126:
+                            length = (data[pos + 2] << 8) | data[pos + 3]
+                            if length < 126 or length > limit:
+                                break
+                            start = pos + 4
+                        elif length == 127 and n - pos >= 10:
+                            length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                            if length < 65536 or length > limit:
+                                break
+                            start = pos + 10
+                        else:
                             break
-                        start = pos + 4
-                    elif length == 127 and n - pos >= 10:
-                        length = int.from_bytes(data[pos + 2:pos + 10], "big")
-                        if length < 65536 or length >= _NO_LIMIT:
+                        end = start + length
+                        if end > n:
                             break
-                        start = pos + 10
-                    else:
-                        break
-                    end = start + length
-                    if end > n or length > limit:
-                        break
-                    if b0 == 0x82:
-                        append(data[start:end])
-                    else:
-                        try:
-                            append(data[start:end].decode())  # UTF-8, strict (no name: 10 ns less)
-                        except UnicodeDecodeError:
-                            break  # the general case reports it
-                    pos = end
+                        if b0 == 0x81:
+                            try:
+                                append(data[start:end].decode())  # UTF-8, strict (no name: 10 ns less)
+                            except UnicodeDecodeError:
+                                break  # the general case reports it
+                        elif b0 == 0x82:
+                            append(data[start:end])
+                        else:
+                            break
+                        pos = end
+                except IndexError:
+                    pass
                 if n - pos < 2:
                     break
             b0 = data[pos]

@@ -258,7 +258,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None]:
             parts.append(frame(CLOSE, (1000).to_bytes(2, "big")))
     data = b"".join(parts)
     cuts = draw(st.lists(st.integers(0, max(len(data), 1)), max_size=8))
-    limit = draw(st.sampled_from([None, 100, 65_536]))
+    limit = draw(st.sampled_from([None, 10, 100, 65_536]))
     return data, cuts, limit
 
 
@@ -344,6 +344,42 @@ def test_a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() -> None:
     framing = open_framing(max_size=None)
     huge = bytes([0x82, 127]) + (1 << 63).to_bytes(8, "big") + b"x" * 10
     assert flatten(framing.feed(frame(TEXT, b"ok") + huge)) == ["ok", ("failed", 1002)]
+
+
+@pytest.mark.parametrize("limit", [0, 10, 125, 126, 300])
+def test_a_message_over_a_small_limit_is_refused_as_the_reference_path_refuses_it(limit: int) -> None:
+    """The hot loop takes a 7-bit length only up to ``min(limit, 125)`` and
+    checks longer ones against the limit itself; a frame over the limit
+    goes to the general case, which fails the connection with 1009."""
+    for size in sorted({0, max(0, limit - 1), limit, limit + 1, 125, 126, 301}):
+        messages: list[str | bytes] = ["k", b"x" * size, "after"]
+        data = b"".join(frame(TEXT if isinstance(m, str) else BINARY,
+                              m.encode() if isinstance(m, str) else m) for m in messages)
+        expected: list[object] = []
+        for message in messages:
+            if len(message) > limit:
+                expected.append(("failed", 1009))
+                break
+            expected.append(message)
+        fast = feed_chunks(open_framing(limit), data, [])
+        reference = feed_chunks(open_framing(limit, fast=False), data, [])
+        assert fast[0] == reference[0] == expected, size
+
+
+def test_frames_that_end_exactly_at_the_end_of_a_read_leave_nothing_behind() -> None:
+    """The hot loop finds the end of a read by the IndexError of the next
+    header byte: a read cut after each byte of a 2-, 4- or 10-byte header
+    keeps exactly that partial header for the next read."""
+    frames = [frame(TEXT, b"t" * 5), frame(BINARY, b"b" * 300), frame(BINARY, b"B" * 70_000)]
+    for index, whole in enumerate(frames):
+        header = {0: 2, 1: 4, 2: 10}[index]
+        for cut in range(header + 1):
+            framing = open_framing()
+            data = frame(TEXT, b"before") + whole + frame(TEXT, b"after")
+            first = framing.feed(data[:len(frame(TEXT, b"before")) + cut])
+            assert flatten(first) == ["before"], (index, cut)
+            rest = framing.feed(data[len(frame(TEXT, b"before")) + cut:])
+            assert flatten(rest) == [whole[header:].decode() if index == 0 else whole[header:], "after"], (index, cut)
 
 
 def test_a_run_of_messages_is_an_ordinary_frozen_messages_event() -> None:
