@@ -379,7 +379,8 @@ def test_frames_that_end_exactly_at_the_end_of_a_read_leave_nothing_behind() -> 
             first = framing.feed(data[:len(frame(TEXT, b"before")) + cut])
             assert flatten(first) == ["before"], (index, cut)
             rest = framing.feed(data[len(frame(TEXT, b"before")) + cut:])
-            assert flatten(rest) == [whole[header:].decode() if index == 0 else whole[header:], "after"], (index, cut)
+            payload = whole[header:]
+            assert flatten(rest) == [payload.decode() if index == 0 else payload, "after"], (index, cut)
 
 
 def test_a_run_of_messages_is_an_ordinary_frozen_messages_event() -> None:
