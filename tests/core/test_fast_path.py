@@ -366,7 +366,7 @@ def test_a_message_over_a_small_limit_is_refused_as_the_reference_path_refuses_i
         assert fast[0] == reference[0] == expected, size
 
 
-def test_frames_that_end_exactly_at_the_end_of_a_read_leave_nothing_behind() -> None:
+def test_a_read_cut_inside_a_frame_header_keeps_that_part_for_the_next_read() -> None:
     """The hot loop finds the end of a read by the IndexError of the next
     header byte: a read cut after each byte of a 2-, 4- or 10-byte header
     keeps exactly that partial header for the next read."""
