@@ -202,12 +202,15 @@ class Framing:
     """One connection's wire protocol.  Create a new one per connection."""
 
     __slots__ = ("_big_decoder", "_big_need", "_big_parts", "_big_text", "_dead", "_fast",
-                 "_fragmented", "_handshake", "_key_at", "_keys", "_keys_fork", "_max_size",
-                 "_owed", "_parts", "_passthrough", "_size", "_tail", "_ws", "outgoing")
+                 "_fragmented", "_handshake", "_key_at", "_keys", "_keys_fork", "_limit",
+                 "_max_size", "_owed", "_parts", "_passthrough", "_size", "_tail", "_ws", "outgoing")
 
     def __init__(self, max_message_size: int | None, *, fast: bool = True) -> None:
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._max_size = max_message_size
+        # The largest payload the fast path takes (a 64-bit length with its
+        # top bit set is never simple: RFC 6455 5.2).
+        self._limit = _NO_LIMIT - 1 if max_message_size is None else min(max_message_size, _NO_LIMIT - 1)
         self._parts: list[str] | list[bytes] = []
         self._size = 0
         self._dead = False
@@ -333,8 +336,7 @@ class Framing:
         """
         out: list[Item] = []
         run: list[Payload] = []
-        # (a 64-bit length with its top bit set is never simple: RFC 6455 5.2)
-        limit = _NO_LIMIT - 1 if self._max_size is None else min(self._max_size, _NO_LIMIT - 1)
+        limit = self._limit
         small = min(limit, 125)
         n = len(data)
         if self._owed:

@@ -108,13 +108,8 @@ class Health:
             best = t
         if self.paused:  # no liveness verdict while not reading
             return best
-        for t in (self.pong_due, self.app_pong_due):
+        for t in (self.pong_due, self.app_pong_due, self.silence_deadline()):
             if t is not None and (best is None or t < best):
-                best = t
-        timeout = self._config.silence_timeout
-        if timeout is not None:
-            t = after(self.last_rx, timeout)
-            if best is None or t < best:
                 best = t
         return best
 

@@ -800,8 +800,7 @@ class AsyncFeed:
     def _may_sink(self, stream: Stream) -> bool:
         """May bytes from *stream* be handled outside the loop's task, now?"""
         return not (self._parked is not stream or self._writing or self._buffer.held
-                    or self._sink_error is not None
-                    or stream is not self._stream or self._core.state not in _READ_STATES)  # (_live)
+                    or self._sink_error is not None or not self._live(stream))
 
     def _on_data(self, stream: Stream, data: bytes, now: float) -> bool:
         """A read outside the loop's task (asyncio: in the protocol's
