@@ -290,6 +290,23 @@ def _unmasked(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_both_paths_count_a_character_cut_by_a_fragment_end(fast: bool) -> None:
+    """Fragmented messages go through wsproto on both paths; the bytes its
+    text decoder holds back still count against the limit (16 here)."""
+    raw = "00\x80\x80\x80\x80\U00010000\U00010000".encode()
+    framing = open_framing(16, fast=fast)
+    items = flatten(framing.feed(frame(TEXT, raw[:17], fin=False) + frame(PING, b"p")))
+    assert items == [("failed", 1009)]
+
+
+def test_nothing_is_held_back_without_a_wsproto_connection() -> None:
+    """Before the handshake wsproto has no connection (nor, should its
+    internals ever move, the decoder this reads): 0, and the limit falls
+    back to the decoded size."""
+    assert Framing(16)._held_back() == 0
+
+
 def test_the_reference_path_still_works_end_to_end() -> None:
     """``fast=False`` is a real path (the differential fuzzer's reference)."""
     framing = open_framing(fast=False, trailing=frame(TEXT, b"t"))

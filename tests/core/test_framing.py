@@ -597,6 +597,41 @@ def test_fragmented_text_size_is_counted_in_utf8_bytes() -> None:
     assert_too_big(pair, events)
 
 
+def test_a_character_cut_by_the_end_of_a_fragment_counts_at_once() -> None:
+    """17 of an 18-byte text message's bytes, the last three the start of a
+    4-byte character (a fragment may end inside one, RFC 6455 5.4): over a
+    limit of 16 now, before the ping that follows is answered.  (Found by
+    the chunking property: the decoded text alone is 14 bytes.)"""
+    raw = "00\x80\x80\x80\x80\U00010000\U00010000".encode()
+    assert len(raw) == 18
+    pair = open_pair(max_message_size=16)
+    events = feed(pair, frame(TEXT, raw[:17], fin=False) + frame(PING, b"p"))
+    assert_too_big(pair, events)
+    assert [op for op, _, _ in client_frames(pair)] == [CLOSE]
+
+
+def test_a_character_cut_within_the_limit_is_not_counted_twice() -> None:
+    """The held-back bytes count once: with them the fragment is exactly at
+    the limit, and the rest of the character completes the message there."""
+    raw = ("a" * 7 + "\u00e9\u00e9").encode()  # 11 bytes
+    pair = open_pair(max_message_size=11)
+    assert feed(pair, frame(TEXT, raw[:10], fin=False)) == []  # 7 + 2 + 1 held back
+    assert feed(pair, frame(PING, b"p")) == []
+    assert [op for op, _, _ in client_frames(pair)] == [PONG]
+    feed(pair, frame(CONT, raw[10:]))
+    assert pair.messages() == ["a" * 7 + "\u00e9\u00e9"]
+
+
+def test_a_huge_text_frame_fails_on_the_byte_that_crosses_the_limit() -> None:
+    """Within one frame too: the 11th byte, the first of a 2-byte
+    character, is enough (wsproto's decoder holds it back)."""
+    pair = open_pair(max_message_size=10)
+    header = frame(TEXT, b"\x00" * (1 << 20))[:10]
+    assert feed(pair, header + b"a" * 10) == []
+    events = feed(pair, "\u00e9".encode()[:1])
+    assert_too_big(pair, events)
+
+
 def test_huge_frame_fails_before_its_payload_has_arrived() -> None:
     """The frame announces 1 MiB; 11 bytes of it are enough to fail."""
     pair = open_pair(max_message_size=10)
