@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import struct
 from collections.abc import Sequence
 from os import urandom
 from typing import Final, Union
@@ -120,6 +121,9 @@ _KEY_POOL: Final = 4096
 #: drawn in an earlier generation is thrown away, so parent and child never
 #: share keys.
 _fork_generation = 0
+
+
+_U16 = struct.Struct(">H").unpack_from  # a 16-bit length: one call, not two indexings, a shift and an or
 
 
 def _forked() -> None:
@@ -346,15 +350,16 @@ class Framing:
                 return out
             pos = end
         append = run.append
+        u16 = _U16
         while n - pos >= 2:
             if not self._fragmented:
                 # The hottest loop: whole text and binary frames in their
                 # shortest length form, within the limit, nothing else.
                 # Whatever it does not take falls through to the general
                 # case below, one frame at a time.  Header bytes past the
-                # end raise IndexError (a zero-cost ``try``: no bounds test
-                # per frame); a 7-bit length within ``small`` is within the
-                # limit too.
+                # end raise IndexError, or struct.error for a 16-bit length
+                # (a zero-cost ``try``: no bounds test per frame); a 7-bit
+                # length within ``small`` is within the limit too.
                 try:
                     while True:
                         b0 = data[pos]
@@ -362,7 +367,7 @@ class Framing:
                         if length <= small:
                             start = pos + 2
                         elif length == 126:
-                            length = (data[pos + 2] << 8) | data[pos + 3]
+                            length = u16(data, pos + 2)[0]
                             if length < 126 or length > limit:
                                 break
                             start = pos + 4
@@ -386,7 +391,7 @@ class Framing:
                         else:
                             break
                         pos = end
-                except IndexError:
+                except (IndexError, struct.error):  # a header cut by the end of the read
                     pass
                 if n - pos < 2:
                     break
