@@ -123,9 +123,6 @@ _KEY_POOL: Final = 4096
 _fork_generation = 0
 
 
-_U16 = struct.Struct(">H").unpack_from  # a 16-bit length: one call, not two indexings, a shift and an or
-
-
 def _forked() -> None:
     global _fork_generation
     _fork_generation += 1
@@ -182,6 +179,8 @@ def _frame_size(head: bytes) -> int | None:
     return size + length
 
 
+#: A 16-bit payload length: one call, not two indexings, a shift and an or.
+_U16: Final = struct.Struct(">H").unpack_from
 #: Opcodes RFC 6455 reserves (5.2): a frame with one fails the connection.
 _BAD_OPCODES: Final = frozenset({3, 4, 5, 6, 7, 11, 12, 13, 14, 15})
 #: wsproto states in which frames are still read.  A tuple, not a set: an
@@ -598,8 +597,7 @@ class Framing:
             out.append(data if isinstance(data, str) else bytes(data))
             return
         self._size += size
-        if self._max_size is not None and self._size > self._max_size - (
-                0 if event.message_finished or not isinstance(data, str) else self._held_back()):
+        if self._max_size is not None and self._size + self._held_back() > self._max_size:
             self._fail(MESSAGE_TOO_BIG, self._too_big(), out)
             return
         self._parts.append(data)  # type: ignore[arg-type]
@@ -615,9 +613,10 @@ class Framing:
         was given so far: its text decoder holds them back, so the text
         pieces miss them, yet they are the message's bytes and count
         against the limit now (a fragment boundary inside a character is
-        legal, RFC 6455 5.4).  Read from wsproto's decoder, read only; if
-        those internals ever move this is 0 and the limit is checked up to
-        3 bytes late."""
+        legal, RFC 6455 5.4).  Read from wsproto's decoder, read only: it
+        has none for a binary message and drops it when a message finishes
+        (0 then).  If those internals ever move this is 0 too, and the
+        limit is checked up to 3 bytes late."""
         try:
             decoder = self._ws.connection._proto._message_decoder.decoder  # type: ignore[union-attr]
         except AttributeError:

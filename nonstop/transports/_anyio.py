@@ -333,7 +333,7 @@ class AsyncFeed:
                     self._observer.end(self._crash, StopAsyncIteration)
                 if self._wait_readable is not None and await self._consumer_read():
                     continue
-                if self._reads.now > MIN_READ and self._inline_read():  # (a burst)
+                if self._inline_read():
                     continue
                 if self._has_data.is_set():
                     self._has_data = self._new_event()
