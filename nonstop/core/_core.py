@@ -86,6 +86,7 @@ from ._health import Health, after
 from ._logfmt import redact_text
 from ._metrics import Metrics
 from ._state import HAS_TRANSPORT, Input, State, next_state
+from ._subscriptions import AckMatcherFailed, Subscriptions
 
 __all__ = ["FeedCore"]
 
@@ -136,8 +137,7 @@ class FeedCore:
         self._events: collections.deque[Event] = collections.deque()
         self._out = bytearray()
         self._now = -math.inf
-        self._subs: list[Subscription] = list(config.subscription_list)
-        self._pending_acks: dict[int, float] = {}  # id(sub) -> deadline
+        self._subs = Subscriptions(config.subscription_list)
         self._framing: Framing | None = None
         self._health: Health | None = None
         # per-attempt / per-connection
@@ -182,7 +182,7 @@ class FeedCore:
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
         """What is replayed on every connect, in order."""
-        return tuple(self._subs)
+        return self._subs.all
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport now; ``b""`` when there are none."""
@@ -220,10 +220,9 @@ class FeedCore:
                 best = t
             if self._deferred is not None and (best is None or self._deferred[1] < best):
                 best = self._deferred[1]
-            if self._pending_acks and self._paused_at is None:
-                t = min(self._pending_acks.values())
-                if best is None or t < best:
-                    best = t
+            t = self._subs.next_deadline()
+            if t is not None and (best is None or t < best):
+                best = t
             t = self._stable_at
         elif state is State.BACKOFF:
             assert self._retry_at is not None
@@ -260,7 +259,7 @@ class FeedCore:
             bytes_received=self._bytes,
             last_message_age=None if last_msg is None else max(0.0, now - last_msg),
             last_ping_rtt=self._last_rtt,
-            pending_acks=len(self._pending_acks),
+            pending_acks=len(self._subs.pending),
             subscriptions=len(self._subs),
             disconnects=dict(self._disconnects),
             last_disconnect_reason=self._last_reason,
@@ -487,12 +486,11 @@ class FeedCore:
         sub = Subscription.coerce(subscription)
         if self._state in (State.STOPPING, State.STOPPED):
             raise LocalProtocolError(f"can't subscribe in state {self._state.value}")
-        if any(s.payload == sub.payload for s in self._subs):
-            raise LocalProtocolError(f"already subscribed: {sub.label}")
+        send = self._state is State.OPEN and self._framing is not None and self._framing.is_open
+        self._subs.add(sub, now if send else None)  # raises on a duplicate, changing nothing
         self._now = now
-        self._subs.append(sub)
-        if self._state is State.OPEN and self._framing is not None and self._framing.is_open:
-            self._send_subscription(sub, now)
+        if send:
+            self._send_subscription(sub)
             self._flush()
         return sub
 
@@ -506,14 +504,8 @@ class FeedCore:
             payload = subscription.payload
         else:
             payload = encode_message(subscription, "subscription")
-        for sub in self._subs:
-            if sub.payload == payload:
-                break
-        else:
-            raise LocalProtocolError(f"not subscribed: {payload!r:.60}")
+        sub = self._subs.remove(payload)  # raises if unknown, changing nothing
         self._now = now
-        self._subs.remove(sub)
-        self._pending_acks.pop(id(sub), None)
         unsub = sub.unsubscribe_payload
         if (unsub is not None and self._state is State.OPEN and self._framing is not None
                 and self._framing.is_open):
@@ -532,6 +524,7 @@ class FeedCore:
             return
         self._now = now
         self._paused_at = now
+        self._subs.pause()
         if self._health is not None:
             self._health.pause()
 
@@ -546,8 +539,7 @@ class FeedCore:
         self._paused_at = None
         if self._health is not None:
             self._health.resume(now)
-        for key, deadline in self._pending_acks.items():
-            self._pending_acks[key] = deadline + (now - paused_at)
+        self._subs.resume(now - paused_at)
 
     @property
     def reading_paused(self) -> bool:
@@ -613,7 +605,7 @@ class FeedCore:
         self._health = None
         self._opened_at = None
         self._stable_at = None
-        self._pending_acks.clear()
+        self._subs.connection_ended()
         self._deadline = after(now, self.config.connect_timeout)
         ep = self.config.endpoint
         self._events.append(
@@ -669,24 +661,23 @@ class FeedCore:
             )
         )
         self._alert(self._alerts.on_connected(now, reconnect=self._connections > 1))
-        for sub in self._subs:
-            self._send_subscription(sub, now)
+        for sub in self._subs.replay(now):
+            self._send_subscription(sub)
 
-    def _send_subscription(self, sub: Subscription, now: float) -> None:
+    def _send_subscription(self, sub: Subscription) -> None:
+        """Send *sub*; one without an ACK matcher is subscribed once sent."""
         assert self._framing is not None
         self._framing.send(sub.payload)
         if sub.ack is None:
             self._events.append(Subscribed(subscription=sub, connection=self._connections,
                                            acked=False))
-        else:
-            self._pending_acks[id(sub)] = after(now, sub.ack_timeout)
 
     def _deliver(self, payloads: list[Payload], now: float) -> None:
         """Hand a run of messages to the application (one ``Messages`` event
         per run).  While open, each is first offered to the application-ping
         matcher and the pending ACK matchers, when there are any: the hot
         path costs one test per run when there are not."""
-        if self._state is State.OPEN and (self._pending_acks or self.config.app_ping is not None):
+        if self._state is State.OPEN and (self._subs.pending or self.config.app_ping is not None):
             payloads = self._inspect(payloads, now)
         if payloads:
             self._emit_messages(payloads, now)
@@ -709,8 +700,11 @@ class FeedCore:
                     self._health.on_app_pong()
                     if not app.deliver_pongs:
                         continue
-            if self._pending_acks:
-                sub = self._match_ack(data)
+            if self._subs.pending:
+                try:
+                    sub = self._subs.match(data)
+                except AckMatcherFailed as exc:
+                    sub, self._callback_failed = None, str(exc)
                 if sub is not None:  # the ACK message itself comes after Subscribed
                     if kept:
                         self._emit_messages(kept, now)
@@ -737,22 +731,6 @@ class FeedCore:
         _set_connection(run, self._connections)
         _set_received_at(run, now)
         events.append(run)
-
-    def _match_ack(self, data: Payload) -> Subscription | None:
-        """The first pending subscription whose matcher accepts *data*."""
-        for sub in self._subs:
-            if id(sub) not in self._pending_acks:
-                continue
-            assert sub.ack is not None
-            try:
-                matched = sub.ack(data)
-            except Exception as exc:
-                self._callback_failed = f"ack matcher of {sub.label} raised {type(exc).__name__}: {exc}"
-                return None
-            if matched:
-                del self._pending_acks[id(sub)]
-                return sub
-        return None
 
     def _on_peer_closed(self, item: PeerClosed, now: float) -> None:
         if self._state is not State.OPEN:
@@ -816,7 +794,7 @@ class FeedCore:
         self._emit_disconnected(now, reason, detail, code=code, status=status, retry_in=retry_in)
         self._alerts.on_down(now)
         self._alert(self._alerts.on_failure(self._failures, auth))
-        self._pending_acks.clear()
+        self._subs.connection_ended()
         self._health = None
         self._stable_at = None
         if give_up:
@@ -877,7 +855,7 @@ class FeedCore:
         self._deadline = None
         self._retry_at = None
         self._health = None
-        self._pending_acks.clear()
+        self._subs.connection_ended()
         self._alert(self._alerts.reset())
         reason, detail = self._stop_reason or (Reason.STOPPED, "stop requested")
         self._events.append(Stopped(reason=reason, detail=redact_text(detail)))
@@ -949,14 +927,13 @@ class FeedCore:
                 self._framing.send(self.config.app_ping.payload)
             else:
                 self._framing.ping(ping)
-        for sub in self._subs:
-            deadline = self._pending_acks.get(id(sub))
-            if deadline is not None and now >= deadline and self._paused_at is None:
-                self._framing.close(GOING_AWAY, "subscription not acknowledged")
-                self._disconnect(now, Reason.ACK_TIMEOUT,
-                                 f"{sub.label} not acknowledged within {sub.ack_timeout}s",
-                                 code=GOING_AWAY, abort=False, close_sent=True)
-                return
+        sub = self._subs.expired(now)
+        if sub is not None:
+            self._framing.close(GOING_AWAY, "subscription not acknowledged")
+            self._disconnect(now, Reason.ACK_TIMEOUT,
+                             f"{sub.label} not acknowledged within {sub.ack_timeout}s",
+                             code=GOING_AWAY, abort=False, close_sent=True)
+            return
         if self._stable_at is not None and now >= self._stable_at:
             self._stable_at = None
             self._failures = 0
