@@ -31,7 +31,9 @@ Example (blocking)::
 from __future__ import annotations
 
 from ._clock import FakeClock
-from ._server import DEFAULT_GARBAGE, ConnectionInfo, Fault, FeedServer
+from ._faults import DEFAULT_GARBAGE, Fault
+from ._records import ConnectionInfo
+from ._server import FeedServer
 from ._thread import ThreadedFeedServer
 
 __all__ = [

@@ -12,6 +12,11 @@ only ever touched from its own loop and the wrapper is safe to use from any
 thread.  Leaving the ``with`` block (or :meth:`ThreadedFeedServer.stop`) stops
 the portal, which makes the loop leave ``async with server`` (closing every
 socket) and return; the thread is then joined.
+
+The handle is written against :class:`FeedServerLike`, the methods and
+properties of :class:`~nonstop.testing.FeedServer` it forwards, so that the
+server can offer :meth:`~nonstop.testing.FeedServer.run_in_thread` without
+this module depending on the server's own.
 """
 
 from __future__ import annotations
@@ -20,19 +25,75 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ._faults import Fault
+from ._records import ConnectionInfo
+
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._server import ConnectionInfo, Fault, FeedServer
-
-__all__ = ["ThreadedFeedServer"]
+__all__ = ["FeedServerLike", "ThreadedFeedServer"]
 
 T = TypeVar("T")
+
+
+class FeedServerLike(Protocol):
+    """What :class:`ThreadedFeedServer` uses of the server it runs (a FeedServer)."""
+
+    async def __aenter__(self) -> object: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
+    def inject(self, fault: Fault, **params: object) -> int: ...
+    def restore(self) -> None: ...
+    def broadcast(self, message: str | bytes) -> int: ...
+    def pause_streaming(self) -> None: ...
+    def resume_streaming(self) -> None: ...
+    async def wait_connected(self, n: int = 1, timeout: float | None = 10.0) -> None: ...
+    async def _wait_change(self, version: int, timeout: float | None) -> None: ...
+    def sent_to(self, connection: int) -> int: ...
+    def connection(self, number: int) -> ConnectionInfo: ...
+    @property
+    def _version(self) -> int: ...
+    @property
+    def streaming_paused(self) -> bool: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def listening(self) -> bool: ...
+    @property
+    def connections(self) -> int: ...
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def stalled(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def open_connections(self) -> int: ...
+    @property
+    def sent(self) -> int: ...
+    @property
+    def sent_log(self) -> list[tuple[int, int]]: ...
+    @property
+    def received(self) -> list[tuple[int, str | bytes]]: ...
+    @property
+    def received_count(self) -> int: ...
+    @property
+    def subscriptions(self) -> list[tuple[int, str]]: ...
+    @property
+    def history(self) -> list[ConnectionInfo]: ...
 
 
 class ThreadedFeedServer:
@@ -51,7 +112,7 @@ class ThreadedFeedServer:
     touched only from its own loop.
     """
 
-    def __init__(self, server: FeedServer, *, backend: str = "asyncio") -> None:
+    def __init__(self, server: FeedServerLike, *, backend: str = "asyncio") -> None:
         #: The wrapped server (only to be used from its own event loop).
         self.server = server
         #: The anyio backend of the thread's event loop.
