@@ -81,7 +81,15 @@ from ._framing import (
     PongReceived,
     Rejected,
 )
-from ._guard import ERROR, INFO, AlertKind, AlertTracker, Reason, classify_error, level_for
+from ._guard import (
+    AlertChange,
+    AlertTracker,
+    Reason,
+    Verdict,
+    server_closed,
+    transport_error,
+    upgrade_rejected,
+)
 from ._health import Health, after
 from ._logfmt import redact_text
 from ._metrics import Metrics
@@ -96,18 +104,9 @@ GOING_AWAY = 1001
 NORMAL = 1000
 #: Close code when one of the application's callbacks raised.
 INTERNAL_ERROR = 1011
+#: Close code reported when the connection ended without a close frame.
+ABNORMAL = 1006
 
-#: What to check, added to the detail of a failed connection attempt.
-_HINTS = {
-    Reason.TLS: "check the server's certificate chain and name, the clock, and the CA "
-                "you trust (ssl=...)",
-    Reason.DNS: "check the host name {host!r}",
-    Reason.REFUSED: "nothing accepts connections on {host}:{port}; is the server up?",
-}
-
-_AUTH_STATUSES = frozenset({401, 403})
-_LATER_STATUSES = frozenset({429, 503})
-_POLICY_CODE = 1008
 # One Messages event per read, made by its slots' own setters (170 ns): a
 # frozen dataclass's __init__ sets each field through object.__setattr__
 # (380 ns).  The same object, equal, hashed and printed the same.
@@ -117,7 +116,6 @@ _set_connection = Messages.__dict__["connection"].__set__
 _set_received_at = Messages.__dict__["received_at"].__set__
 # Where bytes from the server are expected (a tuple: _require's order).
 _RECEIVING = (State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING)
-_TRY_AGAIN_LATER = 1013
 
 
 class FeedCore:
@@ -318,8 +316,8 @@ class FeedCore:
         try:
             headers = self._headers()
         except Exception as exc:  # the user's header provider or its output
-            self._disconnect(now, Reason.CALLBACK_ERROR, f"header provider failed: {exc}",
-                             abort=True)
+            self._disconnect(now, Verdict(reason=Reason.CALLBACK_ERROR,
+                                          detail=f"header provider failed: {exc}"), abort=True)
             return
         self._move(Input.TRANSPORT_OPENED)
         assert self._framing is not None
@@ -328,7 +326,8 @@ class FeedCore:
         self._deadline = after(now, self.config.handshake_timeout)
 
     def transport_failed(self, error: BaseException, now: float) -> None:
-        """Opening, reading or writing failed.  Classified by :func:`classify_error`.
+        """Opening, reading or writing failed.  Classified by the guard
+        (:func:`~nonstop.core.classify_error`).
 
         Next: handle the ``CloseTransport`` that follows (the transport is
         done either way).
@@ -336,19 +335,12 @@ class FeedCore:
         self._tick(now)
         self._require("transport_failed", *HAS_TRANSPORT)
         self._now = now
-        reason = classify_error(error)
-        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        cause = error.__cause__ or error.__context__
-        if cause is not None and str(cause):  # e.g. BrokenResourceError from a reset
-            detail += f" ({type(cause).__name__}: {cause})"
-        hint = _HINTS.get(reason)
-        if hint is not None and self._state is State.CONNECTING:
-            ep = self.config.endpoint
-            detail = f"{detail} ({hint.format(host=ep.host, port=ep.port)})"
         if self._state in (State.CLOSING, State.STOPPING):
             self._close_done(abort=True)
-        else:
-            self._disconnect(now, reason, detail, abort=True)
+            return
+        ep = self.config.endpoint
+        connecting_to = (ep.host, ep.port) if self._state is State.CONNECTING else None
+        self._disconnect(now, transport_error(error, connecting_to=connecting_to), abort=True)
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the server (never empty: use :meth:`receive_eof`).
@@ -402,12 +394,13 @@ class FeedCore:
                 self._on_rejected(item, now)
             else:
                 assert isinstance(item, HandshakeFailed)
-                self._disconnect(now, Reason.HANDSHAKE_FAILED, item.detail, abort=True)
+                self._disconnect(now, Verdict(reason=Reason.HANDSHAKE_FAILED, detail=item.detail),
+                                 abort=True)
         if self._callback_failed is not None and self._state is State.OPEN:
             detail, self._callback_failed = self._callback_failed, None
             framing.close(INTERNAL_ERROR, "client callback failed")
-            self._disconnect(now, Reason.CALLBACK_ERROR, detail, code=INTERNAL_ERROR,
-                             abort=False, close_sent=True)
+            self._disconnect(now, Verdict(reason=Reason.CALLBACK_ERROR, detail=detail,
+                                          code=INTERNAL_ERROR), abort=False, close_sent=True)
         self._callback_failed = None
         self._flush()
 
@@ -416,8 +409,8 @@ class FeedCore:
         with the error's code, then wait for the server to close TCP."""
         assert self._framing is not None
         self._framing.close(item.code, item.detail[:100])
-        self._disconnect(now, item.reason, item.detail, code=item.code, abort=False,
-                         close_sent=True)
+        self._disconnect(now, Verdict(reason=item.reason, detail=item.detail, code=item.code),
+                         abort=False, close_sent=True)
 
     @property
     def failure_pending(self) -> bool:
@@ -437,10 +430,13 @@ class FeedCore:
         if self._state in (State.CLOSING, State.STOPPING):
             self._close_done(abort=False)
         elif self._state is State.HANDSHAKING:
-            self._disconnect(now, Reason.EOF, "connection closed during the handshake", abort=True)
+            self._disconnect(now, Verdict(reason=Reason.EOF,
+                                          detail="connection closed during the handshake"),
+                             abort=True)
         else:
-            self._disconnect(now, Reason.EOF, "connection closed without a close frame",
-                             code=1006, abort=True)
+            self._disconnect(now, Verdict(reason=Reason.EOF, code=ABNORMAL,
+                                          detail="connection closed without a close frame"),
+                             abort=True)
 
     def handle_timer(self, now: float) -> None:
         """Do every job due at or before *now*; safe early, late or twice.
@@ -556,8 +552,8 @@ class FeedCore:
         self._now = now
         assert self._framing is not None
         self._framing.close(GOING_AWAY, "reconnecting")
-        self._disconnect(now, reason, "reconnect requested", code=GOING_AWAY, abort=False,
-                         close_sent=True)
+        self._disconnect(now, Verdict(reason=reason, detail="reconnect requested", code=GOING_AWAY),
+                         abort=False, close_sent=True)
         self._flush()
         return True
 
@@ -577,8 +573,8 @@ class FeedCore:
         if state is State.OPEN:
             assert self._framing is not None
             self._framing.close(NORMAL, "stopping")
-            self._emit_disconnected(now, Reason.STOPPED, "stop requested", code=NORMAL,
-                                    retry_in=None)
+            self._emit_disconnected(now, Verdict(reason=Reason.STOPPED, detail="stop requested",
+                                                 code=NORMAL), retry_in=None)
             self._move(Input.STOP)
             self._deadline = after(now, self.config.close_timeout)
             self._flush()
@@ -587,7 +583,7 @@ class FeedCore:
             self._move(Input.STOP)  # keep the running close deadline
             return
         if state in (State.CONNECTING, State.HANDSHAKING):
-            self._emit_disconnected(now, Reason.STOPPED, "stop requested", code=None,
+            self._emit_disconnected(now, Verdict(reason=Reason.STOPPED, detail="stop requested"),
                                     retry_in=None)
             self._events.append(CloseTransport(abort=True))
         self._move(Input.STOP)
@@ -735,51 +731,35 @@ class FeedCore:
     def _on_peer_closed(self, item: PeerClosed, now: float) -> None:
         if self._state is not State.OPEN:
             return  # the answer to our close: now wait for EOF
-        code = item.code
-        detail = f"server closed the connection: {item.reason}" if item.reason else (
-            "server closed the connection")
-        hint = None
-        if code == _TRY_AGAIN_LATER:
-            hint = ceiling(self._failures + 1, self.config.backoff)
-        fatal = code in self.config.fatal_close_codes
-        self._disconnect(now, Reason.SERVER_CLOSED, detail, code=code, abort=False,
-                         close_sent=True, hint=hint, fatal=fatal, auth=code == _POLICY_CODE)
+        verdict = server_closed(item.code, item.reason,
+                                fatal_close_codes=self.config.fatal_close_codes)
+        self._disconnect(now, verdict, abort=False, close_sent=True)
 
     def _on_rejected(self, item: Rejected, now: float) -> None:
-        status = item.status
-        hint = None
-        if status in _LATER_STATUSES:
-            after_hint = parse_retry_after(item.headers)
-            hint = ceiling(self._failures + 1, self.config.backoff) if after_hint is None else after_hint
-        self._disconnect(
-            now, Reason.REJECTED, f"server answered the upgrade with HTTP {status}",
-            status=status, abort=False, hint=hint, fatal=status in self.config.fatal_statuses,
-            auth=status in _AUTH_STATUSES,
-        )
+        verdict = upgrade_rejected(item.status, fatal_statuses=self.config.fatal_statuses)
+        retry_after = parse_retry_after(item.headers) if verdict.later else None
+        self._disconnect(now, verdict, abort=False, retry_after=retry_after)
 
     # ------------------------------------------------------------------
     # internals: the one failure path
     def _disconnect(
         self,
         now: float,
-        reason: Reason,
-        detail: str,
+        verdict: Verdict,
         *,
         abort: bool,
-        code: int | None = None,
-        status: int | None = None,
         close_sent: bool = False,
-        hint: float | None = None,
-        fatal: bool = False,
-        auth: bool = False,
+        retry_after: float | None = None,
     ) -> None:
-        """A connection or attempt ended with *reason*: count it, pick the
-        backoff, raise alerts, and move on.
+        """A connection or attempt ended as the guard's *verdict* says: count
+        it, pick the backoff, raise alerts, and move on.
 
         ``abort``: the transport is closed at once.  Otherwise
         (``close_sent``) a close frame is on its way and we wait for the
-        server's answer and EOF, up to ``close_timeout``.
+        server's answer and EOF, up to ``close_timeout``.  ``retry_after``:
+        the server's ``Retry-After``, in seconds, when the verdict is "later".
         """
+        reason = verdict.reason
         was_open = self._state is State.OPEN
         self._failures += 1
         self._disconnects[reason.value] = self._disconnects.get(reason.value, 0) + 1
@@ -787,13 +767,17 @@ class FeedCore:
         if was_open:
             self._lost_at = now
         limit = self.config.max_attempts
+        fatal = verdict.fatal
         give_up = fatal or (limit is not None and self._failures >= limit)
         retry_in = None
         if not give_up:
+            hint = None
+            if verdict.later:
+                hint = ceiling(self._failures, self.config.backoff) if retry_after is None else retry_after
             retry_in = retry_delay(self._failures, self.config.backoff, self._rng, hint)
-        self._emit_disconnected(now, reason, detail, code=code, status=status, retry_in=retry_in)
+        self._emit_disconnected(now, verdict, retry_in=retry_in)
         self._alerts.on_down(now)
-        self._alert(self._alerts.on_failure(self._failures, auth))
+        self._alert(self._alerts.on_failure(self._failures, verdict))
         self._subs.connection_ended()
         self._health = None
         self._stable_at = None
@@ -814,10 +798,7 @@ class FeedCore:
         self._move(Input.STOP if give_up else Input.CLOSE)
         self._deadline = after(now, self.config.close_timeout)
 
-    def _emit_disconnected(
-        self, now: float, reason: Reason, detail: str, *, code: int | None,
-        retry_in: float | None, status: int | None = None,
-    ) -> None:
+    def _emit_disconnected(self, now: float, verdict: Verdict, *, retry_in: float | None) -> None:
         """Queue ``Disconnected``; account the uptime of a connection that was open."""
         self._deferred = None  # whatever ends the connection supersedes it
         was_open = self._state is State.OPEN and self._opened_at is not None
@@ -826,11 +807,11 @@ class FeedCore:
             self._uptime_total += now - self._opened_at
         self._events.append(
             Disconnected(
-                reason=reason,
-                code=code,
-                status=status,
-                detail=redact_text(detail),
-                level=level_for(reason, code),
+                reason=verdict.reason,
+                code=verdict.code,
+                status=verdict.status,
+                detail=redact_text(verdict.detail),
+                level=verdict.level,
                 connection=self._connections if was_open else None,
                 uptime=now - self._opened_at if was_open and self._opened_at is not None else 0.0,
                 failures=self._failures,
@@ -860,25 +841,10 @@ class FeedCore:
         reason, detail = self._stop_reason or (Reason.STOPPED, "stop requested")
         self._events.append(Stopped(reason=reason, detail=redact_text(detail)))
 
-    def _alert(self, changes: list[tuple[AlertKind, bool]]) -> None:
-        for kind, active in changes:
-            self._events.append(
-                Alert(kind=kind, active=active, detail=self._alert_detail(kind, active),
-                      level=ERROR if active else INFO)
-            )
-
-    def _alert_detail(self, kind: AlertKind, active: bool) -> str:
-        policy = self.config.alerts
-        if not active:
-            return f"{kind.value} cleared"
-        if kind is AlertKind.CONSECUTIVE_FAILURES:
-            return f"{self._failures} failures in a row (threshold {policy.consecutive_failures})"
-        if kind is AlertKind.DOWN:
-            return f"no connection for {policy.down_for}s"
-        if kind is AlertKind.RECONNECT_RATE:
-            return (f"{len(self._alerts.reconnect_times)} reconnects in the last 60s "
-                    f"(threshold {policy.reconnects_per_minute})")
-        return f"server refused us ({self._last_reason})"
+    def _alert(self, changes: list[AlertChange]) -> None:
+        for change in changes:
+            self._events.append(Alert(kind=change.kind, active=change.active,
+                                      detail=change.detail, level=change.level))
 
     # ------------------------------------------------------------------
     # internals: timers
@@ -899,13 +865,14 @@ class FeedCore:
             return
         elif self._deadline is not None and now >= self._deadline:
             if state is State.CONNECTING:
-                self._disconnect(now, Reason.CONNECT_TIMEOUT,
-                                 f"TCP/TLS not up within {self.config.connect_timeout}s",
-                                 abort=True)
+                self._disconnect(now, Verdict(
+                    reason=Reason.CONNECT_TIMEOUT,
+                    detail=f"TCP/TLS not up within {self.config.connect_timeout}s"), abort=True)
             elif state is State.HANDSHAKING:
-                self._disconnect(now, Reason.HANDSHAKE_TIMEOUT,
-                                 f"no upgrade response within {self.config.handshake_timeout}s",
-                                 abort=True)
+                self._disconnect(now, Verdict(
+                    reason=Reason.HANDSHAKE_TIMEOUT,
+                    detail=f"no upgrade response within {self.config.handshake_timeout}s"),
+                    abort=True)
             else:  # CLOSING, STOPPING
                 self._close_done(abort=True)
             return
@@ -919,7 +886,7 @@ class FeedCore:
         pings, failure = self._health.poll(now)
         if failure is not None:
             reason, detail = failure
-            self._disconnect(now, reason, detail, code=1006, abort=True)
+            self._disconnect(now, Verdict(reason=reason, detail=detail, code=ABNORMAL), abort=True)
             return
         for ping in pings:
             if ping is None:
@@ -930,9 +897,10 @@ class FeedCore:
         sub = self._subs.expired(now)
         if sub is not None:
             self._framing.close(GOING_AWAY, "subscription not acknowledged")
-            self._disconnect(now, Reason.ACK_TIMEOUT,
-                             f"{sub.label} not acknowledged within {sub.ack_timeout}s",
-                             code=GOING_AWAY, abort=False, close_sent=True)
+            self._disconnect(now, Verdict(
+                reason=Reason.ACK_TIMEOUT, code=GOING_AWAY,
+                detail=f"{sub.label} not acknowledged within {sub.ack_timeout}s"),
+                abort=False, close_sent=True)
             return
         if self._stable_at is not None and now >= self._stable_at:
             self._stable_at = None

@@ -6,11 +6,22 @@ Every way a connection can end is one :class:`Reason`.  A reason carries its
 log level (a normal close is ``INFO``, everything else ``ERROR``, as the
 strategy asks) so every driver logs the same failure the same way.
 
-Transport errors arrive from the driver as exceptions; :func:`classify_error`
-maps them to a reason by type and ``errno`` (walking ``__cause__``,
-``__context__`` and exception groups), without importing ``socket`` or
-``ssl``: the core stays free of I/O modules, so TLS and DNS errors are
-recognised by their class names.
+The core hands the guard what happened and gets back a :class:`Verdict`: the
+reason, the detail text, the log level, and what the failure means for the
+feed -- the server refused us (the ``auth`` alert), asked us to come back
+later (the full backoff ceiling, or its ``Retry-After``), or said never to
+come back (``fatal``).  The guard decides; the core acts on the verdict:
+
+* :func:`transport_error`: an exception from the driver.
+  :func:`classify_error` maps it to a reason by type and ``errno`` (walking
+  ``__cause__``, ``__context__`` and exception groups), without importing
+  ``socket`` or ``ssl``: the core stays free of I/O modules, so TLS and DNS
+  errors are recognised by their class names.  While connecting, the detail
+  says what to check.
+* :func:`upgrade_rejected`: an HTTP status instead of ``101``.
+* :func:`server_closed`: the server's close frame and its code.
+* :class:`Verdict` itself, for failures whose reason is plain from where
+  they are found (a timer, a bad frame, a callback).
 
 :class:`AlertTracker` turns a stream of connects and disconnects into
 :class:`~nonstop.core.Alert` decisions with hysteresis: one alert when a
@@ -25,9 +36,24 @@ import collections
 import enum
 import errno
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
-__all__ = ["Reason", "AlertKind", "AlertPolicy", "classify_error", "INFO", "WARNING", "ERROR"]
+__all__ = [
+    "Reason",
+    "AlertKind",
+    "AlertPolicy",
+    "AlertChange",
+    "Verdict",
+    "classify_error",
+    "error_detail",
+    "transport_error",
+    "upgrade_rejected",
+    "server_closed",
+    "level_for",
+    "INFO",
+    "WARNING",
+    "ERROR",
+]
 
 #: Log levels, equal to the :mod:`logging` constants (the core does not import
 #: logging: it only decides the level, the driver logs).
@@ -93,11 +119,48 @@ class Reason(enum.Enum):
 _INFO_REASONS: Final = frozenset({Reason.STOPPED, Reason.CLIENT_RECONNECT})
 
 
+#: Close codes of a normal close by the server (1005: no code given).
+_NORMAL_CLOSE_CODES: Final = frozenset({None, 1000, 1001, 1005})
+#: Upgrade statuses that mean the server refused our credentials.
+AUTH_STATUSES: Final = frozenset({401, 403})
+#: Upgrade statuses that mean "come back later" (``Retry-After`` may say when).
+LATER_STATUSES: Final = frozenset({429, 503})
+#: Close code 1008: the server closed for a policy violation (e.g. a bad token).
+POLICY_VIOLATION: Final = 1008
+#: Close code 1013: the server asks us to try again later.
+TRY_AGAIN_LATER: Final = 1013
+
+
 def level_for(reason: Reason, code: int | None) -> int:
     """The log level of a disconnect: normal closes INFO, the rest ERROR."""
-    if reason is Reason.SERVER_CLOSED and code in (None, 1000, 1001, 1005):
+    if reason is Reason.SERVER_CLOSED and code in _NORMAL_CLOSE_CODES:
         return INFO
     return reason.level
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """The guard's classification of one failure, for the core to act on."""
+
+    reason: Reason
+    detail: str
+    """What happened, in words (secrets are redacted when it is emitted)."""
+    code: int | None = None
+    """The close code: the server's, or the one we close with."""
+    status: int | None = None
+    """The HTTP status of a rejected upgrade."""
+    auth: bool = False
+    """The server refused us (HTTP 401/403, close 1008): the ``auth`` alert."""
+    later: bool = False
+    """The server asked us to come back later (HTTP 429/503, close 1013):
+    wait the full backoff ceiling, or what its ``Retry-After`` says."""
+    fatal: bool = False
+    """A status or close code configured as fatal: stop instead of retrying."""
+
+    @property
+    def level(self) -> int:
+        """The log level of the ``Disconnected`` it becomes."""
+        return level_for(self.reason, self.code)
 
 
 _TLS_NAMES: Final = frozenset(
@@ -160,6 +223,66 @@ def classify_error(exc: BaseException) -> Reason:
     return Reason.NETWORK
 
 
+#: What to check, added to the detail of a transport error while connecting.
+_HINTS: Final = {
+    Reason.TLS: "check the server's certificate chain and name, the clock, and the CA "
+                "you trust (ssl=...)",
+    Reason.DNS: "check the host name {host!r}",
+    Reason.REFUSED: "nothing accepts connections on {host}:{port}; is the server up?",
+}
+
+
+def error_detail(error: BaseException) -> str:
+    """``Type: message`` of *error*, followed by its cause's when that has a
+    message (a reset often arrives wrapped, e.g. as anyio's
+    ``BrokenResourceError`` from a ``ConnectionResetError``)."""
+    detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause):
+        detail += f" ({type(cause).__name__}: {cause})"
+    return detail
+
+
+def transport_error(error: BaseException, *, connecting_to: tuple[str, int] | None) -> Verdict:
+    """The verdict on an exception from opening, reading or writing.
+
+    ``connecting_to``: ``(host, port)`` while the connection is being opened;
+    a TLS, DNS or refused error then says what to check.
+    """
+    reason = classify_error(error)
+    detail = error_detail(error)
+    hint = _HINTS.get(reason)
+    if hint is not None and connecting_to is not None:
+        host, port = connecting_to
+        detail = f"{detail} ({hint.format(host=host, port=port)})"
+    return Verdict(reason=reason, detail=detail)
+
+
+def upgrade_rejected(status: int, *, fatal_statuses: frozenset[int]) -> Verdict:
+    """The verdict on an HTTP *status* answering the upgrade instead of 101."""
+    return Verdict(
+        reason=Reason.REJECTED,
+        detail=f"server answered the upgrade with HTTP {status}",
+        status=status,
+        auth=status in AUTH_STATUSES,
+        later=status in LATER_STATUSES,
+        fatal=status in fatal_statuses,
+    )
+
+
+def server_closed(code: int | None, text: str, *, fatal_close_codes: frozenset[int]) -> Verdict:
+    """The verdict on the server's close frame (*code*, reason *text*)."""
+    detail = f"server closed the connection: {text}" if text else "server closed the connection"
+    return Verdict(
+        reason=Reason.SERVER_CLOSED,
+        detail=detail,
+        code=code,
+        auth=code == POLICY_VIOLATION,
+        later=code == TRY_AGAIN_LATER,
+        fatal=code in fatal_close_codes,
+    )
+
+
 class AlertKind(enum.Enum):
     """What an :class:`~nonstop.core.Alert` is about."""
 
@@ -208,8 +331,21 @@ class AlertPolicy:
 RATE_WINDOW: Final = 60.0
 
 
+class AlertChange(NamedTuple):
+    """An alert starting (``active``) or clearing, with its text and log level."""
+
+    kind: AlertKind
+    active: bool
+    detail: str
+    level: int
+
+
 class AlertTracker:
-    """The alert half of the guard: pure bookkeeping driven by the core."""
+    """The alert half of the guard: pure bookkeeping driven by the core.
+
+    Each method returns the alerts that start or clear, as
+    :class:`AlertChange` records the core turns into ``Alert`` events.
+    """
 
     def __init__(self, policy: AlertPolicy) -> None:
         self.policy = policy
@@ -225,41 +361,46 @@ class AlertTracker:
             times.popleft()
         return len(times)
 
-    def _set(self, kind: AlertKind, on: bool, out: list[tuple[AlertKind, bool]]) -> None:
+    def _set(self, kind: AlertKind, on: bool, out: list[AlertChange], detail: str = "") -> None:
+        """Start (*on*, with *detail*) or clear *kind*, if it is not so already."""
         if on and kind not in self.active:
             self.active.add(kind)
-            out.append((kind, True))
+            out.append(AlertChange(kind, True, detail, ERROR))
         elif not on and kind in self.active:
             self.active.discard(kind)
-            out.append((kind, False))
+            out.append(AlertChange(kind, False, f"{kind.value} cleared", INFO))
 
     def on_down(self, now: float) -> None:
         if self.down_since is None:
             self.down_since = now
 
-    def on_failure(self, failures: int, auth: bool) -> list[tuple[AlertKind, bool]]:
-        out: list[tuple[AlertKind, bool]] = []
+    def on_failure(self, failures: int, verdict: Verdict) -> list[AlertChange]:
+        """The *failures*-th failure in a row, classified as *verdict*."""
+        out: list[AlertChange] = []
         limit = self.policy.consecutive_failures
         if limit is not None and failures >= limit:
-            self._set(AlertKind.CONSECUTIVE_FAILURES, True, out)
-        if auth and self.policy.auth:
-            self._set(AlertKind.AUTH, True, out)
+            self._set(AlertKind.CONSECUTIVE_FAILURES, True, out,
+                      f"{failures} failures in a row (threshold {limit})")
+        if verdict.auth and self.policy.auth:
+            self._set(AlertKind.AUTH, True, out, f"server refused us ({verdict.reason.value})")
         return out
 
-    def on_connected(self, now: float, reconnect: bool) -> list[tuple[AlertKind, bool]]:
-        out: list[tuple[AlertKind, bool]] = []
+    def on_connected(self, now: float, reconnect: bool) -> list[AlertChange]:
+        out: list[AlertChange] = []
         self.down_since = None
         self._set(AlertKind.DOWN, False, out)
         self._set(AlertKind.AUTH, False, out)
         if reconnect:
             self.reconnect_times.append(now)
             limit = self.policy.reconnects_per_minute
-            if limit is not None and self.reconnects_in_window(now) > limit:
-                self._set(AlertKind.RECONNECT_RATE, True, out)
+            count = self.reconnects_in_window(now)
+            if limit is not None and count > limit:
+                self._set(AlertKind.RECONNECT_RATE, True, out,
+                          f"{count} reconnects in the last 60s (threshold {limit})")
         return out
 
-    def on_stable(self) -> list[tuple[AlertKind, bool]]:
-        out: list[tuple[AlertKind, bool]] = []
+    def on_stable(self) -> list[AlertChange]:
+        out: list[AlertChange] = []
         self._set(AlertKind.CONSECUTIVE_FAILURES, False, out)
         return out
 
@@ -279,11 +420,11 @@ class AlertTracker:
             deadlines.append(self.reconnect_times[index] + RATE_WINDOW)
         return min(deadlines) if deadlines else None
 
-    def handle_timer(self, now: float) -> list[tuple[AlertKind, bool]]:
-        out: list[tuple[AlertKind, bool]] = []
+    def handle_timer(self, now: float) -> list[AlertChange]:
+        out: list[AlertChange] = []
         down_for = self.policy.down_for
         if down_for is not None and self.down_since is not None and now >= self.down_since + down_for:
-            self._set(AlertKind.DOWN, True, out)
+            self._set(AlertKind.DOWN, True, out, f"no connection for {down_for}s")
         if AlertKind.RECONNECT_RATE in self.active:
             limit = self.policy.reconnects_per_minute
             assert limit is not None
@@ -291,9 +432,9 @@ class AlertTracker:
                 self._set(AlertKind.RECONNECT_RATE, False, out)
         return out
 
-    def reset(self) -> list[tuple[AlertKind, bool]]:
+    def reset(self) -> list[AlertChange]:
         """Clear every active alert (on stop)."""
-        out: list[tuple[AlertKind, bool]] = []
+        out: list[AlertChange] = []
         for kind in sorted(self.active, key=lambda k: k.value):
             self._set(kind, False, out)
         self.down_since = None

@@ -378,3 +378,89 @@ def test_a_wrapped_error_shows_its_cause() -> None:
     assert disconnected.reason is Reason.RESET
     assert disconnected.detail == (
         "BrokenResourceError (ConnectionResetError: [Errno 104] Connection reset by peer)")
+
+
+# ----------------------------------------------------------------------
+# the guard's verdicts: reason, detail, level and what the failure means
+
+
+def test_error_detail_names_the_type_the_message_and_the_cause() -> None:
+    from nonstop.core._guard import error_detail
+
+    assert error_detail(TimeoutError()) == "TimeoutError"
+    assert error_detail(OSError("boom")) == "OSError: boom"
+    wrapped = chained(BrokenResourceError(), ConnectionResetError("reset by peer"), cause=True)
+    assert error_detail(wrapped) == "BrokenResourceError (ConnectionResetError: reset by peer)"
+    silent_cause = chained(OSError("outer"), ConnectionResetError(), cause=False)
+    assert error_detail(silent_cause) == "OSError: outer"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "hint"),
+    [
+        (ConnectionRefusedError("refused"), Reason.REFUSED,
+         "nothing accepts connections on feed.example:8443; is the server up?"),
+        (socket.gaierror(socket.EAI_NONAME, "unknown"), Reason.DNS,
+         "check the host name 'feed.example'"),
+        (ssl.SSLCertVerificationError("bad cert"), Reason.TLS, "check the server's certificate"),
+    ],
+)
+def test_transport_error_while_connecting_says_what_to_check(
+    error: BaseException, reason: Reason, hint: str
+) -> None:
+    from nonstop.core._guard import transport_error
+
+    verdict = transport_error(error, connecting_to=("feed.example", 8443))
+    assert (verdict.reason, verdict.level, verdict.code, verdict.status) == (reason, ERROR, None, None)
+    assert hint in verdict.detail
+    assert not (verdict.auth or verdict.later or verdict.fatal)
+    later = transport_error(error, connecting_to=None)
+    assert later.reason is reason and hint not in later.detail
+
+
+def test_transport_error_without_a_hint_for_its_reason() -> None:
+    from nonstop.core._guard import transport_error
+
+    verdict = transport_error(ConnectionResetError("reset"), connecting_to=("h", 1))
+    assert (verdict.reason, verdict.detail) == (Reason.RESET, "ConnectionResetError: reset")
+
+
+@pytest.mark.parametrize(
+    ("status", "auth", "later"),
+    [(401, True, False), (403, True, False), (429, False, True), (503, False, True),
+     (500, False, False), (404, False, False)],
+)
+def test_upgrade_rejected_verdicts(status: int, auth: bool, later: bool) -> None:
+    from nonstop.core._guard import upgrade_rejected
+
+    verdict = upgrade_rejected(status, fatal_statuses=frozenset({404}))
+    assert (verdict.reason, verdict.status, verdict.code, verdict.level) == (
+        Reason.REJECTED, status, None, ERROR)
+    assert verdict.detail == f"server answered the upgrade with HTTP {status}"
+    assert (verdict.auth, verdict.later, verdict.fatal) == (auth, later, status == 404)
+
+
+@pytest.mark.parametrize(
+    ("code", "level", "auth", "later"),
+    [(1000, INFO, False, False), (1001, INFO, False, False), (1005, INFO, False, False),
+     (None, INFO, False, False), (1008, ERROR, True, False), (1013, ERROR, False, True),
+     (1011, ERROR, False, False), (4000, ERROR, False, False)],
+)
+def test_server_closed_verdicts(code: int | None, level: int, auth: bool, later: bool) -> None:
+    from nonstop.core._guard import server_closed
+
+    verdict = server_closed(code, "bye", fatal_close_codes=frozenset({4000}))
+    assert (verdict.reason, verdict.code, verdict.status, verdict.level) == (
+        Reason.SERVER_CLOSED, code, None, level)
+    assert verdict.detail == "server closed the connection: bye"
+    assert (verdict.auth, verdict.later, verdict.fatal) == (auth, later, code == 4000)
+    assert server_closed(code, "", fatal_close_codes=frozenset()).detail == (
+        "server closed the connection")
+
+
+def test_a_verdict_logs_at_its_reason_and_codes_level() -> None:
+    from nonstop.core._guard import Verdict
+
+    assert Verdict(reason=Reason.STOPPED, detail="stop requested", code=1000).level == INFO
+    assert Verdict(reason=Reason.EOF, detail="eof", code=1006).level == ERROR
+    assert Verdict(reason=Reason.CLIENT_RECONNECT, detail="again").level == INFO
