@@ -250,7 +250,7 @@ class FeedCore:
             connection=self._connections,
             attempts=self._attempts,
             reconnects=max(0, self._connections - 1),
-            reconnects_last_minute=self._count_recent(now),
+            reconnects_last_minute=self._alerts.reconnects_in_window(now),
             last_time_to_reconnect=self._last_ttr,
             consecutive_failures=self._failures,
             messages_received=self._messages,
@@ -264,9 +264,6 @@ class FeedCore:
             alerts_active=tuple(sorted(k.value for k in self._alerts.active)),
             reading_paused=self._paused_at is not None,
         )
-
-    def _count_recent(self, now: float) -> int:
-        return sum(1 for t in self._alerts.reconnect_times if t + 60.0 > now)
 
     # ------------------------------------------------------------------
     # input checks

@@ -328,6 +328,8 @@ class AlertPolicy:
             check_positive("alerts.reconnects_per_minute", self.reconnects_per_minute, integer=True)
 
 
+#: The window of "reconnects per minute", seconds: the ``reconnect_rate``
+#: alert and the ``reconnects_last_minute`` metric both count in it.
 RATE_WINDOW: Final = 60.0
 
 
@@ -356,10 +358,22 @@ class AlertTracker:
         self.reconnect_times: collections.deque[float] = collections.deque(maxlen=10_000)
 
     def reconnects_in_window(self, now: float) -> int:
+        """Reconnects within :data:`RATE_WINDOW` seconds before *now*.
+
+        A pure query: the alert and the metrics count with it.
+        """
+        count = 0
+        for t in reversed(self.reconnect_times):  # newest first: stop at the window's edge
+            if t + RATE_WINDOW <= now:
+                break
+            count += 1
+        return count
+
+    def _forget_before(self, now: float) -> None:
+        """Drop the reconnects that left the window: they never count again."""
         times = self.reconnect_times
         while times and times[0] + RATE_WINDOW <= now:
             times.popleft()
-        return len(times)
 
     def _set(self, kind: AlertKind, on: bool, out: list[AlertChange], detail: str = "") -> None:
         """Start (*on*, with *detail*) or clear *kind*, if it is not so already."""
@@ -391,12 +405,13 @@ class AlertTracker:
         self._set(AlertKind.DOWN, False, out)
         self._set(AlertKind.AUTH, False, out)
         if reconnect:
+            self._forget_before(now)
             self.reconnect_times.append(now)
             limit = self.policy.reconnects_per_minute
             count = self.reconnects_in_window(now)
             if limit is not None and count > limit:
                 self._set(AlertKind.RECONNECT_RATE, True, out,
-                          f"{count} reconnects in the last 60s (threshold {limit})")
+                          f"{count} reconnects in the last {RATE_WINDOW:g}s (threshold {limit})")
         return out
 
     def on_stable(self) -> list[AlertChange]:

@@ -321,6 +321,25 @@ def test_reconnect_rate_window_is_sixty_seconds() -> None:
     assert alerts(pair.events) == []
 
 
+def test_the_alert_and_the_metric_count_reconnects_in_one_window() -> None:
+    """One count, one window: the metric reads what the alert decides on,
+    and reading it (even ahead of time) changes nothing."""
+    from nonstop.core._guard import RATE_WINDOW
+
+    assert RATE_WINDOW == 60.0
+    pair = flapping_pair(2)
+    flap(pair, 3)
+    pair.fire_next()
+    pair.connect()  # reconnects at 1001, 1002, 1003: alert
+    assert pair.core.metrics(1061.0).reconnects_last_minute == 2
+    assert pair.core.metrics(1063.0).reconnects_last_minute == 0
+    assert pair.core.metrics(pair.now).reconnects_last_minute == 3
+    assert pair.core.metrics(pair.now).alerts_active == ("reconnect_rate",)
+    assert pair.fire_next() == 1061.0
+    assert pair.core.metrics(pair.now).reconnects_last_minute == 2
+    assert pair.core.metrics(pair.now).alerts_active == ()
+
+
 def test_reconnect_rate_alerts_again_after_clearing() -> None:
     """Reconnects 30 s apart with R=1: each pair within a minute alerts, the
     timer clears it when the older one leaves the window, and so on."""
