@@ -20,21 +20,14 @@ beyond that are identical for anyio and blocking sockets, so they live here:
 from __future__ import annotations
 
 import collections
-import enum
 import logging
-import random
-import ssl as _ssl
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Literal, NoReturn
+from dataclasses import replace
+from typing import Any, NoReturn
 
+from .._options import DriverOptions, Overflow, prepare  # defined with the options of connect
 from ..core import (
-    AlertPolicy,
     AppEvent,
-    Backoff,
-    Config,
-    ConfigError,
-    FeedCore,
     Message,
     Messages,
     Metrics,
@@ -60,22 +53,6 @@ __all__ = [
 
 LOGGER = logging.getLogger("nonstop")
 
-OverflowName = Literal["backpressure", "drop_oldest", "disconnect"]
-
-
-class Overflow(enum.Enum):
-    """What happens when the application falls ``queue_size`` messages behind."""
-
-    BACKPRESSURE = "backpressure"
-    """Stop reading the socket until there is room (nothing is dropped; the
-    server's own buffers and TCP flow control absorb the burst).  Liveness
-    timeouts are suspended meanwhile, pings still go out."""
-    DROP_OLDEST = "drop_oldest"
-    """Keep reading; drop the oldest queued message for each new one."""
-    DISCONNECT = "disconnect"
-    """Drop the connection (reason ``slow_consumer``) and reconnect: for feeds
-    where a fresh snapshot beats a stale backlog."""
-
 
 class WriteStalled(OSError):
     """A write did not complete within ``write_timeout``: the server stopped
@@ -90,21 +67,6 @@ class FeedGaveUp(NonstopError):
         super().__init__(f"feed gave up: {stopped.detail}")
         self.stopped = stopped
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DriverOptions:
-    """Driver-side options (everything else belongs to the core's Config)."""
-
-    ssl_context: _ssl.SSLContext | None
-    queue_size: int
-    overflow: Overflow
-    on_event: Callable[[AppEvent], None] | None
-    read_size: int
-    write_timeout: float
-    logger: logging.Logger
-
-
-_DRIVER_KEYS = ("ssl", "queue_size", "overflow", "on_event", "read_size", "write_timeout", "logger")
 
 #: The first and the smallest socket read.  Python's ``recv(n)`` allocates
 #: *n* bytes up front; at 128 KiB and more glibc maps them afresh for every
@@ -173,73 +135,6 @@ class ReadSize:
             self._retry = RETRY_AFTER
         self._last, self.messages = got, 0
         return self.now
-
-
-def prepare(arguments: dict[str, Any]) -> tuple[FeedCore, DriverOptions]:
-    """Split ``connect()``'s arguments between the core and the driver.
-
-    Both public ``connect`` functions spell out every option (for editors and
-    type checkers) and hand their ``locals()`` here, so the two can never
-    disagree on names or defaults.  The core's options become its
-    :class:`~nonstop.core.Config` (``subscribe`` is its ``subscriptions``).
-    """
-    arguments = dict(arguments)
-    rng = arguments.pop("rng")
-    driver = {key: arguments.pop(key) for key in _DRIVER_KEYS}
-    arguments["subscriptions"] = list(arguments.pop("subscribe"))
-    if arguments["backoff"] is None:
-        arguments["backoff"] = Backoff()
-    if arguments["alerts"] is None:
-        arguments["alerts"] = AlertPolicy()
-    arguments["subprotocols"] = tuple(arguments["subprotocols"])
-    arguments["fatal_statuses"] = frozenset(arguments["fatal_statuses"])
-    arguments["fatal_close_codes"] = frozenset(arguments["fatal_close_codes"])
-    config = Config(**arguments)
-    options = build_driver_options(config, **driver)
-    core = FeedCore(config, rng=rng if rng is not None else random.Random())
-    return core, options
-
-
-def build_driver_options(
-    config: Config,
-    *,
-    ssl: _ssl.SSLContext | None,
-    queue_size: int,
-    overflow: Overflow | OverflowName,
-    on_event: Callable[[AppEvent], None] | None,
-    read_size: int,
-    write_timeout: float,
-    logger: logging.Logger | None,
-) -> DriverOptions:
-    if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
-        raise ConfigError(f"ssl must be an ssl.SSLContext or None, got {ssl!r}")
-    if ssl is not None and not config.endpoint.tls:
-        raise ConfigError("ssl was given but the URL is ws://; use wss:// for TLS")
-    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-        raise ConfigError(f"queue_size must be an integer >= 1, got {queue_size!r}")
-    try:
-        policy = Overflow(overflow)
-    except ValueError:
-        choices = ", ".join(o.value for o in Overflow)
-        raise ConfigError(f"overflow must be one of {choices}, got {overflow!r}") from None
-    if on_event is not None and not callable(on_event):
-        raise ConfigError(f"on_event must be callable, got {on_event!r}")
-    if isinstance(read_size, bool) or not isinstance(read_size, int) or read_size < 1024:
-        raise ConfigError(f"read_size must be an integer >= 1024, got {read_size!r}")
-    if not write_timeout > 0:
-        raise ConfigError(f"write_timeout must be > 0, got {write_timeout!r}")
-    context = ssl
-    if context is None and config.endpoint.tls:
-        context = _ssl.create_default_context()
-    return DriverOptions(
-        ssl_context=context,
-        queue_size=queue_size,
-        overflow=policy,
-        on_event=on_event,
-        read_size=read_size,
-        write_timeout=write_timeout,
-        logger=logger if logger is not None else LOGGER,
-    )
 
 
 def take_pending(pending: list[Payload], limit: int) -> tuple[list[Payload], list[Payload]]:

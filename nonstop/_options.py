@@ -1,0 +1,398 @@
+"""The options of ``connect``, defined once for both entry points.
+
+Theory of operation
+-------------------
+:func:`options` is the one definition of what ``nonstop.connect`` and
+``nonstop.sync.connect`` accept: each option is one keyword parameter of it,
+with its type, its default and an entry in its docstring.  It checks them all
+and returns :class:`Options` -- the core's :class:`~nonstop.core.Config`, the
+driver's :class:`DriverOptions` and the random source -- so a bad value raises
+:class:`~nonstop.ConfigError` from the ``connect(...)`` call, before anything
+connects.
+
+The definition is a function rather than a dataclass whose fields are the
+options because what a caller may pass and what a feed keeps are different
+types: ``subscribe`` takes any iterable and becomes a list, ``overflow`` a name
+or an :class:`Overflow` and becomes the enum, ``backoff=None`` becomes
+``Backoff()``, ``fast=None`` becomes a ``bool`` read from the environment.
+The parameters carry the first kind, the frozen values returned the second,
+and the defaults stay the literal values that ``inspect.signature``,
+``help()`` and the option table in ``docs/usage.md`` show.
+
+:func:`with_options` gives both entry points that signature.  Its
+:class:`~typing.ParamSpec` is captured from :func:`options`, so type checkers
+and editors see every option, typed, on both ``connect`` functions (a
+misspelt keyword is a type error); at run time it sets ``__signature__``,
+``__annotations__`` and ``__doc__`` from the same function.  The decorated
+body receives the checked :class:`Options` and only builds its feed.
+
+A new option is a parameter and a docstring entry here, passed on to the
+field of :class:`~nonstop.core.Config` or :class:`DriverOptions` that holds
+it, and a row in the option table of ``docs/usage.md`` (``tests/test_options.py``
+compares that table's names and defaults with this signature).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import os
+import random
+import ssl as _ssl
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, ParamSpec, TypeVar
+
+from .core import AlertPolicy, AppEvent, AppPing, Backoff, Config, ConfigError, FeedCore
+from .core._config import HeaderProvider, HeadersLike
+
+__all__ = [
+    "options",
+    "Options",
+    "with_options",
+    "prepare",
+    "build_driver_options",
+    "DriverOptions",
+    "Overflow",
+    "OverflowName",
+    "FAST_ENVIRONMENT",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The environment variable read when ``fast`` is ``None``.
+FAST_ENVIRONMENT = "NONSTOP_FAST"
+#: Its values (compared stripped, in lower case) that turn the speed-ups off.
+_FAST_OFF = frozenset({"0", "false", "no", "off"})
+
+OverflowName = Literal["backpressure", "drop_oldest", "disconnect"]
+
+
+class Overflow(enum.Enum):
+    """What happens when the application falls ``queue_size`` messages behind."""
+
+    BACKPRESSURE = "backpressure"
+    """Stop reading the socket until there is room (nothing is dropped; the
+    server's own buffers and TCP flow control absorb the burst).  Liveness
+    timeouts are suspended meanwhile, pings still go out."""
+    DROP_OLDEST = "drop_oldest"
+    """Keep reading; drop the oldest queued message for each new one."""
+    DISCONNECT = "disconnect"
+    """Drop the connection (reason ``slow_consumer``) and reconnect: for feeds
+    where a fresh snapshot beats a stale backlog."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverOptions:
+    """Driver-side options (everything else belongs to the core's Config)."""
+
+    ssl_context: _ssl.SSLContext | None
+    queue_size: int
+    overflow: Overflow
+    on_event: Callable[[AppEvent], None] | None
+    read_size: int
+    write_timeout: float
+    fast: bool
+    """Use the driver's speed-ups beside its plain loop (``False``: the plain
+    loop only; the same behaviour, slower)."""
+    logger: logging.Logger
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The checked options of one ``connect(...)`` call.
+
+    Made by :func:`options`; a driver's feed takes :meth:`new_core` and
+    :attr:`driver`.
+    """
+
+    config: Config
+    """The core's part: what is decided (timeouts, backoff, subscriptions)."""
+    driver: DriverOptions
+    """The driver's part: how bytes move."""
+    rng: random.Random
+    """The jitter source the core draws from."""
+
+    def new_core(self) -> FeedCore:
+        """A fresh :class:`~nonstop.core.FeedCore` for these options; hand it,
+        with :attr:`driver`, to the driver's feed."""
+        return FeedCore(self.config, rng=self.rng)
+
+
+def options(
+    url: str,
+    *,
+    subscribe: Iterable[object] = (),
+    headers: HeadersLike | HeaderProvider | None = None,
+    subprotocols: Sequence[str] = (),
+    name: str | None = None,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 10.0,
+    silence_timeout: float | None = 60.0,
+    app_ping: AppPing | None = None,
+    connect_timeout: float = 10.0,
+    handshake_timeout: float = 10.0,
+    close_timeout: float = 5.0,
+    stable_after: float = 10.0,
+    backoff: Backoff | None = None,
+    max_attempts: int | None = None,
+    fatal_statuses: Iterable[int] = (),
+    fatal_close_codes: Iterable[int] = (),
+    max_message_size: int | None = 1 << 20,
+    alerts: AlertPolicy | None = None,
+    user_agent: str | None = "nonstop",
+    server_hostname: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    queue_size: int = 4096,
+    overflow: Overflow | OverflowName = "backpressure",
+    on_event: Callable[[AppEvent], None] | None = None,
+    read_size: int = 1 << 20,
+    write_timeout: float = 10.0,
+    fast: bool | None = None,
+    logger: logging.Logger | None = None,
+    rng: random.Random | None = None,
+) -> Options:
+    """Check the options of ``connect`` and return them as :class:`Options`.
+
+    Raises :class:`~nonstop.ConfigError` naming the option and what to do
+    (:class:`~nonstop.InvalidURL` for the URL).  Next, a driver's feed is
+    built from :meth:`Options.new_core` and :attr:`Options.driver`.
+
+    Options
+    -------
+    url
+        The feed's ``ws://`` or ``wss://`` URL.
+    subscribe
+        Messages sent after every connect, in order: ``str``, ``bytes``,
+        JSON-able objects or :class:`~nonstop.Subscription`.
+    headers
+        Upgrade headers (a dict or pairs), or a callable returning them,
+        called before every attempt.  Never logged.
+    subprotocols
+        Subprotocols offered in the handshake.
+    name
+        The feed's label in logs and metrics; ``None``: the redacted URL.
+    ping_interval
+        Seconds between protocol pings (``None``: no pings).
+    ping_timeout
+        Seconds after a ping within which some byte must arrive.
+    silence_timeout
+        Seconds without any byte after which the connection is dropped.
+    app_ping
+        A :class:`~nonstop.AppPing` for servers that want an application ping.
+    connect_timeout
+        Seconds for name lookup, TCP and TLS.
+    handshake_timeout
+        Seconds for the HTTP upgrade.
+    close_timeout
+        Seconds a close handshake may take.
+    stable_after
+        Seconds a connection must stay up before the backoff resets.
+    backoff
+        A :class:`~nonstop.Backoff`; ``None``: ``Backoff()``.
+    max_attempts
+        Failures in a row before the feed gives up (``None``: never).
+    fatal_statuses
+        Upgrade statuses that stop the feed instead of retrying.
+    fatal_close_codes
+        Close codes that stop the feed instead of retrying.
+    max_message_size
+        Bytes a message may have; bigger ones close with 1009 (``None``: no limit).
+    alerts
+        An :class:`~nonstop.AlertPolicy`; ``None``: ``AlertPolicy()``.
+    user_agent
+        The ``User-Agent`` header (``None``: none).
+    server_hostname
+        The TLS name to verify and send; ``None``: the URL's host.
+    ssl
+        An ``ssl.SSLContext``; ``None`` for ``wss://``: a verifying default context.
+    queue_size
+        Messages buffered for the application.
+    overflow
+        What a full queue does: ``"backpressure"``, ``"drop_oldest"`` or
+        ``"disconnect"`` (an :class:`~nonstop.Overflow`).
+    on_event
+        A callable receiving every lifecycle event (not messages); keep it quick.
+    read_size
+        Bytes of the largest socket read.
+    write_timeout
+        Seconds a write may block before the connection fails.
+    fast
+        Whether the driver uses its speed-ups beside its plain loop;
+        ``None``: on, unless the environment variable ``NONSTOP_FAST`` is
+        ``0``, ``false``, ``no`` or ``off``.
+    logger
+        Where lifecycle lines go; ``None``: the ``nonstop`` logger.
+    rng
+        The jitter source; ``None``: a fresh ``random.Random()``.
+    """
+    config = Config(
+        url=url,
+        name=name,
+        subscriptions=_messages("subscribe", subscribe),
+        headers=headers,
+        subprotocols=tuple(_strings("subprotocols", subprotocols)),
+        user_agent=user_agent,
+        server_hostname=server_hostname,
+        connect_timeout=connect_timeout,
+        handshake_timeout=handshake_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        silence_timeout=silence_timeout,
+        app_ping=app_ping,
+        close_timeout=close_timeout,
+        stable_after=stable_after,
+        backoff=Backoff() if backoff is None else backoff,
+        max_attempts=max_attempts,
+        fatal_statuses=_codes("fatal_statuses", fatal_statuses),
+        fatal_close_codes=_codes("fatal_close_codes", fatal_close_codes),
+        max_message_size=max_message_size,
+        alerts=AlertPolicy() if alerts is None else alerts,
+    )
+    driver = build_driver_options(
+        config,
+        ssl=ssl,
+        queue_size=queue_size,
+        overflow=overflow,
+        on_event=on_event,
+        read_size=read_size,
+        write_timeout=write_timeout,
+        fast=fast,
+        logger=logger,
+    )
+    return Options(config, driver, rng if rng is not None else random.Random())
+
+
+def _items(option: str, value: object, what: str) -> list[Any]:
+    if isinstance(value, (str, bytes, bytearray)):
+        raise ConfigError(f"{option} must be a list of {what}, not a single one; write {option}=[...]")
+    if not isinstance(value, Iterable):
+        raise ConfigError(f"{option} must be a list of {what}, got {value!r}")
+    return list(value)
+
+
+def _messages(option: str, value: object) -> list[object]:
+    return _items(option, value, "messages")
+
+
+def _strings(option: str, value: object) -> list[str]:
+    return _items(option, value, "names")
+
+
+def _codes(option: str, value: object) -> frozenset[int]:
+    codes = _items(option, value, "integer codes")
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise ConfigError(f"{option} must contain integer codes, got {code!r}")
+    return frozenset(codes)
+
+
+def resolve_fast(fast: object) -> bool:
+    """``fast`` as given (``True``/``False``), or for ``None`` from the
+    environment variable :data:`FAST_ENVIRONMENT`: off when it is ``0``,
+    ``false``, ``no`` or ``off`` (any case), on otherwise and when unset."""
+    if fast is None:
+        return os.environ.get(FAST_ENVIRONMENT, "").strip().lower() not in _FAST_OFF
+    if not isinstance(fast, bool):
+        raise ConfigError(
+            f"fast must be True, False or None (None: from ${FAST_ENVIRONMENT}), got {fast!r}"
+        )
+    return fast
+
+
+def build_driver_options(
+    config: Config,
+    *,
+    ssl: _ssl.SSLContext | None,
+    queue_size: int,
+    overflow: Overflow | OverflowName,
+    on_event: Callable[[AppEvent], None] | None,
+    read_size: int,
+    write_timeout: float,
+    fast: bool | None = None,
+    logger: logging.Logger | None,
+) -> DriverOptions:
+    """Check the driver's options against the core's *config* (``ssl`` needs
+    a ``wss://`` URL) and return them as :class:`DriverOptions`."""
+    if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+        raise ConfigError(f"ssl must be an ssl.SSLContext or None, got {ssl!r}")
+    if ssl is not None and not config.endpoint.tls:
+        raise ConfigError("ssl was given but the URL is ws://; use wss:// for TLS")
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ConfigError(f"queue_size must be an integer >= 1, got {queue_size!r}")
+    try:
+        policy = Overflow(overflow)
+    except ValueError:
+        choices = ", ".join(o.value for o in Overflow)
+        raise ConfigError(f"overflow must be one of {choices}, got {overflow!r}") from None
+    if on_event is not None and not callable(on_event):
+        raise ConfigError(f"on_event must be callable, got {on_event!r}")
+    if isinstance(read_size, bool) or not isinstance(read_size, int) or read_size < 1024:
+        raise ConfigError(f"read_size must be an integer >= 1024, got {read_size!r}")
+    if (isinstance(write_timeout, bool) or not isinstance(write_timeout, (int, float))
+            or not write_timeout > 0):
+        raise ConfigError(f"write_timeout must be a number of seconds > 0, got {write_timeout!r}")
+    context = ssl
+    if context is None and config.endpoint.tls:
+        context = _ssl.create_default_context()
+    return DriverOptions(
+        ssl_context=context,
+        queue_size=queue_size,
+        overflow=policy,
+        on_event=on_event,
+        read_size=read_size,
+        write_timeout=write_timeout,
+        fast=resolve_fast(fast),
+        logger=logger if logger is not None else logging.getLogger("nonstop"),
+    )
+
+
+def prepare(arguments: Mapping[str, Any]) -> tuple[FeedCore, DriverOptions]:
+    """``connect()``'s arguments (``url`` and any options, by name) as a new
+    core and the driver's options: :func:`options`, then
+    :meth:`Options.new_core` and :attr:`Options.driver`."""
+    chosen = options(**arguments)
+    return chosen.new_core(), chosen.driver
+
+
+def with_options(of: Callable[P, Options]) -> Callable[[Callable[[Options], R]], Callable[P, R]]:
+    """Give the decorated function *of*'s parameters: calling it checks them
+    with *of* and passes the :class:`Options` to the function's body.
+
+    The result has *of*'s signature for type checkers (through the
+    :class:`~typing.ParamSpec`) and at run time (``__signature__`` and
+    ``__annotations__``, with the body's return type), and the body's
+    docstring followed by the ``Options`` section of *of*'s.
+    """
+
+    def decorate(body: Callable[[Options], R]) -> Callable[P, R]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            return body(of(*args, **kwargs))
+
+        signature = inspect.signature(of).replace(
+            return_annotation=inspect.signature(body).return_annotation
+        )
+        hints = typing.get_type_hints(of)
+        hints["return"] = typing.get_type_hints(body)["return"]
+        function: Any = call
+        function.__name__ = getattr(body, "__name__", "call")
+        function.__qualname__ = getattr(body, "__qualname__", function.__name__)
+        function.__module__ = body.__module__
+        function.__doc__ = _compose_doc(body.__doc__, of.__doc__)
+        function.__signature__ = signature
+        function.__annotations__ = hints
+        return call
+
+    return decorate
+
+
+def _compose_doc(body: str | None, of: str | None) -> str:
+    """*body*'s docstring, then the ``Options`` section of *of*'s."""
+    text = inspect.cleandoc(body or "")
+    section = inspect.cleandoc(of or "").partition("\nOptions\n-------\n")[2]
+    if section:
+        text += "\n\nOptions\n-------\n" + section
+    return text
