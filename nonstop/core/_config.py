@@ -17,11 +17,11 @@ replayed after a reconnect is byte-for-byte what was first sent.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from ._checks import check_positive
 from ._errors import ConfigError
 from ._guard import AlertPolicy
 from ._url import Endpoint, parse_url
@@ -42,18 +42,6 @@ Payload = Union[str, bytes]
 HeadersLike = Union[Mapping[str, str], Sequence[tuple[str, str]]]
 HeaderProvider = Callable[[], HeadersLike]
 Matcher = Callable[[Payload], bool]
-
-
-def check_positive(name: str, value: object, *, integer: bool = False, zero: bool = False) -> None:
-    """Raise :class:`ConfigError` unless *value* is a finite positive number."""
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an integer" if integer else "a number of seconds"
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
-    assert isinstance(value, (int, float))
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        bound = ">= 0" if zero else "> 0"
-        raise ConfigError(f"{name} must be finite and {bound}, got {value!r}; use None to disable it")
 
 
 def encode_message(message: object, what: str = "message") -> Payload:

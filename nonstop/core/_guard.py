@@ -38,6 +38,8 @@ import errno
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from ._checks import check_positive
+
 __all__ = [
     "Reason",
     "AlertKind",
@@ -318,8 +320,6 @@ class AlertPolicy:
     next successful connection."""
 
     def __post_init__(self) -> None:
-        from ._config import check_positive  # local: _config imports this module
-
         if self.consecutive_failures is not None:
             check_positive("alerts.consecutive_failures", self.consecutive_failures, integer=True)
         if self.down_for is not None:
