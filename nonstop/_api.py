@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._options import Options, options, with_options
 from .transports._anyio import AsyncFeed
+from .transports._anyio_fast import FastAsyncFeed
 
 __all__ = ["connect"]
 
@@ -22,4 +23,5 @@ def connect(chosen: Options) -> AsyncFeed:
     Bad options and URLs raise :class:`~nonstop.ConfigError` /
     :class:`~nonstop.InvalidURL` here, before anything connects.
     """
-    return AsyncFeed(chosen.new_core(), chosen.driver)
+    kind = FastAsyncFeed if chosen.driver.fast else AsyncFeed
+    return kind(chosen.new_core(), chosen.driver)

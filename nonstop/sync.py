@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ._options import Options, options, with_options
 from .transports._blocking import SyncFeed
+from .transports._blocking_fast import FastSyncFeed
 
 __all__ = ["connect"]
 
@@ -29,4 +30,5 @@ def connect(chosen: Options) -> SyncFeed:
     URLs raise :class:`~nonstop.ConfigError` / :class:`~nonstop.InvalidURL`
     here, before anything connects.
     """
-    return SyncFeed(chosen.new_core(), chosen.driver)
+    kind = FastSyncFeed if chosen.driver.fast else SyncFeed
+    return kind(chosen.new_core(), chosen.driver)

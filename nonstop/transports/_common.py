@@ -334,6 +334,14 @@ class Observer:
             return FeedGaveUp(stopped)
         return None
 
+    def ended_before(self, kind: type) -> NoReturn:
+        """A ``wait_for(kind)`` saw the feed end first: raise
+        :class:`FeedGaveUp` (it gave up) or :class:`RuntimeError` (a stop)."""
+        gave_up = self.gave_up()
+        if gave_up is not None:
+            raise gave_up
+        raise RuntimeError(f"the feed stopped before a {kind.__name__} event")
+
     def end(self, crash: BaseException | None, stop: type[Exception]) -> NoReturn:
         """A consumer asked for messages after the feed ended: raise the
         driver's crash, :class:`FeedGaveUp` (it gave up) or *stop* (a stop:

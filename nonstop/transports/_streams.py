@@ -7,7 +7,7 @@ connection: ``receive`` (whatever bytes are there, or wait), ``send``,
 ``aclose`` (graceful, TLS close_notify included) and ``abort`` (an RST: the
 peer is dead or hostile).  :func:`open_stream` connects and returns one of:
 
-* :class:`AnyioStream` -- anyio's TCP/TLS stream, used on **trio** (a
+* :class:`SocketStream` -- anyio's TCP/TLS stream, used on **trio** (a
   trio-level socket stream was tried: no faster round trip, since trio's
   scheduler batch, not the stream, sets the pace).
 * :class:`AsyncioStream` -- an :class:`asyncio.Protocol` of ours, used on
@@ -37,32 +37,23 @@ or :class:`anyio.EndOfStream` for a clean end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 
-from ._common import MIN_READ, NEXT_ADDRESS_DELAY, ReadSize
+from ._anyio import AnyioStream, Stream, linger_zero, wrap_socket
+from ._common import MIN_READ, ReadSize
+from ._dial import dial
 
-__all__ = ["Stream", "AnyioStream", "AsyncioStream", "open_stream"]
+__all__ = ["Stream", "SocketStream", "AsyncioStream", "open_stream"]
 
 #: Unread bytes at which the asyncio protocol stops reading (TCP then pushes
 #: the server back); it reads again as soon as the driver takes them.
 READ_HIGH_WATER = 1 << 20
-
-
-class Stream(Protocol):
-    async def receive(self) -> bytes: ...
-    async def send(self, data: bytes) -> None: ...
-    def write_nowait(self, data: bytes) -> int: ...
-    async def aclose(self) -> None: ...
-    async def abort(self) -> None: ...
 
 
 def _recv_nowait(raw: socket.socket, reads: ReadSize) -> bytes:
@@ -75,14 +66,8 @@ def _recv_nowait(raw: socket.socket, reads: ReadSize) -> bytes:
     return data
 
 
-def _linger_zero(sock: object) -> None:
-    """Make the coming close an RST (SO_LINGER 0)."""
-    with contextlib.suppress(OSError, AttributeError):  # already closed underneath us
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # type: ignore[attr-defined]
-
-
-class AnyioStream:
-    """anyio's stream (trio): a thin pass-through, reads sized by *reads*.
+class SocketStream(AnyioStream):
+    """anyio's stream (trio), reads sized by *reads*.
 
     On plain TCP, :meth:`write_nowait` writes straight to the socket (it is
     non-blocking): a write that fits costs no checkpoint, no cancel scope and
@@ -91,14 +76,13 @@ class AnyioStream:
     what is there without waiting (the consumer's inline read).
     """
 
-    __slots__ = ("_raw", "_reads", "_stream", "send")
+    __slots__ = ("_raw", "send")
 
     def __init__(self, stream: anyio.abc.ByteStream, reads: ReadSize,
                  raw: socket.socket | None = None) -> None:
-        self._stream = stream
-        self._reads = reads
+        super().__init__(stream, reads)
         self._raw = raw
-        self.send = stream.send
+        self.send = stream.send  # type: ignore[method-assign, assignment]  # (no frame of ours per write)
 
     async def receive(self) -> bytes:
         raw = self._raw
@@ -148,13 +132,6 @@ class AnyioStream:
             return raw.send(data)
         except OSError:  # full (EAGAIN), or broken: send() waits or says which
             return 0
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def abort(self) -> None:
-        _linger_zero(self._stream.extra(anyio.abc.SocketAttribute.raw_socket))
-        await anyio.aclose_forcefully(self._stream)
 
 
 class _FeedProtocol(asyncio.Protocol):
@@ -329,65 +306,8 @@ class AsyncioStream:
         await asyncio.shield(self._protocol.closed)
 
     async def abort(self) -> None:
-        _linger_zero(self._transport.get_extra_info("socket"))
+        linger_zero(self._transport.get_extra_info("socket"))
         self._transport.abort()
-
-
-async def _connect_socket(host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket: every address in turn, the next
-    one started when the last failed or after :data:`NEXT_ADDRESS_DELAY`,
-    the first to connect wins (as ``anyio.connect_tcp`` does).  All failed:
-    the last error, with the first as its context."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    errors: list[OSError] = []
-    tasks: list[asyncio.Task[socket.socket]] = []
-    winner: socket.socket | None = None
-    try:
-        for index, info in enumerate(infos):
-            tasks.append(loop.create_task(_connect_one(loop, info)))
-            last = index == len(infos) - 1
-            while winner is None:
-                running = [task for task in tasks if not task.done()]
-                if not running:
-                    break  # every attempt so far failed: the next address now
-                done, _ = await asyncio.wait(running, timeout=None if last else NEXT_ADDRESS_DELAY,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    break  # this address is slow: start the next one beside it
-                for task in done:
-                    exc = task.exception()
-                    if exc is None:
-                        winner = winner or task.result()
-                    elif isinstance(exc, OSError):
-                        errors.append(exc)
-                    else:
-                        raise exc
-            if winner is not None:
-                return winner
-    finally:
-        for task in tasks:
-            if not task.done():
-                task.cancel()  # _connect_one closes its socket
-            elif not task.cancelled() and task.exception() is None and task.result() is not winner:
-                task.result().close()  # connected too, but second
-    error = errors[-1] if errors else OSError(f"no address for {host}")
-    if len(errors) > 1:
-        error.__context__ = errors[0]
-    raise error
-
-
-async def _connect_one(loop: asyncio.AbstractEventLoop, info: tuple[Any, ...]) -> socket.socket:
-    family, kind, proto, _, address = info
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await loop.sock_connect(sock, address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 async def open_stream(
@@ -404,8 +324,8 @@ async def open_stream(
     *reads* sizes the stream's reads; the driver counts the messages each
     read brought into it.
     """
-    if _on_asyncio():
-        sock = await _connect_socket(host, port)
+    sock = await dial(host, port)
+    if on_asyncio():
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.create_connection(
@@ -418,18 +338,8 @@ async def open_stream(
             sock.close()
             raise
         return AsyncioStream(transport, protocol, None if tls else sock)
-    if tls:
-        stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-            host,
-            port,
-            ssl_context=ssl_context,
-            tls=True,
-            tls_hostname=server_hostname,
-            tls_standard_compatible=False,
-        )
-        return AnyioStream(stream, reads)
-    stream = await anyio.connect_tcp(host, port)
-    return AnyioStream(stream, reads, stream.extra(anyio.abc.SocketAttribute.raw_socket))
+    stream = await wrap_socket(sock, tls=tls, ssl_context=ssl_context, server_hostname=server_hostname)
+    return SocketStream(stream, reads, None if tls else sock)
 
 
 def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
@@ -442,7 +352,7 @@ def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     return loop.time
 
 
-def _on_asyncio() -> bool:
+def on_asyncio() -> bool:
     """Is this task running on an asyncio loop (not trio)?"""
     try:
         asyncio.get_running_loop()

@@ -540,7 +540,7 @@ async def test_a_reset_seen_by_the_consumers_own_read_is_reported(
                     raise ConnectionResetError(104, "reset in the consumer's read")
 
                 monkeypatch.setattr(type(stream), "read_nowait", reset)
-                monkeypatch.setattr(feed._reads, "now", 1 << 20)  # as in a burst
+                monkeypatch.setattr(feed._session.reads, "now", 1 << 20)  # as in a burst
             else:
                 target = stream.raw  # type: ignore[union-attr]
                 real = socket.socket.recv

@@ -1,0 +1,198 @@
+"""One feed's state beyond its I/O, shared by every driver.
+
+Theory of operation
+-------------------
+A driver owns sockets, a clock and a way to sleep; everything else about a
+running feed is the same whichever driver runs it, so it lives here, once:
+
+* the core and the bounded :class:`~nonstop.transports._common.MessageBuffer`
+  between it and the application, with the slow-consumer decision
+  (:meth:`Session.deliver`: a full queue under ``disconnect`` asks the core
+  for a reconnect);
+* backpressure: before the driver waits, :meth:`Session.prepare_wait` tells
+  the core to pause or resume reading as the queue is full or not, and
+  returns the core's next deadline;
+* the grace before a deferred protocol failure: the core holds the failure
+  until its own timer (``failure_grace``) or until the application has
+  caught up (every delivered message taken, the consumer waiting for more,
+  or nobody iterating and nothing queued), which the session reports to it
+  through ``core.caught_up``;
+* the guard that feeds a transport error to the core only while the core
+  still has that transport (:meth:`Session.lost`);
+* the observer (log lines, ``on_event``, history) and the waiters behind
+  ``wait_for`` / ``wait_connected``;
+* the end of a feed whose driver stops before the core did
+  (:meth:`Session.settle`): the socket is gone, so the core is taken to
+  ``STOPPED`` and its last events are logged.
+
+The session takes no lock and does no I/O: the anyio driver calls it from
+its one event-loop thread, the blocking driver with its lock held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ..core import (
+    AppEvent,
+    CloseTransport,
+    Disconnected,
+    FeedCore,
+    Messages,
+    Metrics,
+    OpenTransport,
+    Reason,
+    State,
+    Subscribed,
+    Subscription,
+)
+from ._common import DriverOptions, MessageBuffer, Observer, ReadSize
+
+__all__ = ["Session", "Waiter", "matcher", "confirms"]
+
+E = TypeVar("E", bound=AppEvent)
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    """A ``wait_for`` call: the first event *match* accepts lands in *box*,
+    then *wake* is called (the driver's way to end that wait)."""
+
+    match: Callable[[AppEvent], bool]
+    wake: Callable[[], None]
+    box: list[AppEvent] = field(default_factory=list)
+
+
+def matcher(kind: type[E], predicate: Callable[[E], bool] | None) -> Callable[[AppEvent], bool]:
+    """``wait_for(kind, predicate)``'s test of an event."""
+    def match(event: AppEvent) -> bool:
+        return isinstance(event, kind) and (predicate is None or predicate(event))
+
+    return match
+
+
+def confirms(sub: Subscription) -> Callable[[AppEvent], bool]:
+    """``subscribe()``'s wait: *sub* confirmed, or the connection ended
+    (it is replayed on the next one)."""
+    def match(event: AppEvent) -> bool:
+        return (isinstance(event, Subscribed) and event.subscription is sub) or isinstance(
+            event, Disconnected)
+
+    return match
+
+
+class Session:
+    """The core, the queue, the observer and the waiters of one feed."""
+
+    __slots__ = ("core", "options", "buffer", "observer", "waiters", "reads",
+                 "consumer_seen", "consumer_waiting")
+
+    def __init__(self, core: FeedCore, options: DriverOptions) -> None:
+        self.core = core
+        self.options = options
+        self.buffer = MessageBuffer(options.queue_size, options.overflow)
+        self.observer = Observer(core.config.label, options.logger, options.on_event)
+        self.waiters: list[Waiter] = []
+        self.reads = ReadSize(options.read_size, options.queue_size)
+        #: The application has asked for messages at least once.
+        self.consumer_seen = False
+        #: The application waits for messages right now (the queue is empty).
+        self.consumer_waiting = False
+
+    def new_reads(self) -> ReadSize:
+        """Read sizing for a new connection (it starts small again)."""
+        self.reads = ReadSize(self.options.read_size, self.options.queue_size)
+        return self.reads
+
+    # -- what the core hands out -------------------------------------------
+    def deliver(self, batch: Messages, now: float) -> None:
+        """Queue a run of messages; a queue overflowing under the
+        ``disconnect`` policy ends the connection (``slow_consumer``)."""
+        self.reads.messages += len(batch.data)
+        if self.buffer.push(batch) == "disconnect":
+            self.core.reconnect(now, reason=Reason.SLOW_CONSUMER)
+
+    def observe(self, event: AppEvent) -> None:
+        """A lifecycle event: log it, tell ``on_event``, end matching waits."""
+        self.observer.observe(event)
+        for waiter in self.waiters:
+            if not waiter.box and waiter.match(event):
+                waiter.box.append(event)
+                waiter.wake()
+
+    def effect(self, now: float) -> OpenTransport | CloseTransport | None:
+        """Drain the core's events up to the next effect for the driver:
+        messages are queued, lifecycle events observed.  ``None``: drained."""
+        core = self.core
+        while (event := core.next_event()) is not None:
+            if type(event) is Messages:
+                self.deliver(event, now)
+            elif isinstance(event, (OpenTransport, CloseTransport)):
+                return event
+            else:
+                assert not isinstance(event, Messages)
+                self.observe(event)
+        return None
+
+    # -- before the driver waits ---------------------------------------------
+    def prepare_wait(self, now: float) -> float | None:
+        """Tell the core about the queue (backpressure, caught up), then
+        return its next deadline: the driver waits until then.  *now* when
+        the core has work right away (a deferred failure went ahead): the
+        driver's wait ends at once and its loop writes the close frame."""
+        core = self.core
+        held = self.buffer.held
+        if held and not core.reading_paused:
+            core.pause_reading(now)
+        elif not held and core.reading_paused:
+            core.resume_reading(now)
+        if self.check_caught_up(now):
+            return now
+        return core.next_deadline()
+
+    @property
+    def caught_up(self) -> bool:
+        """Every delivered message is taken, and the application waits for
+        more (or never asked: then it has nothing to answer)."""
+        return not len(self.buffer) and (self.consumer_waiting or not self.consumer_seen)
+
+    def check_caught_up(self, now: float) -> bool:
+        """A deferred failure goes ahead once the application caught up:
+        True if that happened (the driver has work: a close frame)."""
+        if self.core.failure_pending and self.caught_up:
+            if hasattr(self.core, "caught_up"):  # TEMP until the core has it
+                self.core.caught_up(now)
+            return True
+        return False
+
+    def lost(self, error: BaseException, now: float) -> None:
+        """A read or write failed: the core fails the connection, unless it
+        had already dropped that transport."""
+        if hasattr(self.core, "transport_lost"):  # TEMP until the core has it
+            self.core.transport_lost(error, now)
+        elif self.core.state in (State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING):
+            self.core.transport_failed(error, now)
+
+    # -- the end ---------------------------------------------------------------
+    def settle(self, now: float) -> None:
+        """The driver is ending before the core stopped (cancelled, or a
+        bug): the socket is gone, so take the core to ``STOPPED`` too --
+        ``feed.state`` must not stay ``OPEN`` -- and let the log and
+        ``on_event`` see its last events (``Disconnected``, ``Stopped``).
+        Messages still in the core are dropped with the feed."""
+        core = self.core
+        if core.state is State.STOPPED:
+            return
+        core.stop(now)
+        after_stop: State = core.state
+        if after_stop is not State.STOPPED:  # it was open or closing: the transport is gone
+            core.transport_failed(ConnectionAbortedError("the feed's driver ended"), now)
+        while (event := core.next_event()) is not None:
+            if not isinstance(event, (Messages, OpenTransport, CloseTransport)):
+                self.observe(event)
+
+    def metrics(self, now: float) -> Metrics:
+        """The core's metrics plus the queue's."""
+        return self.buffer.add_driver_metrics(self.core.metrics(now))
