@@ -1,0 +1,346 @@
+"""Happy eyeballs, the I/O: TCP connects driven by :class:`nonstop.core._dial.Dial`.
+
+Theory of operation
+-------------------
+:class:`~nonstop.core._dial.Dial` decides which address to try when, which
+attempt won and which sockets to close.  This module does the I/O for it,
+once per kind of driver, with the same steps for one attempt:
+
+1. :func:`_open`: a non-blocking socket for the address, ``TCP_NODELAY``
+   on, ``connect_ex`` started.  An error here (no IPv6 on this machine, an
+   unreachable network) fails the attempt at once.
+2. wait until the socket is writable;
+3. :func:`_outcome`: ``SO_ERROR`` says whether it connected.
+
+Errors are the ones the drivers always reported, so
+:func:`~nonstop.core.classify_error` gives the same reasons: the
+:class:`socket.gaierror` of the name lookup (``dns``), ``OSError(errno, ...)``
+built from ``connect_ex`` or ``SO_ERROR`` (``ConnectionRefusedError`` for a
+refused port: ``refused``; others ``network``), and when every address
+failed, the last error with the first as its ``__context__``.
+
+* :func:`dial` (the anyio driver, on asyncio and on trio): one task per
+  attempt waits in :func:`anyio.wait_writable` and reports to the dial; the
+  calling task starts attempts and runs the timer.  All of them live in one
+  task group, so a cancelled dial stops every wait, and every socket it
+  opened and did not return is closed once the tasks have stopped waiting
+  on them (trio must not see a descriptor closed under a waiting task).
+* :class:`SelectorDial` (the blocking driver): no thread and no blocking
+  call besides the name lookup; it registers its sockets on the driver's
+  selector and the driver's loop feeds it readiness and time, so a
+  ``stop()`` is handled at the driver's next turn, mid-connect or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ..core._dial import NEXT_ADDRESS_DELAY, Attempt, Dial
+from ..core._errors import LocalProtocolError
+
+__all__ = ["AddrInfo", "dial", "dial_addresses", "SelectorDial"]
+
+#: One entry of :func:`socket.getaddrinfo`: family, type, proto, canonname, address.
+AddrInfo = tuple[int, int, int, str, Any]
+
+#: ``connect_ex`` results that mean "under way" (0: connected already; the
+#: socket is writable at once and ``SO_ERROR`` confirms it).
+_UNDER_WAY = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN})
+
+
+def _family(info: AddrInfo) -> int:
+    return info[0]
+
+
+def _open(info: AddrInfo) -> socket.socket:
+    """A non-blocking TCP socket with ``TCP_NODELAY``, its connect to
+    *info*'s address under way; raises :class:`OSError` (socket closed)."""
+    family, kind, proto, _, address = info
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(address)
+        if err not in _UNDER_WAY:
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _outcome(sock: socket.socket) -> OSError | None:
+    """How the connect of a socket that became writable ended: ``None`` for
+    connected, else the error (``OSError(errno, strerror)``)."""
+    try:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    except OSError as exc:
+        return exc
+    return OSError(err, os.strerror(err)) if err else None
+
+
+# ---------------------------------------------------------------------------
+# the anyio driver
+async def dial(host: str, port: int, *, delay: float = NEXT_ADDRESS_DELAY) -> socket.socket:
+    """A connected non-blocking TCP socket (``TCP_NODELAY`` on) to *host*:*port*.
+
+    Resolves with :func:`anyio.getaddrinfo` (a :class:`socket.gaierror` goes
+    through), then :func:`dial_addresses`.  Runs on any anyio backend.
+    The caller owns the socket; on cancellation or error every socket
+    opened is closed.
+    """
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return await dial_addresses(infos, host=host, delay=delay)
+
+
+async def dial_addresses(
+    infos: Sequence[AddrInfo], *, host: str, delay: float = NEXT_ADDRESS_DELAY
+) -> socket.socket:
+    """:func:`dial` on addresses already resolved (``getaddrinfo`` tuples).
+
+    Raises the dial's error (an :class:`OSError`) when every address failed,
+    ``OSError("no address for <host>")`` when *infos* is empty.
+    """
+    return await _AsyncDial(Dial(infos, family=_family, host=host, now=anyio.current_time(),
+                                 delay=delay)).run()
+
+
+class _AsyncDial:
+    """One :func:`dial`: the calling task starts attempts and runs the timer,
+    one task per attempt waits for its socket and reports to the dial."""
+
+    __slots__ = ("_dial", "_open", "_waiting", "_wake")
+
+    def __init__(self, dial: Dial[AddrInfo]) -> None:
+        self._dial = dial
+        self._open: dict[int, socket.socket] = {}  # attempt index -> socket not closed yet
+        self._waiting: dict[int, anyio.CancelScope] = {}  # attempts whose task waits
+        self._wake = anyio.Event()  # set by a task that reported
+
+    async def run(self) -> socket.socket:
+        d = self._dial
+        try:
+            async with anyio.create_task_group() as tg:
+                self._step(tg)
+                while not d.done:
+                    deadline = d.next_deadline()
+                    with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    # The current time, not max(deadline, now): a task reports
+                    # with current_time() next, and the dial's clock must not
+                    # run ahead of it.  An early wake-up only loops once more.
+                    d.handle_timer(anyio.current_time())
+                    self._step(tg)
+                tg.cancel_scope.cancel()  # the losers' tasks stop waiting
+            if d.winner is not None:
+                return self._open.pop(d.winner.index)
+        finally:
+            # Every task has ended here: no socket is waited on any more.
+            for sock in self._open.values():
+                sock.close()
+            self._open.clear()
+        assert d.error is not None
+        raise d.error
+
+    def _step(self, tg: anyio.abc.TaskGroup) -> None:
+        """Close what the dial says, start what it says, until it says nothing."""
+        d = self._dial
+        while True:
+            while (gone := d.next_close()) is not None:
+                scope = self._waiting.pop(gone.index, None)
+                if scope is not None:
+                    scope.cancel()  # its socket is closed when the task group ends
+                elif (sock := self._open.pop(gone.index, None)) is not None:
+                    sock.close()
+            attempt = d.next_start()
+            if attempt is None:
+                return
+            try:
+                sock = _open(attempt.address)
+            except OSError as exc:
+                d.failed(attempt, exc, anyio.current_time())
+                continue
+            self._open[attempt.index] = sock
+            self._waiting[attempt.index] = scope = anyio.CancelScope()
+            tg.start_soon(self._watch, attempt, sock, scope)
+
+    async def _watch(self, attempt: Attempt[AddrInfo], sock: socket.socket,
+                     scope: anyio.CancelScope) -> None:
+        try:
+            with scope:
+                await anyio.wait_writable(sock)
+        finally:
+            self._waiting.pop(attempt.index, None)
+        d = self._dial
+        if not d.is_in_flight(attempt):
+            return  # told to close meanwhile (another won)
+        error = _outcome(sock)
+        if error is None:
+            d.connected(attempt, anyio.current_time())
+        else:
+            d.failed(attempt, error, anyio.current_time())
+        self._wake.set()
+
+
+# ---------------------------------------------------------------------------
+# the blocking driver
+class SelectorDial:
+    """A happy-eyeballs connect run by the caller's ``selectors`` loop.
+
+    It registers each socket it is connecting on *selector* for
+    ``EVENT_WRITE`` with itself as the key's ``data``.  The driver's loop:
+
+    * waits with ``selector.select(timeout)``, the timeout no later than
+      :meth:`next_deadline`;
+    * for each ready key whose ``data is`` this dial, calls
+      :meth:`on_ready` ``(key.fileobj, now)``; if the deadline passed, calls
+      :meth:`handle_timer` ``(now)``;
+    * then checks :attr:`done`: :meth:`take` the connected socket
+      (unregistered, non-blocking, ``TCP_NODELAY`` on; the caller owns it),
+      or report :attr:`error`.
+
+    :meth:`close` (a stop, a connect timeout) closes every socket it holds.
+    Nothing here blocks; only :meth:`open` does, for the name lookup.
+    """
+
+    __slots__ = ("_dial", "_selector", "_attempts", "_winner", "_lookup_error", "_closed")
+
+    def __init__(
+        self,
+        infos: Sequence[AddrInfo],
+        selector: selectors.BaseSelector,
+        *,
+        host: str,
+        now: float,
+        delay: float = NEXT_ADDRESS_DELAY,
+    ) -> None:
+        """Start connecting to *infos* (``getaddrinfo`` tuples) at once."""
+        self._dial = Dial(infos, family=_family, host=host, now=now, delay=delay)
+        self._selector = selector
+        self._attempts: dict[socket.socket, Attempt[AddrInfo]] = {}  # registered, in flight
+        self._winner: socket.socket | None = None  # connected, not taken yet
+        self._lookup_error: OSError | None = None
+        self._closed = False
+        self._step(now)
+
+    @classmethod
+    def open(
+        cls,
+        host: str,
+        port: int,
+        selector: selectors.BaseSelector,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        delay: float = NEXT_ADDRESS_DELAY,
+    ) -> SelectorDial:
+        """Resolve *host* with :func:`socket.getaddrinfo` (the one blocking
+        call), then start as the constructor does, at ``clock()`` read after
+        the lookup.  A failed lookup gives a dial that is already
+        :attr:`done`, its :attr:`error` the :class:`socket.gaierror`."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            failed = cls((), selector, host=host, now=clock(), delay=delay)
+            failed._lookup_error = exc
+            return failed
+        return cls(infos, selector, host=host, now=clock(), delay=delay)
+
+    # -- queries --
+    @property
+    def done(self) -> bool:
+        """A socket connected (:meth:`take` it) or all failed (:attr:`error`)."""
+        return self._dial.done
+
+    @property
+    def error(self) -> OSError | None:
+        """Why the connect failed, once :attr:`done` without a winner."""
+        return self._lookup_error if self._lookup_error is not None else self._dial.error
+
+    def next_deadline(self) -> float | None:
+        """When to call :meth:`handle_timer` (the next address is due), or ``None``."""
+        return None if self._closed else self._dial.next_deadline()
+
+    # -- inputs --
+    def on_ready(self, fileobj: object, now: float) -> None:
+        """A key of this dial's was writable.  Sockets it no longer holds
+        (closed earlier in the same ``select`` round) are ignored."""
+        attempt = self._attempts.get(fileobj) if isinstance(fileobj, socket.socket) else None
+        if attempt is None or self._closed:
+            return
+        assert isinstance(fileobj, socket.socket)
+        error = _outcome(fileobj)
+        if error is None:
+            del self._attempts[fileobj]
+            self._selector.unregister(fileobj)
+            self._winner = fileobj
+            self._dial.connected(attempt, now)
+        else:
+            self._dial.failed(attempt, error, now)
+        self._step(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Start the next address if it is due; safe to call early or twice."""
+        if self._closed:
+            return
+        self._dial.handle_timer(now)
+        self._step(now)
+
+    # -- outputs --
+    def take(self) -> socket.socket:
+        """The connected socket, now the caller's (this dial forgets it)."""
+        sock, self._winner = self._winner, None
+        if sock is None:
+            raise LocalProtocolError("no connected socket to take")
+        return sock
+
+    def close(self) -> None:
+        """Unregister and close every socket still held (an untaken winner
+        too); the dial does nothing more.  Idempotent."""
+        self._closed = True
+        held = [*self._attempts, *([self._winner] if self._winner is not None else [])]
+        self._attempts.clear()
+        self._winner = None
+        for sock in held:
+            self._forget(sock)
+
+    # -- internals --
+    def _step(self, now: float) -> None:
+        d = self._dial
+        while True:
+            while (gone := d.next_close()) is not None:
+                for sock, held in list(self._attempts.items()):
+                    if held is gone:
+                        del self._attempts[sock]
+                        self._forget(sock)
+            attempt = d.next_start()
+            if attempt is None:
+                return
+            try:
+                sock = _open(attempt.address)
+            except OSError as exc:
+                d.failed(attempt, exc, now)
+                continue
+            try:
+                self._selector.register(sock, selectors.EVENT_WRITE, self)
+            except BaseException:
+                sock.close()
+                raise
+            self._attempts[sock] = attempt
+
+    def _forget(self, sock: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(sock)
+        sock.close()
