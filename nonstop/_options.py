@@ -136,6 +136,7 @@ def options(
     connect_timeout: float = 10.0,
     handshake_timeout: float = 10.0,
     close_timeout: float = 5.0,
+    failure_grace: float = 1.0,
     stable_after: float = 10.0,
     backoff: Backoff | None = None,
     max_attempts: int | None = None,
@@ -189,6 +190,9 @@ def options(
         Seconds for the HTTP upgrade.
     close_timeout
         Seconds a close handshake may take.
+    failure_grace
+        Seconds a protocol error waits for the application to take the
+        messages that came before it (it goes ahead as soon as they are taken).
     stable_after
         Seconds a connection must stay up before the backoff resets.
     backoff
@@ -244,6 +248,7 @@ def options(
         silence_timeout=silence_timeout,
         app_ping=app_ping,
         close_timeout=close_timeout,
+        failure_grace=failure_grace,
         stable_after=stable_after,
         backoff=Backoff() if backoff is None else backoff,
         max_attempts=max_attempts,

@@ -42,7 +42,8 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from ..core import CloseTransport, Event, FeedCore, Messages, OpenTransport
-from ._anyio import AsyncFeed, Stream
+from ._anyio import AsyncFeed
+from ._anyio_loop import Stream
 from ._common import HANDBACK, MIN_READ, DriverOptions, ReadSize
 from ._streams import AsyncioStream, SocketStream, loop_clock, on_asyncio, open_stream
 

@@ -45,7 +45,7 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from ._anyio import AnyioStream, Stream, linger_zero, wrap_socket
+from ._anyio_loop import AnyioStream, Stream, linger_zero, wrap_socket
 from ._common import MIN_READ, ReadSize
 from ._dial import dial
 

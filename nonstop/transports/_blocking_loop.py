@@ -1,0 +1,372 @@
+"""The blocking driver's loop: one I/O thread with ``socket``, ``ssl`` and ``selectors``.
+
+Theory of operation
+-------------------
+:class:`SyncFeed` runs :class:`~nonstop.core.FeedCore` in one background
+thread that does all the I/O, the loop every driver runs: write
+``data_to_send()``, drain the core's events through the
+:class:`~._session.Session` (messages to the bounded queue, lifecycle
+events to the log, ``on_event`` and waiters, effects to this driver), then
+wait in ``selector.select(timeout)`` until the socket is readable, the
+wake-up socket is readable, or the core's next deadline passes, and feed
+exactly one input.  The thread sleeps exactly until the next deadline: an
+idle feed costs no CPU.
+
+The application lives in other threads.  Everything the core, the session
+and the queue hold is guarded by one condition variable (``_cond``), held
+around core calls only, never around I/O.  The application's calls
+(``send``, ``subscribe``, ...) call the core under it and write a byte to a
+``socketpair`` to wake the loop, so new bytes are written and a new deadline
+is honoured at once; consumers wait on the condition, which the loop
+notifies whenever it queued messages or events.  ``stop()`` takes no lock:
+it sets a flag and writes the wake-up byte, so it is safe from a signal
+handler; the loop then runs the close handshake and the thread ends.
+
+Connecting never blocks the loop (``stop()`` must stay prompt): the TCP
+connects are the :class:`~._dial.SelectorDial`'s, on this selector, and the
+TLS handshake runs non-blocking here.
+
+This module is the plain loop; the application's side of a feed
+(iteration, ``send``, ``subscribe``, ``wait_for``, ...) is
+:class:`~._blocking.SyncFeed`, built on it.  The speed-ups (a waiting consumer runs the
+loop itself instead of waiting for this thread, ``send`` writes from the
+caller's thread, ``for`` steps through batches with C iterators) are in
+:mod:`._blocking_fast`; ``fast=False`` on ``connect`` (or
+``NONSTOP_FAST=0``) runs this loop alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from typing import TypeVar
+
+from ..core import (
+    AppEvent,
+    FeedCore,
+    OpenTransport,
+    State,
+)
+from ._common import DriverOptions, WriteStalled
+from ._dial import SelectorDial
+from ._session import Session
+
+__all__ = ["BlockingLoop"]
+
+E = TypeVar("E", bound=AppEvent)
+T = TypeVar("T")
+
+#: Selector data of the open socket and of a TLS handshake in progress.
+_READ = "read"
+_TLS = "tls"
+
+
+class BlockingLoop:
+    """One feed's loop in blocking code: the state it keeps, and the loop itself."""
+
+    def __init__(self, core: FeedCore, options: DriverOptions) -> None:
+        self._core = core
+        self._opts = options
+        self._session = Session(core, options)
+        self._buffer = self._session.buffer
+        self._cond = threading.Condition(threading.RLock())  # the core, session and queue
+        self._write_lock = threading.Lock()  # one writer on the socket at a time
+        self._unsent = b""  # taken from the core, not yet written
+        self._sock: socket.socket | None = None
+        self._reading = False  # the socket is registered for reading
+        self._dial: SelectorDial | None = None
+        self._tls: ssl.SSLSocket | None = None  # a TLS handshake in progress
+        self._effect: OpenTransport | None = None  # the connect in progress
+        self._pending_open: OpenTransport | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop_requested = False
+        self._local: list[str | bytes] = []  # taken by __next__, reversed
+        self._done = threading.Event()
+        self._crash: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+
+    def _in_loop(self) -> bool:
+        """True in the thread running the loop (a callback): it must not
+        wait for the loop."""
+        return threading.current_thread() is self._thread
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (already woken) or closed
+            self._wake_w.send(b"\0")
+
+    def _poke(self) -> None:
+        """The loop has work (bytes to write, a new deadline): wake it."""
+        self._wake()
+
+    def _close_wake(self) -> None:
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ------------------------------------------------------------------
+    # the loop
+    def _run(self) -> None:
+        try:
+            with self._cond:
+                self._core.start(time.monotonic())
+            while True:
+                self._turn()
+                if not self._step(None):
+                    break
+        except BaseException as exc:  # a bug: surface it to the consumer
+            self._crash = exc
+            raise
+        finally:
+            self._drop_socket(abort=True)
+            with self._cond:
+                try:
+                    self._session.settle(time.monotonic())
+                finally:
+                    self._close_wake()
+                    self._done.set()
+                    self._cond.notify_all()
+
+    def _turn(self) -> None:
+        """In the I/O thread, before each turn of the loop."""
+
+    def _step(self, limit: float | None) -> bool:
+        """One turn of the loop: write, hand out events, then wait (at most
+        *limit* seconds) for one input.  False once stopped."""
+        core = self._core
+        self._flush()
+        self._dispatch()
+        if core.state is State.STOPPED:
+            return False
+        if self._stop_requested and core.state is not State.STOPPING:
+            with self._cond:
+                core.stop(time.monotonic())
+            return True
+        if not self._hand_out():
+            self._wait(limit)
+        return True
+
+    def _hand_out(self) -> bool:
+        """Should this turn end before waiting, to hand messages out?"""
+        return False
+
+    def _flush(self) -> None:
+        with self._write_lock:
+            with self._cond:
+                data = self._core.data_to_send()
+            if self._unsent:
+                data, self._unsent = self._unsent + data, b""
+            sock = self._sock
+            if data and sock is not None:
+                self._send_all(sock, data)
+        with self._cond:  # a sender may be waiting for the backlog to drain
+            self._cond.notify_all()
+
+    def _send_all(self, sock: socket.socket, data: bytes) -> None:
+        timeout = self._opts.write_timeout
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(data)
+            sock.setblocking(False)
+        except TimeoutError:
+            self._lost(WriteStalled(f"write blocked for {timeout}s: the server is not reading"))
+        except OSError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        with self._cond:
+            self._session.lost(exc, time.monotonic())
+
+    def _dispatch(self) -> None:
+        session = self._session
+        while True:
+            with self._cond:
+                effect = session.effect(time.monotonic())
+                self._cond.notify_all()  # messages or events for consumers and waiters
+            if effect is None:
+                return
+            if isinstance(effect, OpenTransport):
+                self._pending_open = effect
+            else:
+                self._pending_open = None
+                self._drop_socket(abort=effect.abort)
+
+    def _drop_socket(self, *, abort: bool) -> None:
+        dial, self._dial = self._dial, None
+        if dial is not None:
+            dial.close()
+        tls, self._tls = self._tls, None
+        with self._write_lock:  # no send() is writing to it; its leftovers go too
+            sock, self._sock = self._sock, None
+            self._unsent = b""
+        self._reading = False
+        for s in (tls, sock):
+            if s is None:
+                continue
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(s)
+            with contextlib.suppress(OSError):
+                if abort:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+
+    def _wait(self, limit: float | None = None) -> None:
+        core = self._core
+        with self._cond:
+            deadline = self._session.prepare_wait(time.monotonic())
+            held = self._buffer.held
+        if self._pending_open is not None:
+            self._begin_connect(self._pending_open)
+            return
+        self._watch(not held)
+        now = time.monotonic()
+        timeout = None if deadline is None else max(0.0, deadline - now)
+        dial = self._dial
+        dial_at = None if dial is None else dial.next_deadline()
+        for until in (dial_at, None if limit is None else now + limit):
+            if until is not None:
+                timeout = max(0.0, until - now) if timeout is None else min(timeout, max(0.0, until - now))
+        ready = self._selector.select(timeout)
+        woken = False
+        for key, _mask in ready:
+            if key.fileobj is self._wake_r:
+                woken = True
+                with contextlib.suppress(OSError):
+                    while self._wake_r.recv(4096):
+                        pass
+            elif key.data is _READ:
+                self._read()
+                return
+            elif key.data is _TLS:
+                self._tls_step()
+                return
+            elif dial is not None and key.data is dial:
+                dial.on_ready(key.fileobj, time.monotonic())
+                self._dial_step()
+                return
+        if woken:
+            return
+        now = time.monotonic()
+        if dial is not None and dial_at is not None and now >= dial_at:
+            dial.handle_timer(now)
+            self._dial_step()
+        elif deadline is not None and now >= deadline:
+            with self._cond:
+                core.handle_timer(max(deadline, now))
+
+    def _watch(self, reading: bool) -> None:
+        """Register the open socket for reading, or not (backpressure)."""
+        sock = self._sock
+        if sock is None or reading is self._reading:
+            return
+        if reading:
+            self._selector.register(sock, selectors.EVENT_READ, _READ)
+        else:
+            self._selector.unregister(sock)
+        self._reading = reading
+
+    # -- connecting, without blocking the loop --------------------------
+    def _begin_connect(self, effect: OpenTransport) -> None:
+        self._pending_open = None
+        self._effect = effect
+        self._dial = SelectorDial.open(effect.host, effect.port, self._selector)
+        self._dial_step()
+
+    def _dial_step(self) -> None:
+        """After the dial moved: go on with its winner, or fail with its error."""
+        dial = self._dial
+        assert dial is not None
+        if not dial.done:
+            return
+        self._dial = None
+        if dial.error is not None:
+            self._fail_connect(dial.error)
+        else:
+            self._tcp_connected(dial.take())
+
+    def _tcp_connected(self, sock: socket.socket) -> None:
+        effect = self._effect
+        assert effect is not None
+        if not effect.tls:
+            self._connected(sock)
+            return
+        context = self._opts.ssl_context
+        assert context is not None
+        try:
+            self._tls = context.wrap_socket(sock, server_hostname=effect.server_hostname,
+                                            do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            sock.close()
+            self._fail_connect(exc)
+            return
+        self._selector.register(self._tls, selectors.EVENT_READ, _TLS)
+        self._tls_step()
+
+    def _tls_step(self) -> None:
+        tls = self._tls
+        assert tls is not None
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(tls, selectors.EVENT_READ, _TLS)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(tls, selectors.EVENT_WRITE, _TLS)
+            return
+        except OSError as exc:
+            self._fail_connect(exc)
+            return
+        self._selector.unregister(tls)
+        self._tls = None
+        self._connected(tls)
+
+    def _fail_connect(self, exc: BaseException) -> None:
+        self._drop_socket(abort=True)
+        with self._cond:
+            self._core.transport_failed(exc, time.monotonic())
+
+    def _connected(self, sock: socket.socket) -> None:
+        self._sock = sock
+        with self._cond:
+            self._session.new_reads()
+            self._core.transport_opened(time.monotonic())
+        self._watch(True)
+
+    def _read(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        reads = self._session.reads
+        chunks: list[bytes] = []
+        error: OSError | None = None
+        try:
+            while True:
+                data = sock.recv(reads.now)
+                if not data:
+                    break
+                chunks.append(data)
+                reads.update(len(data))
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                    break
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            if not chunks:
+                return
+        except OSError as exc:
+            error = exc
+        with self._cond:
+            now = time.monotonic()
+            if chunks:
+                self._core.receive_data(b"".join(chunks), now)
+            if error is not None:
+                self._session.lost(error, now)
+            elif not chunks:
+                self._core.receive_eof(now)
+
