@@ -1,32 +1,35 @@
 """nonstop: a WebSocket client that keeps receiving, whatever the network does.
 
-The sans-IO core lives in :mod:`nonstop.core`; drivers in
-:mod:`nonstop.transports`.
+``nonstop.connect(url, ...)`` (asyncio or trio) and ``nonstop.sync.connect(url,
+...)`` (a script or a thread) open a feed; everything an application names --
+the feeds, the option types, the events, the errors -- is importable from
+here.  The sans-IO core lives in :mod:`nonstop.core`, the drivers in
+:mod:`nonstop.transports`, the exceptions also in :mod:`nonstop.errors`, a
+fault-injecting test server in :mod:`nonstop.testing`.  ``docs/architecture.md``
+maps the modules.
 """
 
 from __future__ import annotations
 
-from . import sync
+from . import errors, sync
 from ._api import connect
+from ._options import Overflow, OverflowName
 from .core import (
     Alert,
     AlertKind,
     AlertPolicy,
+    AppEvent,
     AppPing,
     Backoff,
     Config,
-    ConfigError,
     Connected,
     Connecting,
     Disconnected,
     FeedCore,
-    InvalidURL,
-    LocalProtocolError,
     Message,
     Messages,
     Metrics,
-    NonstopError,
-    NotConnected,
+    Payload,
     Pong,
     Reason,
     State,
@@ -34,30 +37,45 @@ from .core import (
     Subscribed,
     Subscription,
 )
+from .core._config import HeaderProvider, HeadersLike
+from .errors import (
+    ConfigError,
+    FeedGaveUp,
+    InvalidURL,
+    LocalProtocolError,
+    NonstopError,
+    NotConnected,
+    WriteStalled,
+)
 from .transports._anyio import AsyncFeed
 from .transports._blocking import SyncFeed
-from .transports._common import FeedGaveUp, Overflow, WriteStalled
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # opening a feed
     "connect",
+    "sync",
     "AsyncFeed",
     "SyncFeed",
-    "sync",
-    "Overflow",
-    "FeedGaveUp",
-    "WriteStalled",
-    "FeedCore",
+    # options and their types
     "Config",
     "Backoff",
     "Subscription",
     "AppPing",
     "AlertPolicy",
-    "AlertKind",
-    "Reason",
+    "Overflow",
+    "OverflowName",
+    "HeadersLike",
+    "HeaderProvider",
+    "Payload",
+    # what a feed reports
     "State",
+    "Reason",
+    "AlertKind",
     "Metrics",
+    # events (AppEvent is their union)
+    "AppEvent",
     "Connecting",
     "Connected",
     "Subscribed",
@@ -67,10 +85,16 @@ __all__ = [
     "Disconnected",
     "Alert",
     "Stopped",
+    # errors (also in nonstop.errors)
+    "errors",
     "NonstopError",
     "LocalProtocolError",
     "ConfigError",
     "InvalidURL",
     "NotConnected",
+    "FeedGaveUp",
+    "WriteStalled",
+    # the sans-IO core (the rest of it: nonstop.core)
+    "FeedCore",
     "__version__",
 ]

@@ -56,8 +56,8 @@ import anyio.abc
 from . import __version__
 from ._display import Display
 from .core import Backoff, Config, ConfigError, InvalidURL, Message, Metrics, State
+from .errors import FeedGaveUp
 from .transports._anyio import AsyncFeed
-from .transports._common import FeedGaveUp
 
 __all__ = ["main", "build_parser"]
 

@@ -31,13 +31,13 @@ from ..core import (
     Message,
     Messages,
     Metrics,
-    NonstopError,
     Payload,
     Pong,
     Reason,
     Stopped,
     format_event,
 )
+from ..errors import FeedGaveUp, WriteStalled  # public: nonstop.errors
 
 __all__ = [
     "Overflow",
@@ -52,20 +52,6 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger("nonstop")
-
-
-class WriteStalled(OSError):
-    """A write did not complete within ``write_timeout``: the server stopped
-    reading.  Classified as reason ``network``; the feed reconnects."""
-
-
-class FeedGaveUp(NonstopError):
-    """Raised to the consumer when the feed stopped without being asked to:
-    ``max_attempts`` was reached, or a fatal status or close code was seen."""
-
-    def __init__(self, stopped: Stopped) -> None:
-        super().__init__(f"feed gave up: {stopped.detail}")
-        self.stopped = stopped
 
 
 #: The first and the smallest socket read.  Python's ``recv(n)`` allocates
