@@ -242,6 +242,12 @@ class Config:
     app_ping: AppPing | None = None
     close_timeout: float = 5.0
     """How long a close handshake may take before the socket is dropped."""
+    failure_grace: float = 1.0
+    """When bad bytes from the server follow good messages in one read, the
+    failure waits up to this long for the application to take (and answer)
+    those messages before our close frame goes out; it fails at once when
+    the driver reports the application caught up (``FeedCore.caught_up``).
+    0: fail at the next timer call."""
     stable_after: float = 10.0
     """A connection that stays open this long resets the backoff and the
     failure count; one that drops sooner counts as a failure in a row."""
@@ -289,6 +295,7 @@ class Config:
                 raise ConfigError(f"subprotocols: {proto!r} is not a valid subprotocol token")
         for name in ("connect_timeout", "handshake_timeout", "close_timeout", "stable_after"):
             check_positive(name, getattr(self, name))
+        check_positive("failure_grace", self.failure_grace, zero=True)
         for name in ("ping_interval", "ping_timeout", "silence_timeout"):
             _check_optional(name, getattr(self, name))
         if self.max_attempts is not None:

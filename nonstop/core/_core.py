@@ -16,6 +16,8 @@ input                                 when the driver calls it
 ``receive_data(data, now)``           bytes arrived (never empty)
 ``receive_eof(now)``                  the server closed its side
 ``handle_timer(now)``                 ``now >= next_deadline()``
+``caught_up(now)``                    the application took every message
+                                      delivered so far and waits for more
 ``send / subscribe / unsubscribe``    the application asks
 ``reconnect(now)``                    the application (or the driver's
                                       slow-consumer policy) wants a new socket
@@ -147,7 +149,7 @@ class FeedCore:
         self._stop_reason: tuple[Reason, str] | None = None
         self._callback_failed: str | None = None
         self._paused_at: float | None = None  # reading paused by the driver
-        self._deferred: tuple[Failed, float] | None = None  # protocol failure, detected at
+        self._deferred: tuple[Failed, float] | None = None  # protocol failure, due at
         # counters
         self._started_at: float | None = None
         self._stopped_at: float | None = None  # running time ends at STOPPED
@@ -211,17 +213,20 @@ class FeedCore:
         # The earliest of a few optional times, without a list: a driver asks
         # after every read, so this is on the hot path.
         best = self._alerts.next_deadline()
+        t: float | None
         if state is State.OPEN:
-            assert self._health is not None
-            t = self._health.next_deadline()
-            if t is not None and (best is None or t < best):
-                best = t
-            if self._deferred is not None and (best is None or self._deferred[1] < best):
-                best = self._deferred[1]
-            t = self._subs.next_deadline()
-            if t is not None and (best is None or t < best):
-                best = t
-            t = self._stable_at
+            deferred = self._deferred
+            if deferred is not None:
+                t = deferred[1]  # the connection is failing: its other timers wait
+            else:
+                assert self._health is not None
+                t = self._health.next_deadline()
+                if t is not None and (best is None or t < best):
+                    best = t
+                t = self._subs.next_deadline()
+                if t is not None and (best is None or t < best):
+                    best = t
+                t = self._stable_at
         elif state is State.BACKOFF:
             assert self._retry_at is not None
             t = self._retry_at
@@ -383,10 +388,10 @@ class FeedCore:
                 if self._state is not State.OPEN:  # garbage while closing: give up on it
                     self._close_done(abort=True)
                 else:
-                    # Let the application see (and answer) the messages that
-                    # came before the bad bytes, then fail at the timer that is
-                    # due right now (RFC 6455 7.1.7; Autobahn 3.2, 3.4, 5.15).
-                    self._deferred = (item, now)
+                    # Let the application take (and answer) the messages that
+                    # came before the bad bytes, then fail (RFC 6455 7.1.7):
+                    # at caught_up(), or when failure_grace has passed.
+                    self._deferred = (item, now + self.config.failure_grace)
             elif isinstance(item, Rejected):
                 self._on_rejected(item, now)
             else:
@@ -411,11 +416,33 @@ class FeedCore:
 
     @property
     def failure_pending(self) -> bool:
-        """A protocol failure was detected and waits for the next
-        :meth:`handle_timer` (already due).  Meanwhile nothing more is read,
-        but the application may still send: a driver should first let it
-        catch up with the messages delivered before the failure."""
+        """A protocol failure was detected after messages of the same read and
+        waits for the application to take them: until :meth:`caught_up`, or
+        ``failure_grace`` seconds after it was detected (the deadline
+        :meth:`next_deadline` returns meanwhile).  Nothing more is read from
+        the server, the connection's other timers wait, but the application
+        may still send."""
         return self._deferred is not None
+
+    def caught_up(self, now: float) -> None:
+        """The application has taken every message delivered so far and waits
+        for more (or nothing is queued for it and it never iterated).
+
+        A driver calls it when its application queue becomes empty with the
+        application waiting on it -- at least while :attr:`failure_pending`;
+        calling it at other times is harmless.  If a protocol failure is
+        deferred, it fails now, as when its timer fires: our close frame goes
+        out and ``Disconnected`` is queued; next, write :meth:`data_to_send`
+        and drain :meth:`next_event`.  Otherwise nothing changes.  Idempotent;
+        raises only for a bad *now*.
+        """
+        self._tick(now)
+        deferred = self._deferred
+        if deferred is None:
+            return
+        self._now = now
+        self._fail_protocol(deferred[0], now)
+        self._flush()
 
     def receive_eof(self, now: float) -> None:
         """The server closed the TCP connection (or TLS sent close_notify)."""
@@ -877,7 +904,7 @@ class FeedCore:
 
     def _fire_open(self, now: float) -> None:
         assert self._health is not None and self._framing is not None
-        if self._deferred is not None:
+        if self._deferred is not None:  # the only job of a failing connection
             self._fail_protocol(self._deferred[0], now)
             return
         pings, failure = self._health.poll(now)

@@ -176,6 +176,7 @@ def new_core(script: Script, seed: int) -> FeedCore:
         url="ws://feed.example/stream",
         subscriptions=[Subscription(message="sub", ack=lambda m: m == "ack")],
         max_message_size=script.max_message_size,
+        failure_grace=0.0,  # a deferred protocol failure is due at once: drain() runs it
     )
     return FeedCore(config, rng=random.Random(seed))
 

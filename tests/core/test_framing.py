@@ -33,6 +33,7 @@ from nonstop.core import (
     Connected,
     Connecting,
     Disconnected,
+    LocalProtocolError,
     Message,
     NotConnected,
     OpenTransport,
@@ -48,8 +49,13 @@ TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
 
 def open_pair(**options: object) -> Pair:
-    """A connected pair without pings, exact backoff (0.5 s) and close_timeout 5 s."""
+    """A connected pair without pings, exact backoff (0.5 s) and close_timeout 5 s.
+
+    ``failure_grace=0``: a protocol failure found after messages of the same
+    read is due at once, so ``feed`` (which runs what is due now) sees it.
+    """
     options.setdefault("ping_interval", None)
+    options.setdefault("failure_grace", 0.0)
     options.setdefault("backoff", Backoff(jitter=0))
     pair = Pair(**options)
     pair.connect()
@@ -491,6 +497,149 @@ def test_a_deferred_failure_is_superseded_by_whatever_ends_the_connection_first(
     assert not pair.core.failure_pending
 
 
+# -- the grace before a deferred failure (failure_grace) and caught_up()
+
+
+def bad_after_good(pair: Pair) -> list[object]:
+    """A message and a bad frame in one read: the message, the failure deferred."""
+    pair.feed(frame(TEXT, b"ok") + frame(0x3, b"") + frame(PING, b""))
+    return list(pair.pump())
+
+
+def test_a_deferred_failure_is_due_failure_grace_after_it_was_detected() -> None:
+    pair = open_pair(failure_grace=2.5)
+    pair.advance(1.0)
+    detected = pair.now
+    assert [type(e) for e in bad_after_good(pair)] == [Message]
+    assert pair.core.failure_pending
+    assert pair.core.next_deadline() == detected + 2.5
+    pair.advance(2.4)
+    assert pair.core.state is State.OPEN and pair.core.failure_pending
+    assert pair.fire_next() == detected + 2.5
+    assert pair.of(Disconnected) == [
+        failure(Reason.PROTOCOL_ERROR, 1002, pair.of(Disconnected)[0].detail, now=detected + 2.5)]
+    assert not pair.core.failure_pending
+    assert [c.code for c in pair.server_closes] == [1002]
+    assert pair.server_pings == []
+    assert pair.core.next_deadline() == detected + 2.5 + 5.0  # close_timeout
+
+
+def test_while_a_failure_waits_the_connections_other_timers_wait() -> None:
+    """No ping, silence, ACK or stable timer fires on a connection that is
+    failing: its fate is decided, only the grace is left."""
+    pair = open_pair(failure_grace=3.0, ping_interval=0.5, silence_timeout=1.0, stable_after=0.25)
+    bad_after_good(pair)
+    assert pair.core.next_deadline() == NOW + 3.0
+    pair.advance(3.0)
+    [disc] = pair.of(Disconnected)
+    assert (disc.reason, disc.code, disc.failures) == (Reason.PROTOCOL_ERROR, 1002, 1)
+    assert pair.server_pings == []
+
+
+def test_caught_up_fails_a_deferred_failure_at_once() -> None:
+    pair = open_pair(failure_grace=10.0)
+    bad_after_good(pair)
+    pair.advance(0.3)
+    pair.core.send("echo ok", pair.now)
+    assert pair.pump() == []
+    pair.core.caught_up(pair.now)
+    [disc] = pair.pump()
+    assert disc == failure(Reason.PROTOCOL_ERROR, 1002, disc.detail, now=NOW + 0.3)
+    assert not pair.core.failure_pending
+    assert pair.core.state is State.CLOSING
+    assert pair.server_messages == ["echo ok"]
+    assert [c.code for c in pair.server_closes] == [1002]
+    assert pair.core.next_deadline() == NOW + 0.3 + 5.0
+    pair.core.caught_up(pair.now)  # again: nothing more
+    assert pair.pump() == [] and pair.core.data_to_send() == b""
+    assert [c.code for c in pair.server_closes] == [1002]
+
+
+def test_caught_up_with_a_zero_grace_is_the_timer_due_now() -> None:
+    timer, caught = open_pair(), open_pair()
+    bad_after_good(timer)
+    bad_after_good(caught)
+    timer.core.handle_timer(timer.now)
+    caught.core.caught_up(caught.now)
+    assert timer.pump() == caught.pump()
+    assert [c.code for c in timer.server_closes] == [c.code for c in caught.server_closes] == [1002]
+
+
+def caught_up_changes_nothing(pair: Pair) -> None:
+    state, deadline, pending = pair.core.state, pair.core.next_deadline(), pair.core.pending_output
+    metrics = pair.core.metrics(pair.now)
+    pair.core.caught_up(pair.now)
+    pair.core.caught_up(pair.now)
+    assert (pair.core.state, pair.core.next_deadline(), pair.core.pending_output) == (
+        state, deadline, pending)
+    assert pair.core.next_event() is None
+    assert pair.core.metrics(pair.now) == metrics
+
+
+@pytest.mark.parametrize("when", ["idle", "connecting", "handshaking", "open", "closing",
+                                  "backoff", "stopping", "stopped"])
+def test_caught_up_without_a_deferred_failure_changes_nothing(when: str) -> None:
+    pair = Pair(ping_interval=None, failure_grace=2.0)
+    steps = {
+        "connecting": [pair.start],
+        "handshaking": [pair.start, pair.open],
+        "open": [pair.connect],
+        "closing": [pair.connect, lambda: pair.core.reconnect(pair.now)],
+        "backoff": [pair.connect, pair.eof],
+        "stopping": [pair.connect, lambda: pair.core.stop(pair.now)],
+        "stopped": [lambda: pair.core.stop(pair.now)],
+    }
+    for step in steps.get(when, []):
+        step()
+        pair.pump()
+    assert pair.core.state.value == when
+    assert not pair.core.failure_pending
+    caught_up_changes_nothing(pair)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1000", None, 999.0])
+def test_caught_up_validates_now(bad: object) -> None:
+    pair = open_pair(failure_grace=2.0)
+    bad_after_good(pair)
+    with pytest.raises(LocalProtocolError):
+        pair.core.caught_up(bad)  # type: ignore[arg-type]
+    assert pair.core.failure_pending and pair.core.state is State.OPEN
+    assert pair.core.next_event() is None
+
+
+def test_a_deferred_failure_in_its_grace_is_superseded_by_eof() -> None:
+    pair = open_pair(failure_grace=2.0, backoff=Backoff(initial=1.0, jitter=0))
+    bad_after_good(pair)
+    pair.advance(0.5)
+    [disc, close] = pair.eof()
+    assert isinstance(disc, Disconnected) and (disc.reason, disc.code) == (Reason.EOF, 1006)
+    assert isinstance(close, CloseTransport) and close.abort
+    assert not pair.core.failure_pending
+    assert pair.core.state is State.BACKOFF
+    assert pair.core.next_deadline() == NOW + 0.5 + 1.0  # the retry, not the grace
+    caught_up_changes_nothing(pair)
+    assert pair.server_closes == []
+
+
+def test_a_stop_during_the_grace_ends_the_connection_gracefully() -> None:
+    pair = open_pair(failure_grace=2.0)
+    bad_after_good(pair)
+    pair.advance(0.5)
+    pair.core.stop(pair.now)
+    [disc] = pair.pump()
+    assert isinstance(disc, Disconnected)
+    assert (disc.reason, disc.code, disc.level) == (Reason.STOPPED, 1000, INFO)
+    assert not pair.core.failure_pending
+    assert pair.core.state is State.STOPPING
+    assert pair.core.next_deadline() == NOW + 0.5 + 5.0  # close_timeout, not the grace
+    assert [c.code for c in pair.server_closes] == [1000]
+    caught_up_changes_nothing(pair)
+    pair.advance(5.0)
+    assert pair.core.state is State.STOPPED
+    assert [type(e) for e in pair.pump()] == []
+    assert isinstance(pair.events[-1], Stopped)
+
+
 def test_bytes_after_a_failure_are_discarded() -> None:
     pair = open_pair()
     feed(pair, frame(0x3, b""))
@@ -851,7 +1000,7 @@ def server_script(pair: Pair, ending: str) -> bytes:
 
 
 def run_script(ending: str, chunk: int) -> tuple[list[object], list[tuple[int, bool, bytes]]]:
-    pair = Pair(ping_interval=None, max_message_size=350)
+    pair = Pair(ping_interval=None, max_message_size=350, failure_grace=0.0)
     pair.start()
     pair.open()
     data = server_script(pair, ending)

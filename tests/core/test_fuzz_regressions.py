@@ -130,7 +130,7 @@ def test_a_continuation_header_alone_at_the_end_of_a_read_is_a_protocol_error() 
     to wsproto, which fails it only when its payload comes.  Alone at the end
     of a read, the payload came in the next read, which the fast path parsed
     as new frames: here it delivered b"abc" from inside the broken frame."""
-    core, accept = handshaking()
+    core, accept = handshaking(failure_grace=0.0)
     core.receive_data(response(accept), NOW)
     core.receive_data(b"\x00\x05", NOW)  # a continuation, 5 bytes of payload to come
     core.receive_data(b"\x82\x03abc", NOW)  # ...which are these

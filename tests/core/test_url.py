@@ -422,6 +422,24 @@ def test_optional_timeouts_must_be_positive_when_set(name: str, value: float) ->
     assert "use None to disable it" in msg
 
 
+@pytest.mark.parametrize("value", [-1, -0.5, math.inf, math.nan])
+def test_failure_grace_must_be_finite_and_not_negative(value: float) -> None:
+    assert config_error(failure_grace=value).startswith(
+        f"failure_grace must be finite and >= 0, got {value!r}")
+
+
+@pytest.mark.parametrize("value", ["1", True, None])
+def test_failure_grace_must_be_a_number(value: object) -> None:
+    assert config_error(failure_grace=value) == (
+        f"failure_grace must be a number of seconds, got {value!r}")
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 2, 0.25])
+def test_failure_grace_may_be_zero(value: float) -> None:
+    assert Config(url="ws://h/", failure_grace=value).failure_grace == value
+    assert Config(url="ws://h/").failure_grace == 1.0
+
+
 def test_integer_timeouts_are_accepted() -> None:
     config = Config(url="ws://h/", connect_timeout=3, close_timeout=1)
     assert (config.connect_timeout, config.close_timeout) == (3, 1)
