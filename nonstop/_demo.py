@@ -55,15 +55,14 @@ from typing import NoReturn, TextIO
 
 import anyio
 
-import nonstop
-
-from ._display import Display
-from .cli import Rate, UsageError, status_text
+from ._api import connect
+from ._display import Display, Rate, UsageError, status_text
 from .core import (
     AlertPolicy,
     AppEvent,
     Backoff,
     Disconnected,
+    Metrics,
     Reason,
     Subscribed,
     Subscription,
@@ -272,7 +271,7 @@ class _Demo:
         )
         async with server:
             self.t0 = anyio.current_time()
-            feed = nonstop.connect(
+            feed = connect(
                 server.url,
                 name="demo",
                 subscribe=[sub],
@@ -437,7 +436,7 @@ class _Demo:
         if misrouted:
             self.rows[last].problems.append(f"{misrouted} messages on the wrong connection")
 
-    def table(self, metrics: nonstop.Metrics, ok: bool) -> None:
+    def table(self, metrics: Metrics, ok: bool) -> None:
         def secs(value: float | None) -> str:
             return "-" if value is None else f"{value:.3f}s"
 

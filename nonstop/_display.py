@@ -1,4 +1,4 @@
-"""What the command line shows a person on stderr: lifecycle lines and a live status.
+"""What the commands show a person on stderr: lifecycle lines, a live status, usage errors.
 
 Theory of operation
 -------------------
@@ -18,6 +18,12 @@ is a file or a pipe, ``TERM=dumb``, or no ``rich``) lines are written as
 they are, and the status is not drawn at all: logs stay grep-able and free
 of control codes.
 
+:func:`status_text` writes that status line from a
+:class:`~nonstop.Metrics` snapshot, with the message rate of a
+:class:`Rate`; both commands draw it.  :class:`UsageError` is what either
+command raises for a bad command line; :func:`nonstop.cli.main` reports it
+on one line, exit status 2.
+
 stdout belongs to the caller (messages, the demo's table), with one
 exception: when stdout is the *same terminal* as stderr, a live status line
 would be torn by every message written under it, so :meth:`Display.out`
@@ -31,11 +37,14 @@ import logging
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
 
-__all__ = ["Display", "rich_available"]
+from .core import Metrics, State
+
+__all__ = ["Display", "Rate", "UsageError", "duration_text", "rich_available", "status_text"]
 
 
 def rich_available() -> bool:
@@ -195,3 +204,58 @@ class Display:
                 self._stdout.write(text)
                 return
             self._console.out(text, end="", highlight=False)
+
+
+# ----------------------------------------------------------------------
+# the status line
+
+
+def duration_text(seconds: float) -> str:
+    """*seconds* for a person: ``4.2s``, ``3m07s``, ``2h05m``."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class Rate:
+    """Messages per second over the last few seconds, from metrics snapshots."""
+
+    def __init__(self, window: float = 2.0) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def update(self, now: float, count: int) -> float:
+        samples = self._samples
+        samples.append((now, count))
+        while len(samples) > 2 and now - samples[1][0] >= self._window:
+            samples.popleft()
+        t0, c0 = samples[0]
+        return (count - c0) / (now - t0) if now > t0 else 0.0
+
+
+def status_text(m: Metrics, rate: float, label: str | None = None) -> str:
+    """The one-line status: state, uptime, messages per second, reconnects, last reason."""
+    parts = []
+    if label:
+        parts.append(label)
+    if m.state is State.OPEN:
+        parts.append(f"OPEN conn #{m.connection} up {duration_text(m.uptime)}")
+    else:
+        parts.append(m.state.value.upper())
+    parts.append(f"{rate:,.0f} msg/s")
+    parts.append(f"{m.messages_received:,} msgs")
+    parts.append(f"{m.reconnects} reconnects")
+    parts.append(f"connected {m.connected_ratio:.1%} of {duration_text(m.running_time)}")
+    parts.append(f"last: {m.last_disconnect_reason or '-'}")
+    if m.alerts_active:
+        parts.append("ALERT " + ",".join(m.alerts_active))
+    return " · ".join(parts)
+
+
+class UsageError(Exception):
+    """A bad command line: reported on one line, exit status 2."""

@@ -46,7 +46,6 @@ import signal
 import ssl
 import sys
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, BinaryIO, NoReturn
 
@@ -54,8 +53,10 @@ import anyio
 import anyio.abc
 
 from . import __version__
-from ._display import Display
-from .core import Backoff, Config, ConfigError, InvalidURL, Message, Metrics, State
+from ._api import connect
+from ._demo import main as demo_main
+from ._display import Display, Rate, UsageError, status_text
+from .core import Backoff, Config, ConfigError, InvalidURL, Message, Metrics
 from .errors import FeedGaveUp
 from .transports._anyio import AsyncFeed
 
@@ -64,10 +65,6 @@ __all__ = ["main", "build_parser"]
 PROG = "nonstop"
 FLUSH_EVERY = 0.05
 STATUS_EVERY = 0.25
-
-
-class UsageError(Exception):
-    """A bad command line: reported on one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -173,8 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["demo"]:
-            from ._demo import main as demo_main
-
             return demo_main(args[1:])
         return _follow(args)
     except UsageError as exc:
@@ -255,9 +250,7 @@ def _follow(argv: list[str]) -> int:
 
 def _connect(args: argparse.Namespace, label: str, context: ssl.SSLContext | None, cap: float,
              exporter: Any) -> AsyncFeed:
-    import nonstop
-
-    return nonstop.connect(
+    return connect(
         args.url,
         subscribe=list(args.subscribe),
         headers=list(args.header) or None,
@@ -274,52 +267,6 @@ def _connect(args: argparse.Namespace, label: str, context: ssl.SSLContext | Non
 def _wall_clock() -> str:
     now = datetime.datetime.now()
     return now.strftime("%H:%M:%S.") + f"{now.microsecond // 1000:03d} "
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-class Rate:
-    """Messages per second over the last few seconds, from metrics snapshots."""
-
-    def __init__(self, window: float = 2.0) -> None:
-        self._window = window
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def update(self, now: float, count: int) -> float:
-        samples = self._samples
-        samples.append((now, count))
-        while len(samples) > 2 and now - samples[1][0] >= self._window:
-            samples.popleft()
-        t0, c0 = samples[0]
-        return (count - c0) / (now - t0) if now > t0 else 0.0
-
-
-def status_text(m: Metrics, rate: float, label: str | None = None) -> str:
-    """The one-line status: state, uptime, messages per second, reconnects, last reason."""
-    parts = []
-    if label:
-        parts.append(label)
-    if m.state is State.OPEN:
-        parts.append(f"OPEN conn #{m.connection} up {_duration(m.uptime)}")
-    else:
-        parts.append(m.state.value.upper())
-    parts.append(f"{rate:,.0f} msg/s")
-    parts.append(f"{m.messages_received:,} msgs")
-    parts.append(f"{m.reconnects} reconnects")
-    parts.append(f"connected {m.connected_ratio:.1%} of {_duration(m.running_time)}")
-    parts.append(f"last: {m.last_disconnect_reason or '-'}")
-    if m.alerts_active:
-        parts.append("ALERT " + ",".join(m.alerts_active))
-    return " · ".join(parts)
 
 
 def summary_line(label: str, m: Metrics) -> str:
