@@ -13,6 +13,8 @@ input                                 when the driver calls it
 ``start(now)``                        once, to begin
 ``transport_opened(now)``             after ``OpenTransport``: TCP (+TLS) is up
 ``transport_failed(exc, now)``        opening, reading or writing failed
+``transport_lost(exc, now)``          reading or writing failed on a transport
+                                      the core may already have let go of
 ``receive_data(data, now)``           bytes arrived (never empty)
 ``receive_eof(now)``                  the server closed its side
 ``handle_timer(now)``                 ``now >= next_deadline()``
@@ -116,7 +118,8 @@ _new_messages = object.__new__
 _set_data = Messages.__dict__["data"].__set__
 _set_connection = Messages.__dict__["connection"].__set__
 _set_received_at = Messages.__dict__["received_at"].__set__
-# Where bytes from the server are expected (a tuple: _require's order).
+# Where bytes from the server are expected: a transport is open past
+# CONNECTING (a tuple: _require's order).
 _RECEIVING = (State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING)
 
 
@@ -343,6 +346,22 @@ class FeedCore:
         ep = self.config.endpoint
         connecting_to = (ep.host, ep.port) if self._state is State.CONNECTING else None
         self._disconnect(now, transport_error(error, connecting_to=connecting_to), abort=True)
+
+    def transport_lost(self, error: BaseException, now: float) -> bool:
+        """Reading or writing failed on a transport the core may already have
+        let go of (the driver's read or write raced a ``CloseTransport``).
+
+        If the core has an open transport past ``CONNECTING``, it fails it
+        exactly as :meth:`transport_failed` does and returns ``True``: next,
+        handle the ``CloseTransport`` that follows.  Otherwise (no transport,
+        or one still being opened, whose failure is :meth:`transport_failed`'s)
+        it ignores *error* and returns ``False``.  Raises only for a bad *now*.
+        """
+        self._tick(now)
+        if self._state not in _RECEIVING:
+            return False
+        self.transport_failed(error, now)
+        return True
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the server (never empty: use :meth:`receive_eof`).

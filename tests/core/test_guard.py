@@ -19,6 +19,7 @@ from nonstop.core import (
     INFO,
     CloseTransport,
     Disconnected,
+    LocalProtocolError,
     Reason,
     State,
     classify_error,
@@ -270,6 +271,68 @@ def test_transport_failed_is_classified(state: State, error: Exception, reason: 
     assert pair.core.state is State.BACKOFF
     assert pair.core.next_deadline() == disconnected.retry_at
     assert pair.core.data_to_send() == b""
+
+
+# transport_lost: a read or write failed on a transport the core may have let go of
+
+
+def _pair_in(when: str) -> Pair:
+    """A pair in the state named *when*, reached the same way every time."""
+    pair = Pair(ping_interval=None)
+    steps = {
+        "connecting": [pair.start],
+        "handshaking": [pair.start, pair.open],
+        "open": [pair.connect],
+        "closing": [pair.connect, lambda: pair.server_close(1000)],
+        "backoff": [pair.connect, pair.eof],
+        "stopping": [pair.connect, lambda: pair.core.stop(pair.now)],
+        "stopped": [lambda: pair.core.stop(pair.now)],
+    }
+    for step in steps.get(when, []):
+        step()
+        pair.pump()
+    assert pair.core.state.value == when
+    pair.clock.advance(0.25)
+    return pair
+
+
+@pytest.mark.parametrize("when", ["handshaking", "open", "closing", "stopping"])
+def test_transport_lost_past_connecting_fails_the_transport_as_transport_failed_does(
+    when: str,
+) -> None:
+    error = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    lost, failed = _pair_in(when), _pair_in(when)
+    assert lost.core.transport_lost(error, lost.now) is True
+    failed.core.transport_failed(error, failed.now)
+    events = lost.drain()
+    assert events == failed.drain()
+    assert CloseTransport(abort=True) in events
+    assert lost.core.state is failed.core.state
+    assert lost.core.state in (State.BACKOFF, State.STOPPED)
+    assert lost.core.next_deadline() == failed.core.next_deadline()
+    assert lost.core.metrics(lost.now) == failed.core.metrics(failed.now)
+
+
+@pytest.mark.parametrize("when", ["idle", "connecting", "backoff", "stopped"])
+def test_transport_lost_without_a_transport_past_connecting_is_ignored(when: str) -> None:
+    pair = _pair_in(when)
+    state, deadline = pair.core.state, pair.core.next_deadline()
+    metrics = pair.core.metrics(pair.now)
+    assert pair.core.transport_lost(ConnectionResetError(), pair.now) is False
+    assert pair.core.transport_lost(BrokenResourceError("late"), pair.now) is False
+    assert (pair.core.state, pair.core.next_deadline()) == (state, deadline)
+    assert pair.core.next_event() is None and pair.core.data_to_send() == b""
+    assert pair.core.metrics(pair.now) == metrics
+
+
+@pytest.mark.parametrize("when", ["idle", "connecting", "open", "stopped"])
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf"), "now", True])
+def test_transport_lost_validates_now_in_every_state(when: str, bad: object) -> None:
+    pair = _pair_in(when)
+    with pytest.raises(LocalProtocolError):
+        pair.core.transport_lost(ConnectionResetError(), bad)  # type: ignore[arg-type]
+    assert pair.core.state.value == when
+    assert pair.core.next_event() is None
 
 
 def test_connect_failures_say_what_to_check() -> None:
