@@ -1,4 +1,4 @@
-"""Test helpers: a fake clock and an in-memory client/server pair.
+"""Test helpers: an in-memory client/server pair on :class:`nonstop.testing.FakeClock`.
 
 ``Pair`` connects a :class:`nonstop.core.FeedCore` to a real wsproto *server*
 connection in memory, modelled on h11's ``ConnectionPair`` and aioquic's
@@ -35,17 +35,22 @@ from nonstop.core import (
     OpenTransport,
     State,
 )
+from nonstop.testing import FakeClock
 
 
-class FakeClock:
-    """Monotonic seconds that only move when told to."""
+class PairClock(FakeClock):
+    """:class:`nonstop.testing.FakeClock` whose ``now`` may also be assigned,
+    forward only (``pair.clock.now = deadline``)."""
 
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
+    __slots__ = ()
 
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
+    @property
+    def now(self) -> float:
+        return self._now
+
+    @now.setter
+    def now(self, when: float) -> None:
+        self.advance_to(when)
 
 
 class Pair:
@@ -67,7 +72,7 @@ class Pair:
         auto_pong: bool = True,
         **options: Any,
     ) -> None:
-        self.clock = FakeClock(now)
+        self.clock = PairClock(now)
         self.config = config if config is not None else Config(url=url, **options)
         self.core = FeedCore(self.config, rng=random.Random(seed))
         self.events: list[Event] = []
