@@ -1,11 +1,42 @@
-"""Fixtures shared by the driver tests: both async backends, one test CA."""
+"""Fixtures shared by the driver tests: the back ends, one test CA, and the
+option sets the tests connect with.
+
+A test that takes ``backend`` runs once per entry of
+:data:`tests.transports.backends.BACKENDS` (asyncio, trio, blocking), on
+the event loop that entry names; any other async test runs on asyncio and
+on trio through ``anyio_backend``.
+"""
 
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import pytest
 import trustme
+
+from nonstop import Backoff
+
+from .backends import BACKENDS, Backend
+
+#: Quick reconnects: short backoff, a connection counts as stable soon.
+FAST: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.2), stable_after=0.2)
+#: FAST, and no keepalive: nothing on the wire but what the test sends.
+QUIET: dict[str, Any] = dict(FAST, ping_interval=None, silence_timeout=None)
+#: Give up after the first retry, which comes quickly.
+RETRY: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.1), max_attempts=2)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test taking ``backend`` gets it, and the matching ``anyio_backend``,
+    from one parametrization (a mark, so the two-backend ``anyio_backend``
+    fixture below steps aside)."""
+    if "backend" in metafunc.fixturenames:
+        metafunc.definition.add_marker(pytest.mark.parametrize(
+            ("anyio_backend", "backend"),
+            [pytest.param(b.runner, b, id=name) for name, b in BACKENDS.items()],
+        ))
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -33,3 +64,6 @@ def client_ssl(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
+
+
+__all__ = ["FAST", "QUIET", "RETRY", "Backend"]
