@@ -23,7 +23,8 @@ from .test_tls import CERTS, client_context, tls_server
 
 pytestmark = pytest.mark.timeout(60)
 
-QUIET: dict[str, Any] = dict(FAST, ping_interval=None, silence_timeout=None)
+# The speed-ups under test here: on whatever NONSTOP_FAST says.
+QUIET: dict[str, Any] = dict(FAST, ping_interval=None, silence_timeout=None, fast=True)
 
 
 def echo(ws: ServerConnection) -> None:

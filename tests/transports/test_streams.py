@@ -251,7 +251,7 @@ async def test_the_asyncio_protocol_stops_reading_while_the_queue_is_full() -> N
     consumer comes back every message arrives, in order."""
     count = 3000
     with server(burst(count, pad=4096)) as port, anyio.fail_after(40):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=16, **FAST) as feed:
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=16, fast=True, **FAST) as feed:
             await feed.wait_connected(10)
             stream = feed._stream
             assert isinstance(stream, AsyncioStream)
@@ -423,7 +423,7 @@ async def test_the_asyncio_transport_reads_in_larger_gulps_during_a_burst() -> N
     port = listener.getsockname()[1]
     try:
         with anyio.fail_after(30):
-            async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=100_000,
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=100_000, fast=True,
                                        read_size=512 * 1024, **FAST) as feed:
                 await feed.wait_connected(10)
                 stream = feed._stream
@@ -466,7 +466,7 @@ async def test_a_blast_of_frames_arrives_whole_and_in_order() -> None:
     got: list[int] = []
     try:
         with anyio.fail_after(40):
-            async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append, fast=True,
                                        **FAST) as feed:
                 await feed.wait_connected(10)
                 await feed.send("go")
@@ -499,7 +499,7 @@ async def test_a_reset_in_the_middle_of_a_burst_is_reported_as_a_reset() -> None
     got = 0
     try:
         with anyio.fail_after(30):
-            async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append, fast=True,
                                        **FAST) as feed:
                 await feed.wait_connected(10)
                 await feed.send("go")
@@ -529,7 +529,7 @@ async def test_a_reset_seen_by_the_consumers_own_read_is_reported(
     read (which on Linux would only see the end of the stream)."""
     with server(burst(50_000)) as port, anyio.fail_after(30):
         events: list[nonstop.core.AppEvent] = []
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append, fast=True,
                                    **FAST) as feed:
             await feed.wait_connected(10)
             stream = feed._stream
