@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import re
 import sys
 import types
 import typing
@@ -555,3 +556,50 @@ def test_no_module_of_the_package_is_left_out() -> None:
             continue
         importlib.import_module(name)
         assert isinstance(sys.modules[name], types.ModuleType)
+
+
+# ----------------------------------------------------------------------
+# the map of the modules (docs/architecture.md) and the README's layout
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _named_files(text: str) -> set[str]:
+    """The ``.py`` files a page names: ``nonstop/x.py``, ``core/x.py``, ``x.py``."""
+    return set(re.findall(r"(?<![\w/.])((?:nonstop/)?(?:core/|transports/|testing/)?\w+\.py)\b", text))
+
+
+def _resolve(name: str) -> list[Path]:
+    if "/" in name:
+        path = name if name.startswith("nonstop/") else f"nonstop/{name}"
+        return [ROOT / path] if (ROOT / path).exists() else []
+    return sorted(PACKAGE_DIR.rglob(name))
+
+
+def test_the_architecture_page_names_files_that_exist() -> None:
+    missing = sorted(name for name in _named_files(ARCHITECTURE.read_text(encoding="utf-8"))
+                     if not _resolve(name))
+    assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    named = {path for name in _named_files(ARCHITECTURE.read_text(encoding="utf-8"))
+             for path in _resolve(name)}
+    modules = [
+        path for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if path.parent.name != "testing" and not (path.name == "__init__.py" and path.parent != PACKAGE_DIR)
+    ]
+    unnamed = [str(path.relative_to(ROOT)) for path in modules if path not in named]
+    assert not unnamed, f"docs/architecture.md does not say where these fit: {unnamed}"
+
+
+def test_the_readme_links_the_architecture_page_and_its_layout_exists() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "(docs/architecture.md)" in readme
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    entries = [line.split()[0] for line in layout.splitlines() if line.strip() and not line[0].isspace()]
+    assert "nonstop/core/" in entries
+    for entry in entries:  # the path at the start of each line
+        assert (ROOT / entry).exists(), f"README layout: {entry} does not exist"
+    missing = sorted(name for name in _named_files(layout) if not _resolve(name))
+    assert not missing, f"README layout names files that do not exist: {missing}"
