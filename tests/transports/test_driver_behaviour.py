@@ -1,8 +1,9 @@
 """Driver behaviour: slow consumers, cancellation, stopping, logging, refusals.
 
-Real sockets on 127.0.0.1 (the ``websockets`` package's threaded server),
-both drivers, the anyio one on asyncio and trio; hard timeouts, and no
-assertion on how fast anything happened beyond generous bounds.
+Real sockets on 127.0.0.1 (the ``websockets`` package's threaded server);
+a test taking ``backend`` runs on asyncio, trio and the blocking driver (see
+conftest), the others say why they are one driver's own.  Hard timeouts,
+and no assertion on how fast anything happened beyond generous bounds.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import anyio
 import pytest
@@ -24,11 +24,11 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 import nonstop
-from nonstop import Backoff, Disconnected, Reason, State
+from nonstop import Disconnected, Reason, State
+
+from .conftest import FAST, Backend
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.2), stable_after=0.2)
 
 
 @contextmanager
@@ -86,11 +86,11 @@ def open_fds() -> int:
 
 
 @pytest.mark.anyio
-async def test_backpressure_loses_nothing_and_suspends_liveness_checks() -> None:
+async def test_backpressure_loses_nothing_and_suspends_liveness_checks(backend: Backend) -> None:
     """The consumer stalls far longer than silence_timeout: reading pauses,
     the connection survives, and every message arrives in order."""
     with server(burst(3000)) as port, anyio.fail_after(40):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=16,
+        async with backend.connect(f"ws://127.0.0.1:{port}/", queue_size=16,
                                    silence_timeout=0.3, ping_interval=0.1, ping_timeout=0.1,
                                    **FAST) as feed:
             await feed.wait_connected(10)
@@ -111,26 +111,12 @@ async def test_backpressure_loses_nothing_and_suspends_liveness_checks() -> None
     assert metrics.connection == 1 and metrics.disconnects == {}
 
 
-def test_backpressure_in_the_blocking_driver() -> None:
-    with server(burst(3000)) as port:
-        with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", queue_size=16,
-                                  silence_timeout=0.3, **FAST) as feed:
-            feed.wait_connected(10)
-            deadline = time.monotonic() + 10
-            while not feed.metrics().reading_paused and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(1.0)
-            got = [int(feed.receive(timeout=10)) for _ in range(3000)]
-            metrics = feed.metrics()
-    assert got == list(range(3000))
-    assert metrics.messages_dropped == 0 and metrics.connection == 1
-
-
 @pytest.mark.parametrize("pad", [0, 5000], ids=["small", "big"])  # big: over HOLD_SIZE
 def test_blocking_for_loops_lose_and_repeat_nothing_when_mixed(pad: int) -> None:
-    # `for message in feed` walks each batch with a C iterator; breaking out
-    # of it, or calling next()/receive()/batches() in between, must hand on
-    # exactly the messages it had not reached, in order.
+    """The blocking driver's own: its ``for message in feed`` walks each
+    batch with a C iterator; breaking out of it, or calling
+    next()/receive()/batches() in between, must hand on exactly the
+    messages it had not reached, in order."""
     count = 3000 if not pad else 300
     with server(burst(count, pad=pad)) as port:
         with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
@@ -204,24 +190,14 @@ def answers_then_close(seen: list[object]) -> list[object]:
             for e in seen if isinstance(e, (TextMessage, CloseConnection))]
 
 
-def test_blocking_a_late_consumer_answers_the_messages_before_a_protocol_error() -> None:
-    # The application starts iterating only after the bad bytes arrived: the
-    # failure waits (up to a second) until it took and answered the message.
-    with message_then_protocol_error() as (port, seen):
-        with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", max_attempts=1, **FAST) as feed:
-            feed.wait_connected(10)
-            time.sleep(0.2)
-            with pytest.raises(nonstop.FeedGaveUp):
-                for message in feed:
-                    feed.send(message)
-    assert answers_then_close(seen) == [("TextMessage", "fragment1fragment2"),
-                                        ("CloseConnection", 1002)]
-
-
 @pytest.mark.anyio
-async def test_a_late_consumer_answers_the_messages_before_a_protocol_error() -> None:
-    with message_then_protocol_error() as (port, seen):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", max_attempts=1, **FAST) as feed:
+async def test_a_late_consumer_answers_the_messages_before_a_protocol_error(
+    backend: Backend,
+) -> None:
+    """The application starts iterating only after the bad bytes arrived: the
+    failure waits (up to a second) until it took and answered the message."""
+    with message_then_protocol_error() as (port, seen), anyio.fail_after(30):
+        async with backend.connect(f"ws://127.0.0.1:{port}/", max_attempts=1, **FAST) as feed:
             await feed.wait_connected(10)
             await anyio.sleep(0.2)
             with pytest.raises(nonstop.FeedGaveUp):
@@ -233,6 +209,8 @@ async def test_a_late_consumer_answers_the_messages_before_a_protocol_error() ->
 
 @pytest.mark.anyio
 async def test_async_iteration_mixed_with_batches_in_order() -> None:
+    """The async feed's own: ``__anext__`` hands out a batch it took one
+    message at a time (the blocking counterpart is the for-loop test above)."""
     count = 2000
     with server(burst(count)) as port:
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
@@ -253,9 +231,9 @@ async def test_async_iteration_mixed_with_batches_in_order() -> None:
 
 
 @pytest.mark.anyio
-async def test_drop_oldest_keeps_the_newest_messages() -> None:
+async def test_drop_oldest_keeps_the_newest_messages(backend: Backend) -> None:
     with server(burst(1000)) as port, anyio.fail_after(30):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=10,
+        async with backend.connect(f"ws://127.0.0.1:{port}/", queue_size=10,
                                    overflow="drop_oldest", **FAST) as feed:
             with anyio.fail_after(10):
                 while feed.metrics().messages_received < 1000:
@@ -266,13 +244,14 @@ async def test_drop_oldest_keeps_the_newest_messages() -> None:
     assert metrics.messages_dropped == 990 and metrics.queued == 0
 
 
-def test_disconnect_policy_reconnects_a_slow_consumer() -> None:
+@pytest.mark.anyio
+async def test_disconnect_policy_reconnects_a_slow_consumer(backend: Backend) -> None:
     events: list[nonstop.core.AppEvent] = []
-    with server(burst(500)) as port:
-        with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", queue_size=10,
-                                  overflow="disconnect", on_event=events.append, **FAST) as feed:
-            slow = feed.wait_for(Disconnected, timeout=10)
-            feed.wait_for(nonstop.Connected, timeout=10)
+    with server(burst(500)) as port, anyio.fail_after(30):
+        async with backend.connect(f"ws://127.0.0.1:{port}/", queue_size=10,
+                                   overflow="disconnect", on_event=events.append, **FAST) as feed:
+            slow = await feed.wait_for(Disconnected, timeout=10)
+            await feed.wait_for(nonstop.Connected, timeout=10)
             metrics = feed.metrics()
     assert slow.reason is Reason.SLOW_CONSUMER and slow.code == 1001
     assert metrics.messages_dropped > 0 and metrics.connection >= 2
@@ -285,7 +264,8 @@ def test_disconnect_policy_reconnects_a_slow_consumer() -> None:
 @pytest.mark.anyio
 async def test_cancelling_the_enclosing_scope_leaves_nothing_behind() -> None:
     """Cancel a feed mid-iteration, again and again: no file descriptor and
-    no task accumulates (the first round warms up the event loop's own)."""
+    no task accumulates (the first round warms up the event loop's own).
+    Cancel scopes are the async driver's own way to end a feed."""
 
     async def one_round(port: int) -> None:
         with anyio.move_on_after(0.3):
@@ -308,9 +288,9 @@ async def test_cancelling_the_enclosing_scope_leaves_nothing_behind() -> None:
 
 @pytest.mark.anyio
 async def test_a_cancelled_feed_ends_stopped_open_or_in_backoff() -> None:
-    """Cancelling the enclosing scope aborts the socket at once; the feed
-    must then say STOPPED (not STOPPING forever), and its log and
-    ``on_event`` see the end."""
+    """Cancelling the enclosing scope (the async driver's own) aborts the
+    socket at once; the feed must then say STOPPED (not STOPPING forever),
+    and its log and ``on_event`` see the end."""
     seen: list[object] = []
     with server(burst(10)) as port, anyio.fail_after(30):
         with anyio.move_on_after(0.5):
@@ -333,7 +313,7 @@ async def test_a_cancelled_feed_ends_stopped_open_or_in_backoff() -> None:
 
 
 @pytest.mark.anyio
-async def test_leaving_the_block_is_a_graceful_stop() -> None:
+async def test_leaving_the_block_is_a_graceful_stop(backend: Backend) -> None:
     closes: list[int | None] = []
 
     def handler(ws: ServerConnection) -> None:
@@ -343,7 +323,7 @@ async def test_leaving_the_block_is_a_graceful_stop() -> None:
         closes.append(ws.close_code)
 
     with server(handler) as port, anyio.fail_after(20):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
+        async with backend.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
             assert await feed.__anext__() == "one"
         assert feed.state is State.STOPPED
         with anyio.fail_after(5):
@@ -354,6 +334,8 @@ async def test_leaving_the_block_is_a_graceful_stop() -> None:
 
 
 def test_blocking_stop_from_another_thread_ends_iteration() -> None:
+    """The blocking driver's own: a consumer thread iterating with ``for``
+    ends when another thread calls ``stop()``."""
     with server(burst(5)) as port:
         feed = nonstop.sync.connect(f"ws://127.0.0.1:{port}/", **FAST).start()
         got: list[str | bytes] = []
@@ -370,6 +352,8 @@ def test_blocking_stop_from_another_thread_ends_iteration() -> None:
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
 def test_blocking_stop_from_a_signal_handler() -> None:
+    """The blocking driver's own: ``stop()`` from a signal handler that
+    interrupts ``list(feed)`` in the main thread."""
     with server(burst(3)) as port:
         with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", **FAST) as feed:
             previous = signal.signal(signal.SIGALRM, lambda *_: feed.stop())
@@ -395,11 +379,11 @@ def free_port() -> int:
 
 
 @pytest.mark.anyio
-async def test_refused_connections_are_retried_with_backoff() -> None:
+async def test_refused_connections_are_retried_with_backoff(backend: Backend) -> None:
     events: list[nonstop.core.AppEvent] = []
     port = free_port()
     with anyio.fail_after(20):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", max_attempts=3,
+        async with backend.connect(f"ws://127.0.0.1:{port}/", max_attempts=3,
                                    on_event=events.append, **FAST) as feed:
             with pytest.raises(nonstop.FeedGaveUp) as info:
                 await feed.__anext__()
@@ -409,22 +393,25 @@ async def test_refused_connections_are_retried_with_backoff() -> None:
     assert "max_attempts" in str(info.value)
 
 
-def test_log_lines_carry_keywords_and_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.anyio
+async def test_log_lines_carry_keywords_and_no_secret(
+    caplog: pytest.LogCaptureFixture, backend: Backend,
+) -> None:
     caplog.set_level(logging.DEBUG, logger="nonstop")
 
     def handler(ws: ServerConnection) -> None:
         ws.send("x")
         ws.close(1011, "oops")
 
-    with server(handler) as port:
-        with nonstop.sync.connect(
+    with server(handler) as port, anyio.fail_after(30):
+        async with backend.connect(
             f"ws://user:hunter2@127.0.0.1:{port}/feed?token=SECRET123&symbol=BTC",
             headers=lambda: {"Authorization": "Bearer SECRET456"},
             name="prices", max_attempts=2, **FAST,
         ) as feed:
             with pytest.raises(nonstop.FeedGaveUp):
                 while True:
-                    feed.receive(timeout=10)
+                    await feed.receive(timeout=10)
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "nonstop")
     for keyword in ("[CONNECTING]", "[CONNECTED]", "[DISCONNECTED]", "[RECONNECTING]",
                     "[STOPPED]"):
