@@ -173,7 +173,7 @@ class FastAsyncFeed(AsyncFeed):
         try:
             while True:
                 try:
-                    data = raw.recv(session.reads.now)
+                    data = raw.recv(session.reads.size)
                 except BlockingIOError:
                     session.consumer_waiting = True
                     if session.check_caught_up(self._clock()):
@@ -210,7 +210,7 @@ class FastAsyncFeed(AsyncFeed):
         the event loop to see the socket readable, read and wake the
         consumer.  Outside bursts it is not tried: the socket would be
         empty.  True if bytes were read."""
-        if self._session.reads.now <= MIN_READ or self._stash:
+        if self._session.reads.size <= MIN_READ or self._stash:
             return False
         stream = self._stream
         if (type(stream) is not SocketStream and type(stream) is not AsyncioStream) \

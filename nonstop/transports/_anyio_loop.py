@@ -116,7 +116,7 @@ class AnyioStream:
         self._reads = reads
 
     async def receive(self) -> bytes:
-        data = await self._stream.receive(self._reads.now)
+        data = await self._stream.receive(self._reads.size)
         self._reads.update(len(data))
         return data
 

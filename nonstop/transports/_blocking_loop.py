@@ -349,7 +349,7 @@ class BlockingLoop:
         error: OSError | None = None
         try:
             while True:
-                data = sock.recv(reads.now)
+                data = sock.recv(reads.size)
                 if not data:
                     break
                 chunks.append(data)

@@ -56,31 +56,24 @@ LOGGER = logging.getLogger("nonstop")
 
 #: The first and the smallest socket read.  Python's ``recv(n)`` allocates
 #: *n* bytes up front; at 128 KiB and more glibc maps them afresh for every
-#: read (mmap, mremap, munmap: measured 19.8 us per small read at 256 KiB,
-#: 6.6 us at 64 KiB), so a trickle of small messages reads in 64 KiB.
+#: read (mmap, mremap, munmap), so a trickle of small messages reads in 64 KiB.
 MIN_READ = 64 * 1024
 #: How long a consumer that reads the socket itself while it waits (the
 #: blocking driver; the anyio driver on trio) may be away in the application
 #: before the driver's own loop takes the socket back.
 HANDBACK = 0.02
-#: Happy eyeballs (RFC 8305): how long one address gets before the next is
-#: tried alongside it.  A host whose first address swallows the SYN (a
-#: broken IPv6 route) must not spend the whole ``connect_timeout`` there.
-NEXT_ADDRESS_DELAY = 0.25
 RETRY_AFTER = 64  # full reads before a size that came back short is tried again
 
 
 class ReadSize:
-    """How much to ask the socket for: adaptive, between :data:`MIN_READ`
-    and ``read_size``.  A read that fills the request makes the next one
-    four times larger -- a burst is read in large gulps (measured on the
-    bench: 1 MiB reads take 1 KiB messages 35 % faster than 256 KiB ones)
-    -- unless that larger read would bring more messages than the queue
-    holds (estimated from the last read: the driver adds the messages each
-    read brought to :attr:`messages`); a larger read then only overflows the
-    queue (64-byte messages went 15 % slower in the blocking driver with
-    1 MiB reads than with 256 KiB ones).  A read that would have fitted in
-    the smallest size goes back to it.
+    """How much to ask the socket for (:attr:`size`): adaptive, between
+    :data:`MIN_READ` and ``read_size``.  A read that fills the request makes
+    the next one four times larger -- a burst is read in large gulps --
+    unless that larger read would bring more messages than the queue holds
+    (estimated from the last read: the driver adds the messages each read
+    brought to :attr:`messages`); a larger read then only overflows the
+    queue.  A read that would have fitted in the smallest size goes back to
+    it.
 
     A size is *proven* once a read of it came back full.  A larger one that
     comes back short falls back to the proven size for :data:`RETRY_AFTER`
@@ -89,15 +82,14 @@ class ReadSize:
     request over its mmap threshold with a fresh ``mmap`` -- page faults on
     every byte -- raising the threshold only when such a block is freed at
     full size; a short read is shrunk first, so a size that never fills
-    would cost a fresh mapping on every read (measured: a raw loop of 4 MiB
-    reads of 64 KiB messages ran at 28 k msg/s, of 256 KiB reads at 140 k).
+    would cost a fresh mapping on every read.
     """
 
-    __slots__ = ("_high", "_last", "_low", "_proven", "_queue", "_retry", "messages", "now")
+    __slots__ = ("_high", "_last", "_low", "_proven", "_queue", "_retry", "messages", "size")
 
     def __init__(self, high: int, queue_size: int) -> None:
         self._high = high
-        self._low = self._proven = self.now = min(MIN_READ, high)
+        self._low = self._proven = self.size = min(MIN_READ, high)
         self._queue = queue_size
         self._last = 0  # bytes of the read the messages came from
         self._retry = 0  # full reads to go before trying past the proven size
@@ -105,22 +97,22 @@ class ReadSize:
 
     def update(self, got: int) -> int:
         """After a read of *got* bytes: the size of the next one."""
-        now = self.now
-        if got >= now:
-            if now > self._proven:
-                self._proven = now
-            bigger = min(now * 4, self._high)
+        size = self.size
+        if got >= size:
+            if size > self._proven:
+                self._proven = size
+            bigger = min(size * 4, self._high)
             if self._retry and bigger > self._proven:
                 self._retry -= 1
             elif self.messages * bigger <= self._queue * self._last:  # fits in the queue
-                self.now = bigger
+                self.size = bigger
         elif got <= self._low:
-            self.now = self._low
-        elif now > self._proven:  # a new size that did not fill: not yet
-            self.now = self._proven
+            self.size = self._low
+        elif size > self._proven:  # a new size that did not fill: not yet
+            self.size = self._proven
             self._retry = RETRY_AFTER
         self._last, self.messages = got, 0
-        return self.now
+        return self.size
 
 
 def take_pending(pending: list[Payload], limit: int) -> tuple[list[Payload], list[Payload]]:

@@ -1,37 +1,31 @@
-"""The byte streams under the anyio driver: anyio's own, or asyncio's protocol.
+"""The anyio driver's fast streams: raw socket reads on trio, a protocol on asyncio.
 
 Theory of operation
 -------------------
-:class:`~nonstop.transports._anyio.AsyncFeed` needs four things of a
-connection: ``receive`` (whatever bytes are there, or wait), ``send``,
-``aclose`` (graceful, TLS close_notify included) and ``abort`` (an RST: the
-peer is dead or hostile).  :func:`open_stream` connects and returns one of:
+The fast loop (:mod:`._anyio_fast`) needs of a connection what the plain one
+does -- ``receive``, ``send``, ``aclose``, ``abort`` -- plus reads and writes
+that do not wait.  :func:`open_stream` dials (:func:`._dial.dial`) and
+returns one of:
 
-* :class:`SocketStream` -- anyio's TCP/TLS stream, used on **trio** (a
-  trio-level socket stream was tried: no faster round trip, since trio's
-  scheduler batch, not the stream, sets the pace).
+* :class:`SocketStream` -- anyio's TCP/TLS stream, used on **trio**; on
+  plain TCP it reads and writes the socket itself when that does not have
+  to wait, without a checkpoint or a trip through trio's scheduler.
 * :class:`AsyncioStream` -- an :class:`asyncio.Protocol` of ours, used on
   **asyncio**.  anyio's asyncio stream pays, on every ``receive`` that has
   to wait, a ``resume_reading``/``pause_reading`` pair (two ``epoll_ctl``
-  system calls) and on every ``send`` a trip through the event loop (a
-  checkpoint); for a feed that answers a message with a message, that was a
-  third of the round trip.  This protocol reads all the time (until 1 MiB
-  waits unread: then the transport pauses, the kernel's window fills, and
-  the server is pushed back), wakes the reader with a plain future, and
-  writes at once (:meth:`AsyncioStream.write_nowait`); it waits only while
-  asyncio says the write buffer is full.  While the driver waits for a read
-  it may install a *sink*: the protocol's callback then hands it the bytes
-  directly, and the driver parses them right there (see
-  ``AsyncFeed._on_data``), without waking its own task first.
+  system calls) and on every ``send`` a trip through the event loop.  This
+  protocol reads all the time (until ``READ_HIGH_WATER`` waits unread: then
+  the transport pauses, the kernel's window fills, and the server is pushed
+  back), wakes the reader with a plain future, and writes at once
+  (:meth:`AsyncioStream.write_nowait`); it waits only while asyncio says
+  the write buffer is full.  While the driver waits for a read it may
+  install a *sink*: the protocol's callback then hands it the bytes
+  directly, and the driver parses them right there, without waking its own
+  task first.
 
-Connecting on asyncio: every address :func:`socket.getaddrinfo` gives, in
-turn, each error kept and the last raised with the first as its context (as
-the blocking driver does), so a refused ``localhost`` on both IPv6 and IPv4
-is still a ``ConnectionRefusedError`` that
-:func:`~nonstop.core.classify_error` calls ``refused``; then asyncio's TLS
-handshake on that socket.  The stream's errors are what the core
-classifies: an ``OSError`` (reset, broken pipe), an :class:`ssl.SSLError`,
-or :class:`anyio.EndOfStream` for a clean end.
+The stream's errors are what the core classifies: an ``OSError`` (reset,
+broken pipe), an :class:`ssl.SSLError`, or :class:`anyio.EndOfStream` for a
+clean end.
 """
 
 from __future__ import annotations
@@ -49,7 +43,7 @@ from ._anyio_loop import AnyioStream, Stream, linger_zero, wrap_socket
 from ._common import MIN_READ, ReadSize
 from ._dial import dial
 
-__all__ = ["Stream", "SocketStream", "AsyncioStream", "open_stream"]
+__all__ = ["SocketStream", "AsyncioStream", "open_stream", "loop_clock", "on_asyncio"]
 
 #: Unread bytes at which the asyncio protocol stops reading (TCP then pushes
 #: the server back); it reads again as soon as the driver takes them.
@@ -58,7 +52,7 @@ READ_HIGH_WATER = 1 << 20
 
 def _recv_nowait(raw: socket.socket, reads: ReadSize) -> bytes:
     try:
-        data = raw.recv(reads.now)
+        data = raw.recv(reads.size)
     except (BlockingIOError, InterruptedError):
         return b""
     if data:
@@ -87,7 +81,7 @@ class SocketStream(AnyioStream):
     async def receive(self) -> bytes:
         raw = self._raw
         if raw is None:  # TLS
-            data = await self._stream.receive(self._reads.now)
+            data = await self._stream.receive(self._reads.size)
             self._reads.update(len(data))
             return data
         # Plain TCP: trio's own recv yields once more *after* it has the
@@ -100,7 +94,7 @@ class SocketStream(AnyioStream):
         await trio.lowlevel.checkpoint()
         while True:
             try:
-                data = raw.recv(self._reads.now)
+                data = raw.recv(self._reads.size)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(raw)
                 continue
@@ -119,7 +113,7 @@ class SocketStream(AnyioStream):
         waiting; ``b""`` if nothing (or TLS, or the end of the stream: left
         to :meth:`receive`, which reports it).  A broken connection raises."""
         raw = self._raw
-        if raw is None or self._reads.now <= MIN_READ:
+        if raw is None or self._reads.size <= MIN_READ:
             return b""
         return _recv_nowait(raw, self._reads)
 
@@ -163,7 +157,7 @@ class _FeedProtocol(asyncio.Protocol):
         # reads into a buffer it keeps: nothing to tune there.
         if hasattr(transport, "max_size") and not transport.get_extra_info("sslcontext"):
             self.sized = True
-            transport.max_size = self.reads.now
+            transport.max_size = self.reads.size
 
     def _resize(self, got: int) -> None:
         now = self.reads.update(got)
@@ -232,12 +226,12 @@ class AsyncioStream:
         A broken connection raises."""
         raw = self._raw
         p = self._protocol
-        if (raw is None or p.reads.now <= MIN_READ or p.chunks or p.at_eof
+        if (raw is None or p.reads.size <= MIN_READ or p.chunks or p.at_eof
                 or p.reading_paused or self._transport.is_closing()):
             return b""
         data = _recv_nowait(raw, p.reads)
         if data and p.sized:
-            self._transport.max_size = p.reads.now  # type: ignore[attr-defined]
+            self._transport.max_size = p.reads.size  # type: ignore[attr-defined]
         return data
 
     def set_sink(self, sink: Callable[[bytes, float], bool] | None) -> None:
@@ -345,7 +339,7 @@ async def open_stream(
 def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     """*loop*'s clock, the function to call for it: ``time.monotonic``
     itself when the loop's ``time()`` is asyncio's own (which only calls
-    it), saving a Python call per reading (three per echo round trip);
+    it), saving a Python call per reading;
     else the loop's method (uvloop and other loops keep their own)."""
     if type(loop).time is asyncio.BaseEventLoop.time:
         return time.monotonic

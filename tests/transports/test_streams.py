@@ -339,14 +339,14 @@ def test_blocking_sends_from_many_threads_arrive_whole_and_in_order() -> None:
 
 def test_read_size_grows_on_full_reads_and_falls_back_on_small_ones() -> None:
     reads = ReadSize(1 << 20, 4096)
-    assert reads.now == MIN_READ == 64 * 1024
+    assert reads.size == MIN_READ == 64 * 1024
     assert reads.update(MIN_READ) == 256 * 1024  # full: four times larger
     assert reads.update(256 * 1024) == 1 << 20
     assert reads.update(1 << 20) == 1 << 20  # capped at read_size
     assert reads.update(300_000) == 1 << 20  # a partial read keeps the size
     assert reads.update(100) == MIN_READ  # a trickle: back to the smallest
     small = ReadSize(4096, 4096)  # read_size below MIN_READ: fixed
-    assert small.now == 4096 and small.update(4096) == 4096 and small.update(1) == 4096
+    assert small.size == 4096 and small.update(4096) == 4096 and small.update(1) == 4096
 
 
 def test_read_size_falls_back_to_the_largest_full_read_when_a_bigger_one_comes_back_short() -> None:
@@ -368,7 +368,7 @@ def test_read_size_falls_back_to_the_largest_full_read_when_a_bigger_one_comes_b
 def test_read_size_stops_growing_before_a_read_would_overflow_the_queue() -> None:
     reads = ReadSize(1 << 20, 4096)
     reads.update(MIN_READ)
-    assert reads.now == 256 * 1024
+    assert reads.size == 256 * 1024
     reads.messages = 4096  # that read: 4,096 messages in 256 KiB
     assert reads.update(256 * 1024) == 256 * 1024  # 1 MiB would bring 16,384
     assert reads.messages == 0
@@ -540,7 +540,7 @@ async def test_a_reset_seen_by_the_consumers_own_read_is_reported(
                     raise ConnectionResetError(104, "reset in the consumer's read")
 
                 monkeypatch.setattr(type(stream), "read_nowait", reset)
-                monkeypatch.setattr(feed._session.reads, "now", 1 << 20)  # as in a burst
+                monkeypatch.setattr(feed._session.reads, "size", 1 << 20)  # as in a burst
             else:
                 target = stream.raw  # type: ignore[union-attr]
                 real = socket.socket.recv
