@@ -3,7 +3,8 @@
 A trusted certificate connects; an untrusted CA, a certificate for another
 host name and an expired certificate are each refused with reason ``tls``
 and a detail that says why -- and retried per policy, never downgraded.
-Both drivers, the anyio one on asyncio and trio.  Real sockets on 127.0.0.1,
+Both drivers, the anyio one on asyncio and trio (the ``backend`` fixture).
+Real sockets on 127.0.0.1,
 real certificates from trustme, hard timeouts.
 """
 
@@ -23,11 +24,11 @@ import trustme
 from websockets.sync.server import ServerConnection, serve
 
 import nonstop
-from nonstop import Backoff, Connected, Disconnected, Reason
+from nonstop import Connected, Disconnected, Reason
+
+from .conftest import RETRY, Backend
 
 pytestmark = pytest.mark.timeout(60)
-
-RETRY = dict(backoff=Backoff(initial=0.05, cap=0.1), max_attempts=2)
 
 
 def hello(ws: ServerConnection) -> None:
@@ -88,11 +89,11 @@ def check_refused(events: list[nonstop.core.AppEvent], case: str) -> None:
 
 @pytest.mark.parametrize("case", list(CERTS))
 @pytest.mark.anyio
-async def test_anyio_driver_tls(case: str) -> None:
+async def test_driver_tls(case: str, backend: Backend) -> None:
     ca, cert = CERTS[case]
     events: list[nonstop.core.AppEvent] = []
     with tls_server(cert) as port, anyio.fail_after(30):
-        async with nonstop.connect(f"wss://localhost:{port}/", ssl=client_context(ca),
+        async with backend.connect(f"wss://localhost:{port}/", ssl=client_context(ca),
                                    on_event=events.append, **RETRY) as feed:
             if case == "trusted":
                 assert await feed.__anext__() == "hello"
@@ -102,27 +103,12 @@ async def test_anyio_driver_tls(case: str) -> None:
     check_refused(events, case)
 
 
-@pytest.mark.parametrize("case", list(CERTS))
-def test_blocking_driver_tls(case: str) -> None:
-    ca, cert = CERTS[case]
-    events: list[nonstop.core.AppEvent] = []
-    with tls_server(cert) as port:
-        with nonstop.sync.connect(f"wss://localhost:{port}/", ssl=client_context(ca),
-                                  on_event=events.append, **RETRY) as feed:
-            if case == "trusted":
-                assert feed.receive(timeout=10) == "hello"
-                return
-            with pytest.raises(nonstop.FeedGaveUp):
-                feed.receive(timeout=20)
-    check_refused(events, case)
-
-
 @pytest.mark.anyio
-async def test_server_hostname_option_checks_the_named_host() -> None:
+async def test_server_hostname_option_checks_the_named_host(backend: Backend) -> None:
     """Connecting by IP with server_hostname= verifies the certificate's name."""
     ca, cert = CERTS["trusted"]
     with tls_server(cert) as port, anyio.fail_after(30):
-        async with nonstop.connect(f"wss://127.0.0.1:{port}/", ssl=client_context(ca),
+        async with backend.connect(f"wss://127.0.0.1:{port}/", ssl=client_context(ca),
                                    server_hostname="localhost", **RETRY) as feed:
             assert await feed.__anext__() == "hello"
 
@@ -167,11 +153,13 @@ STALL = dict(RETRY, connect_timeout=0.3, handshake_timeout=0.3)
 
 
 @pytest.mark.anyio
-async def test_a_tls_handshake_that_never_answers_times_out_and_leaks_nothing() -> None:
+async def test_a_tls_handshake_that_never_answers_times_out_and_leaks_nothing(
+    backend: Backend,
+) -> None:
     events: list[nonstop.core.AppEvent] = []
     before = open_fds()
     with silent_tcp_server() as port, anyio.fail_after(30):
-        async with nonstop.connect(f"wss://localhost:{port}/", ssl=client_context(CA),
+        async with backend.connect(f"wss://localhost:{port}/", ssl=client_context(CA),
                                    on_event=events.append, **STALL) as feed:
             with pytest.raises(nonstop.FeedGaveUp):
                 await feed.__anext__()
@@ -181,16 +169,3 @@ async def test_a_tls_handshake_that_never_answers_times_out_and_leaks_nothing() 
     assert [f.reason for f in failures] == [Reason.CONNECT_TIMEOUT] * 2, failures
     assert after <= before
 
-
-def test_a_tls_handshake_that_never_answers_times_out_in_the_blocking_driver() -> None:
-    events: list[nonstop.core.AppEvent] = []
-    before = open_fds()
-    with silent_tcp_server() as port:
-        with nonstop.sync.connect(f"wss://localhost:{port}/", ssl=client_context(CA),
-                                  on_event=events.append, **STALL) as feed:
-            with pytest.raises(nonstop.FeedGaveUp):
-                feed.receive(timeout=20)
-    after = open_fds()  # the server's sockets are closed too by now
-    failures = [e for e in events if isinstance(e, Disconnected)]
-    assert [f.reason for f in failures] == [Reason.CONNECT_TIMEOUT] * 2, failures
-    assert after <= before
