@@ -37,14 +37,16 @@ Every failure goes through :meth:`FeedCore._disconnect`, the one place that
 counts failures, picks the backoff, asks the guard for alerts and moves the
 state.  That is the whole "fail fast, retry smart" strategy in one method.
 
-Loop the driver runs (STYLE.md 7)::
+Loop the driver runs::
 
     while core.state is not State.STOPPED:
         write(core.data_to_send())
         while (ev := core.next_event()) is not None: dispatch(ev)
         wait until readable or core.next_deadline()
-        feed one input: receive_data / receive_eof / transport_failed /
-                        handle_timer(max(deadline, now))
+        feed one input: receive_data / receive_eof /
+                        transport_failed (opening) / transport_lost (reading,
+                        writing) / handle_timer(max(deadline, now))
+        when the application has taken every message: caught_up(now)
 """
 
 from __future__ import annotations
@@ -111,9 +113,9 @@ INTERNAL_ERROR = 1011
 #: Close code reported when the connection ended without a close frame.
 ABNORMAL = 1006
 
-# One Messages event per read, made by its slots' own setters (170 ns): a
-# frozen dataclass's __init__ sets each field through object.__setattr__
-# (380 ns).  The same object, equal, hashed and printed the same.
+# One Messages event per read, made by its slots' own setters rather than the
+# frozen dataclass's __init__ (which sets each field through
+# object.__setattr__).  The same object, equal, hashed and printed the same.
 _new_messages = object.__new__
 _set_data = Messages.__dict__["data"].__set__
 _set_connection = Messages.__dict__["connection"].__set__
@@ -157,8 +159,8 @@ class FeedCore:
         self._started_at: float | None = None
         self._stopped_at: float | None = None  # running time ends at STOPPED
         self._failures = 0
-        self._attempt = 0  # attempts since the last stable connection
-        self._attempts = 0
+        self._attempts_in_row = 0  # attempts since the last stable connection
+        self._attempts_total = 0  # every attempt of the feed
         self._connections = 0
         self._lost_at: float | None = None
         self._last_ttr: float | None = None
@@ -256,7 +258,7 @@ class FeedCore:
             total_uptime=total,
             connected_ratio=min(1.0, total / running) if running > 0 else 0.0,
             connection=self._connections,
-            attempts=self._attempts,
+            attempts=self._attempts_total,
             reconnects=max(0, self._connections - 1),
             reconnects_last_minute=self._alerts.reconnects_in_window(now),
             last_time_to_reconnect=self._last_ttr,
@@ -636,8 +638,8 @@ class FeedCore:
     # internals: attempts
     def _begin_attempt(self, now: float) -> None:
         self._move(Input.START if self._state is State.IDLE else Input.RETRY_DUE)
-        self._attempts += 1
-        self._attempt += 1
+        self._attempts_total += 1
+        self._attempts_in_row += 1
         self._attempt_started = now
         self._retry_at = None
         self._framing = Framing(self.config.max_message_size)
@@ -648,7 +650,8 @@ class FeedCore:
         self._deadline = after(now, self.config.connect_timeout)
         ep = self.config.endpoint
         self._events.append(
-            Connecting(attempt=self._attempt, total_attempts=self._attempts, url=ep.redacted)
+            Connecting(attempt=self._attempts_in_row, total_attempts=self._attempts_total,
+                       url=ep.redacted)
         )
         self._events.append(
             OpenTransport(
@@ -693,7 +696,7 @@ class FeedCore:
         self._events.append(
             Connected(
                 connection=self._connections,
-                attempt=self._attempt,
+                attempt=self._attempts_in_row,
                 subprotocol=item.subprotocol,
                 handshake_time=now - self._attempt_started,
                 downtime=downtime,
@@ -948,7 +951,7 @@ class FeedCore:
         if self._stable_at is not None and now >= self._stable_at:
             self._stable_at = None
             self._failures = 0
-            self._attempt = 0
+            self._attempts_in_row = 0
             self._alert(self._alerts.on_stable())
 
     def _drop_output(self) -> None:

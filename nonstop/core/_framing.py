@@ -3,17 +3,16 @@
 Theory of operation
 -------------------
 Everything RFC 6455 says about bytes on the wire lives behind this one class,
-so the state machine never sees a frame, and a faster receive path can later
-replace the hot loop without touching the state machine.  Today it is
-wsproto (handshake via h11, frames via wsproto's frame protocol) plus three
-things wsproto does not do for a client:
+so the state machine never sees a frame.  wsproto does the handshake (via
+h11) and reads every frame the fast path of :meth:`Framing.feed` does not
+take; this class adds three things wsproto does not do for a client:
 
 * **Reassembly with a size limit.**  wsproto hands out frame *pieces* as they
   arrive; we join them into whole messages and fail with 1009 as soon as a
   message grows past ``max_message_size`` -- before it is all buffered.
 * **Failure detection.**  On a parse error wsproto yields a
   ``CloseConnection`` while its state stays ``OPEN``, which looks just like
-  a peer's close (STYLE.md 5).  We tell them apart by the state, queue our own
+  a peer's close.  We tell them apart by the state, queue our own
   close frame with the right code (1002, 1007) and mark the parser dead: the
   bytes that follow are discarded, never buffered.
 * **Automatic answers.**  Pings are answered with pongs and a peer's close is
@@ -184,8 +183,8 @@ _U16: Final = struct.Struct(">H").unpack_from
 #: Opcodes RFC 6455 reserves (5.2): a frame with one fails the connection.
 _BAD_OPCODES: Final = frozenset({3, 4, 5, 6, 7, 11, 12, 13, 14, 15})
 #: wsproto states in which frames are still read.  A tuple, not a set: an
-#: ``Enum`` member hashes through a Python ``__hash__`` (63 against 21 ns), and
-#: this is asked once per read that ends a big frame or a held-back tail.
+#: ``Enum`` member hashes through a Python ``__hash__``, and this is asked
+#: once per read that ends a big frame or a held-back tail.
 _READING: Final = (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING)
 #: An incomplete fast-path frame at least this long is not held back as a
 #: tail (re-copied when the next read completes it): its payload is kept as
@@ -382,7 +381,7 @@ class Framing:
                             break
                         if b0 == 0x81:
                             try:
-                                append(data[start:end].decode())  # UTF-8, strict (no name: 10 ns less)
+                                append(data[start:end].decode())  # UTF-8, strict
                             except UnicodeDecodeError:
                                 break  # the general case reports it
                         elif b0 == 0x82:
@@ -655,12 +654,12 @@ class Framing:
     def send(self, payload: Payload) -> None:
         """Queue a text (``str``) or binary (``bytes``) message.
 
-        One frame, masked (RFC 6455 5.3), serialized here: wsproto's path
-        (an event object, a fresh ``os.urandom(4)``, a masker object) cost
-        about 5 us per message, most of a small echo's client time.  We
-        never negotiate an extension, so a data frame has nothing else in
-        it; ``tests/core/test_framing.py`` checks wsproto reads back what
-        this writes.  Only while open: the core makes sure (:meth:`is_open`),
+        One frame, masked (RFC 6455 5.3), serialized here rather than
+        through wsproto, which builds an event object, draws a fresh
+        ``os.urandom(4)`` and makes a masker object per message.  We never
+        negotiate an extension, so a data frame has nothing else in it;
+        ``tests/core/test_framing.py`` checks wsproto reads back what this
+        writes.  Only while open: the core makes sure (:meth:`is_open`),
         so this does not ask wsproto again.
         """
         if isinstance(payload, str):

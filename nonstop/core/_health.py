@@ -8,7 +8,7 @@ nothing.  One :class:`Health` object per open connection keeps four clocks:
 * **protocol ping**: every ``ping_interval`` a ping frame goes out.  If
   ``ping_timeout`` passes after it with *no byte at all* received, the peer is
   dead.  Any received byte satisfies an outstanding ping: a busy link whose
-  pong is queued behind data is alive (websockets #1620).  A matching pong
+  pong is queued behind data is alive.  A matching pong
   also yields the round-trip time.
 * **application ping** (optional): the ``AppPing`` message goes out every
   ``interval``; only a message its ``is_pong`` accepts satisfies it, within
