@@ -21,8 +21,8 @@ Threads.  ``prometheus_client`` serves scrapes from its own threads, but an
 its ``metrics()`` must run there.  :meth:`Exporter.add` therefore remembers
 the loop (``anyio.lowlevel.current_token()``), and a scrape from another
 thread runs ``feed.metrics()`` on that loop through
-``anyio.from_thread.run_sync(..., token=...)`` -- a few microseconds of the
-loop's time per feed and scrape.  A :class:`~nonstop.SyncFeed`'s
+``anyio.from_thread.run_sync(..., token=...)`` -- one short call on the
+loop per feed and scrape.  A :class:`~nonstop.SyncFeed`'s
 ``metrics()`` is thread-safe and is called directly.  When a feed has
 stopped, or its loop is gone, the last snapshot is served until
 :meth:`Exporter.remove`.
