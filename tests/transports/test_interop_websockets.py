@@ -2,7 +2,8 @@
 
 ``websockets`` is an independent, widely used implementation; its threaded
 server runs beside the test on 127.0.0.1, over ws:// and wss:// (a trustme
-CA), whatever async backend the client uses.  Each test has a hard timeout.
+CA), and each test runs on asyncio, trio and the blocking driver (the
+``backend`` fixture).  Each test has a hard timeout.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import anyio
 import pytest
@@ -19,6 +19,8 @@ from websockets.sync.server import ServerConnection, serve
 
 import nonstop
 from nonstop import Connected, Disconnected, Reason
+
+from .conftest import FAST, Backend
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,13 +61,10 @@ def websockets_server(
             thread.join(10)
 
 
-FAST: dict[str, Any] = dict(backoff=nonstop.Backoff(initial=0.05, cap=0.2), stable_after=0.2)
-
-
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
 @pytest.mark.anyio
-async def test_anyio_driver_echo_reconnect_and_resubscribe(
-    tls: bool, server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+async def test_echo_reconnect_and_resubscribe(
+    tls: bool, server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, backend: Backend
 ) -> None:
     behaviour = Behaviour()
     behaviour.close_first_after = 2
@@ -73,7 +72,7 @@ async def test_anyio_driver_echo_reconnect_and_resubscribe(
         url = f"{'wss' if tls else 'ws'}://{'localhost' if tls else '127.0.0.1'}:{port}/feed?x=1"
         seen: list[str | bytes] = []
         with anyio.fail_after(30):
-            async with nonstop.connect(
+            async with backend.connect(
                 url,
                 subscribe=["sub-a", b"sub-b"],
                 headers={"Authorization": "Bearer test-token"},
@@ -98,21 +97,22 @@ async def test_anyio_driver_echo_reconnect_and_resubscribe(
     assert metrics.disconnects == {"server_closed": 1}
 
 
-def test_blocking_driver_echo_reconnect_and_resubscribe_over_tls(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+@pytest.mark.anyio
+async def test_json_subscription_and_binary_echo_over_tls(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, backend: Backend
 ) -> None:
     behaviour = Behaviour()
     behaviour.close_first_after = 1
     events: list[nonstop.core.AppEvent] = []
-    with websockets_server(behaviour, server_ssl) as port:
-        with nonstop.sync.connect(
+    with websockets_server(behaviour, server_ssl) as port, anyio.fail_after(30):
+        async with backend.connect(
             f"wss://localhost:{port}/", subscribe=[{"op": "sub"}], ssl=client_ssl,
             on_event=events.append, **FAST,
         ) as feed:
-            first = feed.receive(timeout=10)
-            second = feed.receive(timeout=10)
-            feed.send(b"\x00binary")
-            third = feed.receive(timeout=10)
+            first = await feed.receive(timeout=10)
+            second = await feed.receive(timeout=10)
+            await feed.send(b"\x00binary")
+            third = await feed.receive(timeout=10)
     assert (first, second, third) == ('{"op":"sub"}', '{"op":"sub"}', b"\x00binary")
     assert [type(e) for e in events if isinstance(e, (Connected, Disconnected))] == [
         Connected, Disconnected, Connected, Disconnected]
@@ -121,10 +121,13 @@ def test_blocking_driver_echo_reconnect_and_resubscribe_over_tls(
     assert feed.state is nonstop.State.STOPPED
 
 
-def test_blocking_driver_refuses_an_untrusted_certificate(server_ssl: ssl.SSLContext) -> None:
+@pytest.mark.anyio
+async def test_an_untrusted_certificate_is_refused(
+    server_ssl: ssl.SSLContext, backend: Backend
+) -> None:
     """The default context verifies: a self-made CA is not trusted."""
-    with websockets_server(Behaviour(), server_ssl) as port:
-        with nonstop.sync.connect(f"wss://localhost:{port}/", **FAST) as feed:
-            event = feed.wait_for(Disconnected, timeout=10)
+    with websockets_server(Behaviour(), server_ssl) as port, anyio.fail_after(30):
+        async with backend.connect(f"wss://localhost:{port}/", **FAST) as feed:
+            event = await feed.wait_for(Disconnected, timeout=10)
     assert event.reason is Reason.TLS
     assert "certificate" in event.detail.lower()
