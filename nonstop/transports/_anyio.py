@@ -31,6 +31,9 @@ E = TypeVar("E", bound=AppEvent)
 
 #: Messages the consumer takes from the queue at a time.
 TAKE = 512
+#: What waiting on a feed that was never entered raises (it would wait forever).
+NOT_STARTED = ("this feed was not started: use `async with nonstop.connect(...) as feed:` "
+               "and use the feed inside that block")
 
 
 class AsyncFeed(AnyioLoop):
@@ -154,8 +157,7 @@ class AsyncFeed(AnyioLoop):
             if self._finished:
                 session.observer.end(self._crash, StopAsyncIteration)
             if self._tg is None:
-                raise RuntimeError("this feed was not started: use `async with nonstop.connect(...) "
-                                   "as feed:` and iterate the feed inside that block")
+                raise RuntimeError(NOT_STARTED)
             if await self._consumer_turn():
                 continue
             if self._has_data.is_set():
@@ -248,6 +250,8 @@ class AsyncFeed(AnyioLoop):
     async def _wait_event(self, accepts: Callable[[AppEvent], bool], timeout: float | None,
                           what: str) -> AppEvent | None:
         """The first event *accepts* takes, ``None`` if the feed ends first."""
+        if self._tg is None:
+            raise RuntimeError(NOT_STARTED)
         flag = anyio.Event()
         waiter = Waiter(accepts, flag.set)
         self._session.waiters.append(waiter)

@@ -34,6 +34,9 @@ T = TypeVar("T")
 HIGH_WATER = 1 << 20
 #: Messages a consumer takes from the queue at a time.
 TAKE = 512
+#: What waiting on a feed that was never entered raises (it would wait forever).
+NOT_STARTED = ("this feed was not started: use `with nonstop.sync.connect(...) as feed:` "
+               "and use the feed inside that block")
 
 
 class SyncFeed(BlockingLoop):
@@ -160,8 +163,7 @@ class SyncFeed(BlockingLoop):
         if self._done.is_set():
             self._session.observer.end(self._crash, StopIteration)
         if self._thread is None:
-            raise RuntimeError("this feed was not started: use `with nonstop.sync.connect(...) "
-                               "as feed:` and iterate the feed inside that block")
+            raise RuntimeError(NOT_STARTED)
         if deadline is not None and deadline <= time.monotonic():
             raise TimeoutError(f"no message within {timeout}s")
 
@@ -251,6 +253,8 @@ class SyncFeed(BlockingLoop):
     def _wait_event(self, accepts: Callable[[AppEvent], bool], timeout: float | None,
                     what: str) -> AppEvent | None:
         """The first event *accepts* takes, ``None`` if the feed ends first."""
+        if self._thread is None:
+            raise RuntimeError(NOT_STARTED)
         waiter = Waiter(accepts, lambda: None)  # the loop notifies _cond after every event
         with self._cond:
             self._session.waiters.append(waiter)

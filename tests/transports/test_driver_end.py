@@ -100,3 +100,37 @@ def test_a_bug_in_the_loop_settles_the_core_and_reaches_the_application(
             check_settled(feed, caplog)
 
         anyio.run(main, backend=driver)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+@pytest.mark.parametrize("driver", ["asyncio", "trio", "blocking"])
+def test_a_feed_that_was_never_entered_says_so_at_once(driver: str, fast: bool) -> None:
+    """Iterating (or waiting on) ``connect(url)`` without ``with`` /
+    ``async with`` would wait forever for a loop that never runs."""
+    url = "ws://127.0.0.1:9/"  # nothing is connected: the feed is never started
+    if driver == "blocking":
+        sync_feed = nonstop.sync.connect(url, fast=fast)
+        for wait in (lambda: next(iter(sync_feed)), lambda: sync_feed.receive(),
+                     lambda: next(sync_feed.batches()), lambda: next(sync_feed.records()),
+                     lambda: sync_feed.wait_connected()):
+            with pytest.raises(RuntimeError, match=r"use `with nonstop\.sync\.connect"):
+                wait()
+        return
+
+    async def main() -> None:
+        feed = nonstop.connect(url, fast=fast)
+        with pytest.raises(RuntimeError, match=r"use `async with nonstop\.connect"):
+            async for _ in feed:
+                pass
+        with pytest.raises(RuntimeError, match="use `async with"):
+            await feed.receive()
+        with pytest.raises(RuntimeError, match="use `async with"):
+            async for _ in feed.batches():
+                pass
+        with pytest.raises(RuntimeError, match="use `async with"):
+            async for _ in feed.records():
+                pass
+        with pytest.raises(RuntimeError, match="use `async with"):
+            await feed.wait_connected()
+
+    anyio.run(main, backend=driver)
