@@ -3,7 +3,9 @@ the asyncio protocol's read pause, bugs in its read callback, writes from
 many threads, and the adaptive read size.
 
 Real sockets on 127.0.0.1 (the ``websockets`` package's threaded server);
-hard timeouts, no assertion on how fast anything happened.
+a test taking ``backend`` runs on asyncio, trio and the blocking driver, the
+others are about one driver's streams.  Hard timeouts, no assertion on how
+fast anything happened.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from nonstop import Disconnected, Reason
 from nonstop.core import FeedCore
 from nonstop.transports._common import MIN_READ, RETRY_AFTER, ReadSize
 from nonstop.transports._streams import READ_HIGH_WATER, AsyncioStream, open_stream
-from tests.transports.test_driver_behaviour import FAST, burst, free_port, server
+
+from .conftest import FAST, Backend
+from .test_driver_behaviour import burst, free_port, server
 
 if sys.version_info >= (3, 11):
     from builtins import BaseExceptionGroup
@@ -61,43 +65,24 @@ def assert_write_stalled(events: list[nonstop.core.AppEvent]) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_server_that_stops_reading_stalls_writes_and_the_feed_reconnects() -> None:
+async def test_a_server_that_stops_reading_stalls_writes_and_the_feed_reconnects(
+    backend: Backend,
+) -> None:
     stop = threading.Event()
     events: list[nonstop.core.AppEvent] = []
     with server(deaf(stop)) as port, anyio.fail_after(40):
         try:
-            async with nonstop.connect(f"ws://127.0.0.1:{port}/", write_timeout=0.5,
+            async with backend.connect(f"ws://127.0.0.1:{port}/", write_timeout=0.5,
                                        on_event=events.append, **FAST) as feed:
                 await feed.wait_connected(10)
-                while not any(isinstance(e, Disconnected) for e in events):
-                    try:
-                        await feed.send(BIG)
-                    except nonstop.NotConnected:
-                        await anyio.sleep(0.01)
+                with anyio.fail_after(30):
+                    while not any(isinstance(e, Disconnected) for e in events):
+                        try:
+                            await feed.send(BIG)
+                        except nonstop.NotConnected:
+                            await anyio.sleep(0.01)
                 stop.set()
                 await feed.wait_connected(10)  # and it comes back
-        finally:
-            stop.set()
-    assert_write_stalled(events)
-
-
-def test_a_server_that_stops_reading_stalls_writes_in_the_blocking_driver() -> None:
-    stop = threading.Event()
-    events: list[nonstop.core.AppEvent] = []
-    with server(deaf(stop)) as port:
-        try:
-            with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", write_timeout=0.5,
-                                      on_event=events.append, **FAST) as feed:
-                feed.wait_connected(10)
-                deadline = time.monotonic() + 30
-                while not any(isinstance(e, Disconnected) for e in events):
-                    assert time.monotonic() < deadline
-                    try:
-                        feed.send(BIG)
-                    except nonstop.NotConnected:
-                        time.sleep(0.01)
-                stop.set()
-                feed.wait_connected(10)
         finally:
             stop.set()
     assert_write_stalled(events)
@@ -106,7 +91,8 @@ def test_a_server_that_stops_reading_stalls_writes_in_the_blocking_driver() -> N
 def test_a_blocking_send_never_waits_for_the_io_threads_stalled_write() -> None:
     """While the I/O thread pushes a backlog into a socket the server does
     not read (holding the write lock for up to ``write_timeout``), a small
-    ``send()`` from the application queues its bytes and returns."""
+    ``send()`` from the application queues its bytes and returns.  The
+    blocking driver's own: only it writes from two threads."""
     stop = threading.Event()
     with server(deaf(stop)) as port:
         try:
@@ -160,26 +146,21 @@ def first_address_black_holed(good_port: int) -> Iterator[str]:
 
 
 @pytest.mark.anyio
-async def test_an_address_that_never_answers_does_not_keep_the_next_from_being_tried() -> None:
+async def test_an_address_that_never_answers_does_not_keep_the_next_from_being_tried(
+    backend: Backend,
+) -> None:
     """Happy eyeballs: the second address is tried after 250 ms, not after
-    the whole ``connect_timeout`` spent on the first."""
+    the whole ``connect_timeout`` spent on the first (and the blocking
+    driver's selector is left with the one socket that won)."""
     with server(burst(1)) as port, first_address_black_holed(port) as host:
         with anyio.fail_after(20):
-            async with nonstop.connect(f"ws://{host}:{port}/", connect_timeout=5.0, **FAST) as feed:
+            async with backend.connect(f"ws://{host}:{port}/", connect_timeout=5.0, **FAST) as feed:
                 t0 = time.monotonic()
                 await feed.wait_connected(10)
                 took = time.monotonic() - t0
                 assert feed.metrics().attempts == 1 and took < 3.0, took
-
-
-def test_an_address_that_never_answers_in_the_blocking_driver() -> None:
-    with server(burst(1)) as port, first_address_black_holed(port) as host:
-        with nonstop.sync.connect(f"ws://{host}:{port}/", connect_timeout=5.0, **FAST) as feed:
-            t0 = time.monotonic()
-            feed.wait_connected(10)
-            took = time.monotonic() - t0
-            assert feed.metrics().attempts == 1 and took < 3.0, took
-            assert len(feed._selector.get_map()) == 2  # the wake-up pipe and the one socket
+                if backend.blocking:  # the wake-up pipe and the one socket
+                    assert len(feed.raw._selector.get_map()) == 2
 
 
 def _localhost_addresses() -> int:
@@ -187,28 +168,18 @@ def _localhost_addresses() -> int:
 
 
 @pytest.mark.anyio
-async def test_refused_on_every_address_of_a_name_is_refused() -> None:
+async def test_refused_on_every_address_of_a_name_is_refused(backend: Backend) -> None:
     """``localhost`` may be ::1 and 127.0.0.1: both are tried, and both
     refusing is reason ``refused`` (not a generic network error)."""
     events: list[nonstop.core.AppEvent] = []
     port = free_port()
     with anyio.fail_after(20):
-        async with nonstop.connect(f"ws://localhost:{port}/", max_attempts=1,
+        async with backend.connect(f"ws://localhost:{port}/", max_attempts=1,
                                    on_event=events.append, **FAST) as feed:
             with pytest.raises(nonstop.FeedGaveUp):
                 await feed.__anext__()
     refused = [e for e in events if isinstance(e, Disconnected)]
     assert [e.reason for e in refused] == [Reason.REFUSED], (refused, _localhost_addresses())
-
-
-def test_refused_on_every_address_of_a_name_in_the_blocking_driver() -> None:
-    events: list[nonstop.core.AppEvent] = []
-    port = free_port()
-    with nonstop.sync.connect(f"ws://localhost:{port}/", max_attempts=1,
-                              on_event=events.append, **FAST) as feed:
-        with pytest.raises(nonstop.FeedGaveUp):
-            next(iter(feed))
-    assert [e.reason for e in events if isinstance(e, Disconnected)] == [Reason.REFUSED]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -302,7 +273,8 @@ async def test_a_bug_in_a_read_outside_the_loops_task_reaches_the_consumer(
 def test_blocking_sends_from_many_threads_arrive_whole_and_in_order() -> None:
     """``send`` writes from the caller's thread (plain TCP) and leaves what
     the kernel does not take to the I/O thread: frames never interleave,
-    nothing is lost, each thread's messages keep their order."""
+    nothing is lost, each thread's messages keep their order.  The blocking
+    driver's own: a send that writes in the caller's thread."""
     got: list[str] = []
     done = threading.Event()
     threads_n, per_thread = 4, 150
