@@ -1,9 +1,14 @@
-"""The anyio driver's consumer reads: on trio (plain TCP) a consumer that
-waits for messages reads the socket in its own task while the loop's task
-steps aside, and the loop's task takes the socket back once the consumer
-has been away for ``HANDBACK`` (see ``AsyncFeed._consumer_read``).  Every
-test runs on asyncio too, where the same behaviour comes from the loop's
-task and the protocol callback.
+"""A consumer that waits, and one that is away: keepalive, queueing and
+order must not depend on which of the two the feed has.
+
+On trio (plain TCP) a consumer that waits for messages reads the socket in
+its own task while the loop's task steps aside, and the loop's task takes
+the socket back once the consumer has been away for ``HANDBACK`` (see
+``AsyncFeed._consumer_read``); on asyncio the same behaviour comes from the
+loop's task and the protocol callback; in the blocking driver a consumer
+waiting in ``next()`` runs the loop itself and the I/O thread takes it back
+when the consumer is away (see ``nonstop.transports._blocking``).  A test
+taking ``backend`` runs on all three; the others are about async tasks.
 
 Real sockets on 127.0.0.1 (the ``websockets`` package's threaded server);
 hard timeouts; time bounds many times what they guard.
@@ -25,13 +30,16 @@ from websockets.sync.server import ServerConnection
 import nonstop
 from nonstop import Disconnected, Reason, State
 
-from .test_driver_behaviour import FAST, burst, ping_while_busy, server
+from .backends import BACKENDS
+from .conftest import FAST, QUIET, Backend
+from .test_driver_behaviour import burst, ping_while_busy, server
 from .test_streams import accept_upgrade
+from .test_tls import CERTS, client_context, tls_server
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
 
 # The speed-ups under test here: on whatever NONSTOP_FAST says.
-QUIET: dict[str, Any] = dict(FAST, ping_interval=None, silence_timeout=None, fast=True)
+QUIET_FAST: dict[str, Any] = dict(QUIET, fast=True)
 
 
 def echo(ws: ServerConnection) -> None:
@@ -39,25 +47,30 @@ def echo(ws: ServerConnection) -> None:
         ws.send(message)
 
 
-async def take_the_socket(feed: nonstop.AsyncFeed, backend: str) -> None:
-    """Wait in ``__anext__`` with nothing coming: on trio the consumer
-    then reads the socket itself (checked), so what follows runs in that
-    mode."""
+async def take_the_socket(feed: Any, backend: Backend) -> None:
+    """Wait for a message with nothing coming, so that what follows runs
+    with the consumer in charge: on trio it then reads the socket itself
+    (checked); the blocking consumer runs the loop while it waits."""
     await feed.wait_connected(10)
+    if backend.blocking:
+        with pytest.raises(TimeoutError):
+            await feed.receive(timeout=0.2)
+        return
     with anyio.move_on_after(0.2):
         await feed.__anext__()
-    assert feed._consumer_reads is (backend == "trio")
+    assert feed._consumer_reads is (backend.name == "trio")
 
 
-async def test_pings_are_answered_while_the_consumer_is_busy(anyio_backend: str) -> None:
-    """The consumer (reading the socket itself, on trio) takes a message,
-    then works for 3 s without iterating: the loop's task takes the socket
-    back and answers the server's ping long before the consumer returns."""
+async def test_pings_are_answered_while_the_consumer_is_busy(backend: Backend) -> None:
+    """The consumer (reading the socket itself on trio, running the loop in
+    the blocking driver) takes a message, then works for 3 s without
+    iterating: the loop's task or the I/O thread takes the socket back and
+    answers the server's ping long before the consumer returns."""
     answered: list[float] = []
 
     with server(ping_while_busy(answered, go=True)) as port, anyio.fail_after(30):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
-            await take_the_socket(feed, anyio_backend)
+        async with backend.connect(f"ws://127.0.0.1:{port}/", **QUIET_FAST) as feed:
+            await take_the_socket(feed, backend)
             await feed.send("go")
             assert await feed.__anext__() == "first"  # the consumer read it itself (trio)
             await feed.send("busy now")
@@ -66,7 +79,9 @@ async def test_pings_are_answered_while_the_consumer_is_busy(anyio_backend: str)
             assert await feed.__anext__() == "second"
 
 
-async def test_messages_queue_up_while_the_consumer_is_busy(anyio_backend: str) -> None:
+async def test_messages_queue_up_while_the_consumer_is_busy(backend: Backend) -> None:
+    """While the consumer is away the loop keeps reading into the queue."""
+
     def handler(ws: ServerConnection) -> None:
         assert ws.recv(10) == "go"
         ws.send("first")
@@ -77,18 +92,22 @@ async def test_messages_queue_up_while_the_consumer_is_busy(anyio_backend: str) 
             pass
 
     with server(handler) as port, anyio.fail_after(30):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
-            await take_the_socket(feed, anyio_backend)
+        async with backend.connect(f"ws://127.0.0.1:{port}/", **QUIET_FAST) as feed:
+            await take_the_socket(feed, backend)
             await feed.send("go")
             assert await feed.__anext__() == "first"
             await feed.send("more")
             with anyio.fail_after(10):
                 while feed.metrics().queued < 200:
-                    await anyio.sleep(0.01)
+                    await anyio.sleep(0.01)  # not iterating: someone else must read
+            assert feed.metrics().queued == 200
             assert [await feed.__anext__() for _ in range(200)] == [str(i) for i in range(200)]
 
 
-async def test_keepalive_runs_while_the_consumer_waits() -> None:
+async def test_keepalive_runs_while_the_consumer_waits(backend: Backend) -> None:
+    """The consumer waits for a message on a feed that sends nothing: the
+    loop it runs (or leaves to the loop's task) still sends pings on time
+    and measures their round trip; no silence reconnect."""
     events: list[nonstop.core.AppEvent] = []
 
     def handler(ws: ServerConnection) -> None:
@@ -96,18 +115,18 @@ async def test_keepalive_runs_while_the_consumer_waits() -> None:
             pass
 
     with server(handler) as port, anyio.fail_after(30):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", ping_interval=0.1, ping_timeout=2.0,
+        async with backend.connect(f"ws://127.0.0.1:{port}/", ping_interval=0.1, ping_timeout=2.0,
                                    silence_timeout=0.3, on_event=events.append, **FAST) as feed:
             await feed.wait_connected(10)
-            with anyio.move_on_after(1.5):
-                await feed.__anext__()  # nothing comes; pongs do
+            with pytest.raises(TimeoutError):
+                await feed.receive(timeout=1.5)  # nothing comes; pongs do
             metrics = feed.metrics()
             assert metrics.last_ping_rtt is not None
             assert metrics.reconnects == 0
             assert not [e for e in events if isinstance(e, Disconnected)]
 
 
-async def test_a_cancelled_wait_loses_nothing(anyio_backend: str) -> None:
+async def test_a_receive_timeout_loses_nothing(backend: Backend) -> None:
     def handler(ws: ServerConnection) -> None:
         assert ws.recv(10) == "go"
         ws.send("late")
@@ -115,8 +134,30 @@ async def test_a_cancelled_wait_loses_nothing(anyio_backend: str) -> None:
             pass
 
     with server(handler) as port, anyio.fail_after(30):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
-            await take_the_socket(feed, anyio_backend)
+        async with backend.connect(f"ws://127.0.0.1:{port}/", **QUIET_FAST) as feed:
+            await feed.wait_connected(10)
+            with pytest.raises(TimeoutError):
+                await feed.receive(timeout=0.2)
+            await feed.send("go")
+            assert await feed.receive(timeout=10) == "late"
+            with pytest.raises(TimeoutError):
+                await feed.receive(timeout=0.2)
+            assert feed.state is State.OPEN
+
+
+async def test_a_cancelled_wait_loses_nothing(anyio_backend: str) -> None:
+    """A cancelled ``__anext__`` (the async feed's own way to stop
+    waiting; the blocking one has only the timeout above)."""
+
+    def handler(ws: ServerConnection) -> None:
+        assert ws.recv(10) == "go"
+        ws.send("late")
+        for _ in ws:
+            pass
+
+    with server(handler) as port, anyio.fail_after(30):
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET_FAST) as feed:
+            await take_the_socket(feed, BACKENDS[anyio_backend])
             for _ in range(3):
                 with anyio.move_on_after(0.1):
                     await feed.__anext__()
@@ -126,9 +167,11 @@ async def test_a_cancelled_wait_loses_nothing(anyio_backend: str) -> None:
 
 
 async def test_stop_from_another_task_ends_a_waiting_consumer() -> None:
+    """A consumer task beside the one that stops the feed (tasks: the async
+    driver's own; the blocking one's threads are in test_blocking_loop)."""
     with server(echo) as port, anyio.fail_after(30):
         got: list[str | bytes] = []
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET_FAST) as feed:
             await feed.wait_connected(10)
 
             async def consume() -> None:
@@ -148,9 +191,10 @@ async def test_stop_from_another_task_ends_a_waiting_consumer() -> None:
 
 
 async def test_the_server_going_away_while_the_consumer_waits_is_seen_and_healed() -> None:
-    """The server closes while the consumer waits on the socket: the end is
-    reported, the feed reconnects, and the consumer gets the next
-    connection's messages."""
+    """The server closes while the consumer waits on the socket (the trio
+    consumer read; on asyncio the protocol callback): the end is reported,
+    the feed reconnects, and the consumer gets the next connection's
+    messages."""
     connections: list[int] = []
 
     def handler(ws: ServerConnection) -> None:
@@ -166,16 +210,24 @@ async def test_the_server_going_away_while_the_consumer_waits_is_seen_and_healed
     events: list[nonstop.core.AppEvent] = []
     with server(handler) as port, anyio.fail_after(30):
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
-                                   **QUIET) as feed:
+                                   **QUIET_FAST) as feed:
             assert await feed.__anext__() == "hello 1"
             assert await feed.__anext__() == "hello 2"
     first = next(e for e in events if isinstance(e, Disconnected))
     assert first.reason is Reason.SERVER_CLOSED
 
 
-async def test_echo_from_the_consuming_task() -> None:
-    with server(echo) as port, anyio.fail_after(30):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET) as feed:
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_echo_from_the_consumer(tls: bool, backend: Backend) -> None:
+    """Send, then wait for the echo, 300 times: on plain TCP send() writes
+    itself; over TLS the loop writes (the blocking driver's I/O thread, or
+    the consumer once it waits)."""
+    ca, cert = CERTS["trusted"]
+    context = tls_server(cert, echo) if tls else server(echo)
+    with context as port, anyio.fail_after(30):
+        url = f"wss://localhost:{port}/" if tls else f"ws://127.0.0.1:{port}/"
+        options = dict(QUIET_FAST, ssl=client_context(ca)) if tls else QUIET_FAST
+        async with backend.connect(url, **options) as feed:
             await feed.wait_connected(10)
             for i in range(300):
                 await feed.send(f"m{i}")
@@ -183,9 +235,11 @@ async def test_echo_from_the_consuming_task() -> None:
 
 
 async def test_a_burst_read_by_the_consumer_arrives_in_order() -> None:
+    """The trio consumer read and the loop's task taking turns (the
+    consumer yields for longer than ``HANDBACK`` now and then)."""
     count = 20_000
     with server(burst(count, pad=300)) as port, anyio.fail_after(40):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=256, **QUIET) as feed:
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=256, **QUIET_FAST) as feed:
             got = []
             async for message in feed:
                 assert isinstance(message, str)
@@ -273,7 +327,7 @@ async def test_two_tasks_iterating_one_feed_share_it() -> None:
     got: list[int] = []
     with server(handler) as port, anyio.fail_after(30):
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", on_event=events.append,
-                                   **QUIET) as feed:
+                                   **QUIET_FAST) as feed:
             async def consume() -> None:
                 async for message in feed:
                     got.append(int(message))
