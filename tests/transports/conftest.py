@@ -23,6 +23,9 @@ from .backends import BACKENDS, Backend
 FAST: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.2), stable_after=0.2)
 #: FAST, and no keepalive: nothing on the wire but what the test sends.
 QUIET: dict[str, Any] = dict(FAST, ping_interval=None, silence_timeout=None)
+#: QUIET on the speed-up loops, for the tests of a speed-up: on whatever
+#: NONSTOP_FAST says.
+QUIET_FAST: dict[str, Any] = dict(QUIET, fast=True)
 #: Give up after the first retry, which comes quickly.
 RETRY: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.1), max_attempts=2)
 
@@ -66,4 +69,4 @@ def client_ssl(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-__all__ = ["FAST", "QUIET", "RETRY", "Backend"]
+__all__ = ["FAST", "QUIET", "QUIET_FAST", "RETRY", "Backend"]

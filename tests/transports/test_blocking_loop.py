@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import pytest
 from websockets.sync.server import ServerConnection
@@ -21,13 +20,10 @@ from websockets.sync.server import ServerConnection
 import nonstop
 from nonstop import Disconnected
 
-from .conftest import QUIET
+from .conftest import QUIET_FAST
 from .test_driver_behaviour import burst, server
 
 pytestmark = pytest.mark.timeout(60)
-
-# The speed-ups under test here: on whatever NONSTOP_FAST says.
-QUIET_FAST: dict[str, Any] = dict(QUIET, fast=True)
 
 
 def test_two_threads_share_the_messages_exactly_once() -> None:

@@ -31,15 +31,12 @@ import nonstop
 from nonstop import Disconnected, Reason, State
 
 from .backends import BACKENDS
-from .conftest import FAST, QUIET, Backend
+from .conftest import FAST, QUIET_FAST, Backend
 from .test_driver_behaviour import burst, ping_while_busy, server
 from .test_streams import accept_upgrade
 from .test_tls import CERTS, client_context, tls_server
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
-
-# The speed-ups under test here: on whatever NONSTOP_FAST says.
-QUIET_FAST: dict[str, Any] = dict(QUIET, fast=True)
 
 
 def echo(ws: ServerConnection) -> None:
