@@ -10,6 +10,7 @@ on trio through ``anyio_backend``.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -34,12 +35,19 @@ RETRY: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.1), max_attempt
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test taking ``backend`` gets it, and the matching ``anyio_backend``,
     from one parametrization (a mark, so the two-backend ``anyio_backend``
-    fixture below steps aside)."""
-    if "backend" in metafunc.fixturenames:
+    fixture below steps aside).  A test that parametrizes ``backend``
+    itself keeps its own."""
+    own = any("backend" in _argnames(mark.args[0])
+              for mark in metafunc.definition.iter_markers("parametrize"))
+    if "backend" in metafunc.fixturenames and not own:
         metafunc.definition.add_marker(pytest.mark.parametrize(
             ("anyio_backend", "backend"),
             [pytest.param(b.runner, b, id=name) for name, b in BACKENDS.items()],
         ))
+
+
+def _argnames(names: str | Sequence[str]) -> list[str]:
+    return [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
 
 
 @pytest.fixture(params=["asyncio", "trio"])
