@@ -221,17 +221,9 @@ class AsyncFeed(AnyioLoop):
         return self._session.metrics(self._clock())
 
     @property
-    def state(self) -> State:
-        return self._core.state
-
-    @property
     def history(self) -> list[AppEvent]:
         """The last 256 lifecycle events (no messages), oldest first."""
         return list(self._session.observer.history)
-
-    @property
-    def subscriptions(self) -> tuple[Subscription, ...]:
-        return self._core.subscriptions
 
     async def wait_for(self, kind: type[E], predicate: Callable[[E], bool] | None = None, *,
                        timeout: float | None = None) -> E:

@@ -60,7 +60,7 @@ from ..core import (
 )
 from ._common import DriverOptions, ReadSize, WriteStalled
 from ._dial import dial
-from ._session import Session
+from ._session import Feed
 
 __all__ = ["AnyioLoop", "AnyioStream", "Stream", "wrap_socket", "linger_zero"]
 
@@ -152,14 +152,11 @@ async def wrap_socket(sock: socket.socket, *, tls: bool, ssl_context: ssl.SSLCon
     return stream
 
 
-class AnyioLoop:
+class AnyioLoop(Feed):
     """One feed's loop over anyio: the state it keeps, and the loop itself."""
 
     def __init__(self, core: FeedCore, options: DriverOptions) -> None:
-        self._core = core
-        self._opts = options
-        self._session = Session(core, options)
-        self._buffer = self._session.buffer
+        super().__init__(core, options)
         self._stream: Stream | None = None
         self._pending_open: OpenTransport | None = None
         self._wait_scope: _Scope | None = None

@@ -223,18 +223,10 @@ class SyncFeed(BlockingLoop):
             return self._session.metrics(time.monotonic())
 
     @property
-    def state(self) -> State:
-        return self._core.state
-
-    @property
     def history(self) -> list[AppEvent]:
         """The last 256 lifecycle events (no messages), oldest first."""
         with self._cond:
             return list(self._session.observer.history)
-
-    @property
-    def subscriptions(self) -> tuple[Subscription, ...]:
-        return self._core.subscriptions
 
     def wait_for(self, kind: type[E], predicate: Callable[[E], bool] | None = None, *,
                  timeout: float | None = None) -> E:

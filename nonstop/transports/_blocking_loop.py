@@ -54,7 +54,7 @@ from ..core import (
 )
 from ._common import DriverOptions, WriteStalled
 from ._dial import SelectorDial
-from ._session import Session
+from ._session import Feed
 
 __all__ = ["BlockingLoop"]
 
@@ -66,14 +66,11 @@ _READ = "read"
 _TLS = "tls"
 
 
-class BlockingLoop:
+class BlockingLoop(Feed):
     """One feed's loop in blocking code: the state it keeps, and the loop itself."""
 
     def __init__(self, core: FeedCore, options: DriverOptions) -> None:
-        self._core = core
-        self._opts = options
-        self._session = Session(core, options)
-        self._buffer = self._session.buffer
+        super().__init__(core, options)
         self._cond = threading.Condition(threading.RLock())  # the core, session and queue
         self._write_lock = threading.Lock()  # one writer on the socket at a time
         self._unsent = b""  # taken from the core, not yet written

@@ -50,7 +50,7 @@ from ..core import (
 )
 from ._common import DriverOptions, MessageBuffer, Observer, ReadSize
 
-__all__ = ["Session", "Waiter", "matcher", "confirms"]
+__all__ = ["Session", "Waiter", "Feed", "matcher", "confirms"]
 
 E = TypeVar("E", bound=AppEvent)
 
@@ -162,18 +162,14 @@ class Session:
         """A deferred failure goes ahead once the application caught up:
         True if that happened (the driver has work: a close frame)."""
         if self.core.failure_pending and self.caught_up:
-            if hasattr(self.core, "caught_up"):  # TEMP until the core has it
-                self.core.caught_up(now)
+            self.core.caught_up(now)
             return True
         return False
 
     def lost(self, error: BaseException, now: float) -> None:
         """A read or write failed: the core fails the connection, unless it
         had already dropped that transport."""
-        if hasattr(self.core, "transport_lost"):  # TEMP until the core has it
-            self.core.transport_lost(error, now)
-        elif self.core.state in (State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING):
-            self.core.transport_failed(error, now)
+        self.core.transport_lost(error, now)
 
     # -- the end ---------------------------------------------------------------
     def settle(self, now: float) -> None:
@@ -196,3 +192,24 @@ class Session:
     def metrics(self, now: float) -> Metrics:
         """The core's metrics plus the queue's."""
         return self.buffer.add_driver_metrics(self.core.metrics(now))
+
+
+class Feed:
+    """What every driver's feed holds and answers the same way: the core,
+    its options and its session."""
+
+    def __init__(self, core: FeedCore, options: DriverOptions) -> None:
+        self._core = core
+        self._opts = options
+        self._session = Session(core, options)
+        self._buffer = self._session.buffer
+
+    @property
+    def state(self) -> State:
+        """The core's state (a :class:`~nonstop.State`)."""
+        return self._core.state
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """What is replayed on every connect, in order."""
+        return self._core.subscriptions
