@@ -30,8 +30,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import nonstop
 import nonstop.core
 import nonstop.errors
