@@ -13,22 +13,21 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import anyio
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
 import nonstop
-from nonstop import Backoff, Disconnected, State, Stopped
+from nonstop import Disconnected, State, Stopped
 from nonstop.transports._session import Session
 
 # the blocking driver's I/O thread ends by the injected bug: its traceback is expected
+from .conftest import QUIET
+
 pytestmark = [pytest.mark.timeout(30),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
 
-QUIET: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.2), ping_interval=None,
-                             silence_timeout=None)
 
 
 class Injected(RuntimeError):

@@ -12,19 +12,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import anyio
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
 import nonstop
-from nonstop import Backoff, Subscribed, Subscription
+from nonstop import Subscribed, Subscription
+
+from .conftest import QUIET
 
 pytestmark = pytest.mark.timeout(30)
 
-QUIET: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.2), ping_interval=None,
-                             silence_timeout=None)
 ACK_DELAY = 0.3
 
 
