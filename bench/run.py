@@ -43,7 +43,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from clients import CLIENTS, RECEIVE_ONLY  # noqa: E402
+from clients import BASELINE, CLIENTS, RECEIVE_ONLY  # noqa: E402
 
 #: (case name, payload kind, payload size, column title)
 RECEIVE_CASES = [
@@ -95,10 +95,11 @@ class Samples:
 # processes
 
 
-def child_env() -> dict[str, str]:
-    """Workers import nonstop from this checkout, not from whatever is installed."""
+def child_env(root: Path = ROOT) -> dict[str, str]:
+    """Workers import nonstop from this checkout (or *root*, another one: a
+    ``--baseline`` client), not from whatever is installed."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONHASHSEED", "0")
     return env
 
@@ -149,11 +150,11 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-def run_json(args: list[str], timeout: float) -> tuple[dict[str, Any] | None, str]:
+def run_json(args: list[str], timeout: float, root: Path = ROOT) -> tuple[dict[str, Any] | None, str]:
     """Run a child process that prints one JSON line; return (result, error text)."""
     try:
         done = subprocess.run(
-            [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=child_env()
+            [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=child_env(root)
         )
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:.0f} s"
@@ -189,7 +190,7 @@ def plan_for(client: str, counts: dict[str, int], warmup: int, receive: bool = T
          "warmup": max(1, counts[name] // RECEIVE_WARMUP_DIVISOR)}
         for name, kind, size, _title in RECEIVE_CASES
     ] if receive else []
-    if client not in RECEIVE_ONLY:
+    if client.split(BASELINE)[0] not in RECEIVE_ONLY:
         cases.append({"name": "echo", "rounds": counts["echo"], "warmup": warmup, "message": ECHO_MESSAGE})
     return {"cases": cases}
 
@@ -399,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="let the OS place server and clients")
     parser.add_argument("--json", default=None, help="also write every sample to this JSON file")
     parser.add_argument(
+        "--baseline", default=None, metavar="CHECKOUT",
+        help="also run each nonstop client from this other checkout of nonstop (a before/after "
+             f"table in one run: rows named CLIENT{BASELINE})",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=None, help="seconds per worker (default 300, quick 60)"
     )
     args = parser.parse_args(argv)
@@ -419,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     clients, notes = available(wanted)
     for note in notes:
         log(f"note: {note}")
+    baseline = Path(args.baseline).resolve() if args.baseline else None
+    if baseline is not None:
+        if not (baseline / "nonstop" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no nonstop package there (give a checkout's root)")
+        clients += [c + BASELINE for c in clients if c.startswith("nonstop-") and not c.endswith("-plain")]
     output = args.output if args.output is not None else (None if quick else str(BENCH / "results.md"))
 
     load_before = os.getloadavg()[0]
@@ -434,12 +445,14 @@ def main(argv: list[str] | None = None) -> int:
         # client that echoes once more per extra echo process (interleaved).
         rounds = [(client, True) for client in clients]
         for _ in range(args.echo_processes - 1):
-            rounds += [(client, False) for client in clients if client not in RECEIVE_ONLY]
+            rounds += [(client, False) for client in clients if client.split(BASELINE)[0] not in RECEIVE_ONLY]
         for rep in range(1, args.repeat + 1):
             for client, receive in rounds:
                 plan = json.dumps(plan_for(client, counts, warmup, receive))
-                worker = [str(BENCH / "worker.py"), "--client", client, "--port", str(port), "--plan", plan]
-                result, error = run_json(worker, timeout)
+                name = client.split(BASELINE)[0]
+                root = baseline if baseline is not None and client.endswith(BASELINE) else ROOT
+                worker = [str(BENCH / "worker.py"), "--client", name, "--port", str(port), "--plan", plan]
+                result, error = run_json(worker, timeout, root)
                 if result is None:
                     samples.errors.append(f"{client} (repetition {rep}): worker failed: {error}")
                     log(f"[{rep}/{args.repeat}] {client}: WORKER FAILED: {error}")

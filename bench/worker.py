@@ -19,6 +19,7 @@ import argparse
 import gc
 import importlib
 import json
+import os
 import statistics
 import sys
 import traceback
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", required=True, help="JSON: {'cases': [...]} as built by run.py")
     args = parser.parse_args(argv)
     module_name, _needs, options = CLIENTS[args.client]
+    options = dict(options)
+    fast = options.pop("fast", None)
+    if fast is not None:  # read by nonstop.connect when its fast option is left at None
+        os.environ["NONSTOP_FAST"] = fast
     module = importlib.import_module(f"clients.{module_name}")
     plan = json.loads(args.plan)
     results: dict[str, dict[str, float]] = {}

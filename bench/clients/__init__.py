@@ -27,7 +27,7 @@ iteration.
 
 from __future__ import annotations
 
-__all__ = ["CLIENTS", "RECEIVE_ONLY"]
+__all__ = ["CLIENTS", "RECEIVE_ONLY", "BASELINE"]
 
 CLIENTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "nonstop-asyncio": ("nonstop_anyio", ("nonstop", "anyio"), {"backend": "asyncio"}),
@@ -37,6 +37,9 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
         "nonstop_anyio", ("nonstop", "anyio"), {"backend": "asyncio", "mode": "batches"}
     ),
     "nonstop-blocking-batches": ("nonstop_blocking", ("nonstop",), {"mode": "batches"}),
+    "nonstop-asyncio-plain": ("nonstop_anyio", ("nonstop", "anyio"), {"backend": "asyncio", "fast": "0"}),
+    "nonstop-trio-plain": ("nonstop_anyio", ("nonstop", "anyio", "trio"), {"backend": "trio", "fast": "0"}),
+    "nonstop-blocking-plain": ("nonstop_blocking", ("nonstop",), {"fast": "0"}),
     "picows": ("picows_client", ("picows",), {}),
     "aiohttp": ("aiohttp_client", ("aiohttp",), {}),
     "websockets": ("websockets_client", ("websockets",), {}),
@@ -49,3 +52,6 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
 #: Clients without an echo round trip: the raw byte-stream reader, and the
 #: batch consumers (their echo is the plain iteration's).
 RECEIVE_ONLY = frozenset({"raw-socket", "nonstop-asyncio-batches", "nonstop-blocking-batches"})
+
+#: The separator of a client run from another checkout (``run.py --baseline``).
+BASELINE = "@baseline"
