@@ -39,6 +39,7 @@ the stream: no task, socket or file descriptor is left behind.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 import ssl
@@ -62,7 +63,7 @@ from ._common import DriverOptions, ReadSize, WriteStalled
 from ._dial import dial
 from ._session import Feed
 
-__all__ = ["AnyioLoop", "AnyioStream", "Stream", "wrap_socket", "linger_zero"]
+__all__ = ["AnyioLoop", "AnyioStream", "Stream", "wrap_socket", "linger_zero", "on_asyncio"]
 
 E = TypeVar("E", bound=AppEvent)
 
@@ -107,15 +108,22 @@ def linger_zero(sock: object) -> None:
 
 
 class AnyioStream:
-    """anyio's TCP or TLS stream, reads sized by *reads*."""
+    """anyio's TCP or TLS stream.  Reads are sized by *reads* where a read
+    allocates what it asks for (trio: ``recv(n)``); on asyncio anyio hands
+    out what its protocol already holds, and a request smaller than that
+    chunk would copy the rest back, so there each read asks for *limit*."""
 
-    __slots__ = ("_reads", "_stream")
+    __slots__ = ("_limit", "_reads", "_stream")
 
-    def __init__(self, stream: anyio.abc.ByteStream, reads: ReadSize) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, reads: ReadSize, limit: int | None = None) -> None:
         self._stream = stream
         self._reads = reads
+        self._limit = limit
 
     async def receive(self) -> bytes:
+        limit = self._limit
+        if limit is not None:
+            return await self._stream.receive(limit)
         data = await self._stream.receive(self._reads.size)
         self._reads.update(len(data))
         return data
@@ -132,6 +140,15 @@ class AnyioStream:
     async def abort(self) -> None:
         linger_zero(self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None))
         await anyio.aclose_forcefully(self._stream)
+
+
+def on_asyncio() -> bool:
+    """Is this task running on an asyncio loop (not trio)?"""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def wrap_socket(sock: socket.socket, *, tls: bool, ssl_context: ssl.SSLContext | None,
@@ -333,7 +350,7 @@ class AnyioLoop(Feed):
         sock = await dial(effect.host, effect.port)
         stream = await wrap_socket(sock, tls=effect.tls, ssl_context=self._opts.ssl_context,
                                    server_hostname=effect.server_hostname)
-        return AnyioStream(stream, reads)
+        return AnyioStream(stream, reads, self._opts.read_size if on_asyncio() else None)
 
     def _opened(self, stream: Stream) -> None:
         """The stream is the core's transport from now on."""

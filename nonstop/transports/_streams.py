@@ -39,7 +39,7 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from ._anyio_loop import AnyioStream, Stream, linger_zero, wrap_socket
+from ._anyio_loop import AnyioStream, Stream, linger_zero, on_asyncio, wrap_socket
 from ._common import MIN_READ, ReadSize
 from ._dial import dial
 
@@ -344,12 +344,3 @@ def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     if type(loop).time is asyncio.BaseEventLoop.time:
         return time.monotonic
     return loop.time
-
-
-def on_asyncio() -> bool:
-    """Is this task running on an asyncio loop (not trio)?"""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
