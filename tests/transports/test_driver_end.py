@@ -10,13 +10,10 @@ event -- and the application must see the bug, not hang.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import anyio
 import pytest
-from websockets.sync.server import ServerConnection, serve
+from websockets.sync.server import ServerConnection
 
 import nonstop
 from nonstop import Disconnected, State, Stopped
@@ -24,6 +21,7 @@ from nonstop.transports._session import Session
 
 # the blocking driver's I/O thread ends by the injected bug: its traceback is expected
 from .conftest import QUIET
+from .test_driver_behaviour import server
 
 pytestmark = [pytest.mark.timeout(30),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
@@ -34,21 +32,10 @@ class Injected(RuntimeError):
     """The bug."""
 
 
-@contextmanager
-def server() -> Iterator[int]:
-    """Answers "boom" with a message."""
-    def handler(ws: ServerConnection) -> None:
-        for message in ws:
-            ws.send(f"re: {message}")
-
-    with serve(handler, "127.0.0.1", 0) as srv:
-        thread = threading.Thread(target=srv.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield srv.socket.getsockname()[1]
-        finally:
-            srv.shutdown()
-            thread.join(10)
+def answering(ws: ServerConnection) -> None:
+    """Answers every message with one."""
+    for message in ws:
+        ws.send(f"re: {message}")
 
 
 def inject(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +58,7 @@ def test_a_bug_in_the_loop_settles_the_core_and_reaches_the_application(
         driver: str, fast: bool, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.INFO, logger="nonstop")
-    with server() as port:
+    with server(answering) as port:
         url = f"ws://127.0.0.1:{port}/"
         if driver == "blocking":
             with nonstop.sync.connect(url, fast=fast, **QUIET) as sync_feed:

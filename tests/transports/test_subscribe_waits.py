@@ -8,42 +8,30 @@ the wait; while not connected it returns at once.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import anyio
 import pytest
-from websockets.sync.server import ServerConnection, serve
+from websockets.sync.server import ServerConnection
 
 import nonstop
 from nonstop import Subscribed, Subscription
 
 from .conftest import QUIET
+from .test_driver_behaviour import server
 
 pytestmark = pytest.mark.timeout(30)
 
 ACK_DELAY = 0.3
 
 
-@contextmanager
-def server() -> Iterator[int]:
+def acknowledging(ws: ServerConnection) -> None:
     """Acknowledges "sub:slow" after ACK_DELAY, never "sub:never"."""
-    def handler(ws: ServerConnection) -> None:
-        for message in ws:
-            if message == "sub:slow":
-                time.sleep(ACK_DELAY)
-                ws.send("ack:sub:slow")
-
-    with serve(handler, "127.0.0.1", 0) as srv:
-        thread = threading.Thread(target=srv.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield srv.socket.getsockname()[1]
-        finally:
-            srv.shutdown()
-            thread.join(10)
+    for message in ws:
+        if message == "sub:slow":
+            time.sleep(ACK_DELAY)
+            ws.send("ack:sub:slow")
 
 
 def acked_by(answer: str) -> Callable[[object], bool]:
@@ -61,7 +49,7 @@ def confirmed(history: list[nonstop.AppEvent], sub: Subscription) -> bool:
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
 @pytest.mark.parametrize("driver", ["asyncio", "trio", "blocking"])
 def test_subscribe_returns_once_the_server_acknowledged(driver: str, fast: bool) -> None:
-    with server() as port:
+    with server(acknowledging) as port:
         url = f"ws://127.0.0.1:{port}/"
         if driver == "blocking":
             with nonstop.sync.connect(url, fast=fast, **QUIET) as sync_feed:
