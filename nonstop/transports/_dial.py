@@ -93,6 +93,25 @@ def _outcome(sock: socket.socket) -> OSError | None:
 
 # ---------------------------------------------------------------------------
 # the anyio driver
+def carry_out(d: Dial[AddrInfo], now: float, close: Callable[[Attempt[AddrInfo]], None],
+              start: Callable[[Attempt[AddrInfo], socket.socket], None]) -> None:
+    """Do what *d* says until it says nothing: *close* each attempt it lets
+    go, open a socket for each it starts (a socket that cannot even be made
+    is that attempt's failure) and hand it to *start*."""
+    while True:
+        while (gone := d.next_close()) is not None:
+            close(gone)
+        attempt = d.next_start()
+        if attempt is None:
+            return
+        try:
+            sock = _open(attempt.address)
+        except OSError as exc:
+            d.failed(attempt, exc, now)
+            continue
+        start(attempt, sock)
+
+
 async def dial(host: str, port: int, *, delay: float = NEXT_ADDRESS_DELAY) -> socket.socket:
     """A connected non-blocking TCP socket (``TCP_NODELAY`` on) to *host*:*port*.
 
@@ -157,25 +176,19 @@ class _AsyncDial:
 
     def _step(self, tg: anyio.abc.TaskGroup) -> None:
         """Close what the dial says, start what it says, until it says nothing."""
-        d = self._dial
-        while True:
-            while (gone := d.next_close()) is not None:
-                scope = self._waiting.pop(gone.index, None)
-                if scope is not None:
-                    scope.cancel()  # its socket is closed when the task group ends
-                elif (sock := self._open.pop(gone.index, None)) is not None:
-                    sock.close()
-            attempt = d.next_start()
-            if attempt is None:
-                return
-            try:
-                sock = _open(attempt.address)
-            except OSError as exc:
-                d.failed(attempt, exc, anyio.current_time())
-                continue
+        def close(gone: Attempt[AddrInfo]) -> None:
+            scope = self._waiting.pop(gone.index, None)
+            if scope is not None:
+                scope.cancel()  # its socket is closed when the task group ends
+            elif (sock := self._open.pop(gone.index, None)) is not None:
+                sock.close()
+
+        def start(attempt: Attempt[AddrInfo], sock: socket.socket) -> None:
             self._open[attempt.index] = sock
             self._waiting[attempt.index] = scope = anyio.CancelScope()
             tg.start_soon(self._watch, attempt, sock, scope)
+
+        carry_out(self._dial, anyio.current_time(), close, start)
 
     async def _watch(self, attempt: Attempt[AddrInfo], sock: socket.socket,
                      scope: anyio.CancelScope) -> None:
@@ -318,27 +331,21 @@ class SelectorDial:
 
     # -- internals --
     def _step(self, now: float) -> None:
-        d = self._dial
-        while True:
-            while (gone := d.next_close()) is not None:
-                for sock, held in list(self._attempts.items()):
-                    if held is gone:
-                        del self._attempts[sock]
-                        self._forget(sock)
-            attempt = d.next_start()
-            if attempt is None:
-                return
-            try:
-                sock = _open(attempt.address)
-            except OSError as exc:
-                d.failed(attempt, exc, now)
-                continue
+        def close(gone: Attempt[AddrInfo]) -> None:
+            for sock, held in list(self._attempts.items()):
+                if held is gone:
+                    del self._attempts[sock]
+                    self._forget(sock)
+
+        def start(attempt: Attempt[AddrInfo], sock: socket.socket) -> None:
             try:
                 self._selector.register(sock, selectors.EVENT_WRITE, self)
             except BaseException:
                 sock.close()
                 raise
             self._attempts[sock] = attempt
+
+        carry_out(self._dial, now, close, start)
 
     def _forget(self, sock: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
