@@ -123,14 +123,16 @@ async def test_keepalive_runs_while_the_consumer_waits(backend: Backend) -> None
             assert not [e for e in events if isinstance(e, Disconnected)]
 
 
-async def test_a_receive_timeout_loses_nothing(backend: Backend) -> None:
-    def handler(ws: ServerConnection) -> None:
-        assert ws.recv(10) == "go"
-        ws.send("late")
-        for _ in ws:
-            pass
+def late_after_go(ws: ServerConnection) -> None:
+    """Sends "late" once the client said "go"."""
+    assert ws.recv(10) == "go"
+    ws.send("late")
+    for _ in ws:
+        pass
 
-    with server(handler) as port, anyio.fail_after(30):
+
+async def test_a_receive_timeout_loses_nothing(backend: Backend) -> None:
+    with server(late_after_go) as port, anyio.fail_after(30):
         async with backend.connect(f"ws://127.0.0.1:{port}/", **QUIET_FAST) as feed:
             await feed.wait_connected(10)
             with pytest.raises(TimeoutError):
@@ -146,13 +148,7 @@ async def test_a_cancelled_wait_loses_nothing(anyio_backend: str) -> None:
     """A cancelled ``__anext__`` (the async feed's own way to stop
     waiting; the blocking one has only the timeout above)."""
 
-    def handler(ws: ServerConnection) -> None:
-        assert ws.recv(10) == "go"
-        ws.send("late")
-        for _ in ws:
-            pass
-
-    with server(handler) as port, anyio.fail_after(30):
+    with server(late_after_go) as port, anyio.fail_after(30):
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", **QUIET_FAST) as feed:
             await take_the_socket(feed, BACKENDS[anyio_backend])
             for _ in range(3):
