@@ -46,14 +46,13 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
 from ..core import (
-    AppEvent,
     CloseTransport,
     FeedCore,
     OpenTransport,
@@ -65,7 +64,6 @@ from ._session import Feed
 
 __all__ = ["AnyioLoop", "AnyioStream", "Stream", "wrap_socket", "linger_zero", "on_asyncio"]
 
-E = TypeVar("E", bound=AppEvent)
 
 #: States in which the core reads from its transport (a tuple: an Enum in a
 #: frozenset hashes through a Python call).
@@ -182,7 +180,6 @@ class AnyioLoop(Feed):
         self._clock: Callable[[], float] = anyio.current_time
         self._new_scope: Callable[..., _Scope] = anyio.CancelScope  # (deadline=...)
         self._has_data: _Flag = anyio.Event()
-        self._local: list[str | bytes] = []  # taken by __anext__, reversed
         self._space = anyio.Event()
         self._writing = False
         self._written = anyio.Event()

@@ -44,10 +44,8 @@ import ssl
 import struct
 import threading
 import time
-from typing import TypeVar
 
 from ..core import (
-    AppEvent,
     FeedCore,
     OpenTransport,
     State,
@@ -58,8 +56,6 @@ from ._session import Feed
 
 __all__ = ["BlockingLoop"]
 
-E = TypeVar("E", bound=AppEvent)
-T = TypeVar("T")
 
 #: Selector data of the open socket and of a TLS handshake in progress.
 _READ = "read"
@@ -86,11 +82,9 @@ class BlockingLoop(Feed):
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._stop_requested = False
-        self._local: list[str | bytes] = []  # taken by __next__, reversed
         self._done = threading.Event()
         self._crash: BaseException | None = None
         self._thread: threading.Thread | None = None
-
 
     def _in_loop(self) -> bool:
         """True in the thread running the loop (a callback): it must not

@@ -25,7 +25,7 @@ running feed is the same whichever driver runs it, so it lives here, once:
   (:meth:`Session.settle`): the socket is gone, so the core is taken to
   ``STOPPED`` and its last events are logged.
 
-The session takes no lock and does no I/O: the anyio driver calls it from
+The session takes no lock and touches no socket: the anyio driver calls it from
 its one event-loop thread, the blocking driver with its lock held.
 """
 
@@ -43,6 +43,7 @@ from ..core import (
     Messages,
     Metrics,
     OpenTransport,
+    Payload,
     Reason,
     State,
     Subscribed,
@@ -203,6 +204,9 @@ class Feed:
         self._opts = options
         self._session = Session(core, options)
         self._buffer = self._session.buffer
+        #: Messages taken from the queue and not handed out yet, the oldest
+        #: last (``pop()`` is O(1)).
+        self._local: list[Payload] = []
 
     @property
     def state(self) -> State:
