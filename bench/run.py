@@ -14,8 +14,8 @@ Theory of operation
 4. Run the idle test (:mod:`idle`) once: memory per connection and idle CPU
    of 1,000 keep-alive feeds, then the traced heap in a second process.
 5. Take the median of the repetitions of every number, print a Markdown
-   report -- the machine, the table, and the ratios phrased as the targets of
-   issue 6 -- and write it to ``bench/results.md`` (``--output``).
+   report -- the machine, the table, and the ratios phrased as the targets in
+   ``docs/performance.md`` -- and write it to ``bench/results.md`` (``--output``).
 
 Timing never fails the run: a missed target is reported as such.  The exit
 status is 1 only if something crashed (a client raised, a worker died or
@@ -260,7 +260,7 @@ def verdict(ok: bool | None) -> str:
 
 def ratio_rows(samples: Samples, idle: dict[str, Any]) -> list[str]:
     rows = [
-        "| target (issue 6) | measured | ratio | wanted | met |",
+        "| target | measured | ratio | wanted | met |",
         "|---|---|---|---|---|",
     ]
 

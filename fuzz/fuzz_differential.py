@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 ``Framing`` cuts simple data frames out of each read itself and hands every
-other frame to wsproto (issue 6's fast path).  ``Framing(fast=False)`` sends
+other frame to wsproto (the fast path).  ``Framing(fast=False)`` sends
 every byte through wsproto: the reference.  This harness opens one of each
 with a real wsproto server (the 101 may share the first read with frames),
 then feeds both the same server bytes, cut into the same reads by the

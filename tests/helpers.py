@@ -266,6 +266,40 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
     return header + payload
 
 
+def unframe(data: bytes, *, masked: bool) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Split *data* into whole frames: ``([(first byte, unmasked payload)],
+    the incomplete tail)``.  *masked*: client frames (each must carry a
+    mask), else server frames (none may)."""
+    frames: list[tuple[int, bytes]] = []
+    i = 0
+    while len(data) - i >= 2:
+        first, second = data[i], data[i + 1]
+        assert bool(second & 0x80) is masked, "client frames are masked, server frames are not"
+        n, at = second & 0x7F, i + 2
+        if n >= 126:
+            width = 2 if n == 126 else 8
+            if len(data) - at < width:
+                break
+            n, at = int.from_bytes(data[at:at + width], "big"), at + width
+        mask = data[at:at + 4] if masked else b""
+        at += len(mask)
+        if len(mask) < (4 if masked else 0) or len(data) - at < n:
+            break
+        payload = data[at:at + n]
+        if masked:
+            payload = bytes(b ^ mask[k % 4] for k, b in enumerate(payload))
+        frames.append((first, payload))
+        i = at + n
+    return frames, data[i:]
+
+
+def client_frames(data: bytes) -> list[tuple[int, bool, bytes]]:
+    """The client's frames in *data* (all whole): ``(opcode, fin, payload)``."""
+    frames, tail = unframe(data, masked=True)
+    assert tail == b"", "truncated client frame"
+    return [(first & 0x0F, bool(first & 0x80), payload) for first, payload in frames]
+
+
 def collect(events: Iterable[Event], kind: type[Any]) -> list[Any]:
     return [e for e in events if isinstance(e, kind)]
 

@@ -4,7 +4,7 @@ A scripted server byte stream (the 101 response, then text and binary
 messages, some fragmented, pings and pongs, optionally a bad frame and a close
 frame) is fed to fresh cores in one chunk, byte by byte and split at arbitrary
 boundaries.  Every run must produce the same events and write the same frames
-(h11's ``fuzz/afl-server.py`` idea, STYLE.md 8), and the one-chunk run must
+and the one-chunk run must
 match what the script says should happen.
 
 Client frames are masked with a random key, so the bytes the core writes are
@@ -40,7 +40,7 @@ from nonstop.core import (
     Subscribed,
     Subscription,
 )
-from tests.helpers import frame
+from tests.helpers import client_frames, frame
 
 NOW = 1000.0
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
@@ -222,29 +222,6 @@ def run_script(script: Script, seed: int, split: list[int] | None) -> Run:
     core.receive_eof(NOW)
     assert drain(core, run), "EOF must close the transport"
     return run
-
-
-def client_frames(data: bytes) -> list[tuple[int, bool, bytes]]:
-    """Unmask the client's frames: (opcode, fin, payload)."""
-    frames: list[tuple[int, bool, bytes]] = []
-    i = 0
-    while i < len(data):
-        first, second = data[i], data[i + 1]
-        assert second & 0x80, "a client frame must be masked (RFC 6455 5.3)"
-        n = second & 0x7F
-        i += 2
-        if n >= 126:
-            width = 2 if n == 126 else 8
-            n = int.from_bytes(data[i:i + width], "big")
-            i += width
-        mask = data[i:i + 4]
-        i += 4
-        payload = bytes(b ^ mask[k % 4] for k, b in enumerate(data[i:i + n]))
-        assert len(payload) == n, "truncated client frame"
-        i += n
-        opcode = first & 0x0F
-        frames.append((opcode, bool(first & 0x80), payload))
-    return frames
 
 
 def project(event: Event) -> tuple[object, ...]:

@@ -1,10 +1,10 @@
-"""Framing (issue 2, point 2): messages, fragmentation, control frames, the
+"""Framing: messages, fragmentation, control frames, the
 close handshake and every way a server can break RFC 6455.
 
 A peer's misbehaviour never raises out of ``receive_data``: it becomes our
 close frame with the right code (1002, 1007, 1009) and a ``Disconnected``.
 Server frames are hand-built with ``helpers.frame``; what the core writes is
-decoded with :func:`client_frames`.  The clock starts at 1000.0.
+decoded with :func:`written_frames`.  The clock starts at 1000.0.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from nonstop.core import (
     Stopped,
     _framing,
 )
-from tests.helpers import Pair, frame
+from tests.helpers import Pair, client_frames, frame
 
 NOW = 1000.0
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
@@ -63,25 +63,9 @@ def open_pair(**options: object) -> Pair:
     return pair
 
 
-def client_frames(pair: Pair) -> list[tuple[int, bool, bytes]]:
+def written_frames(pair: Pair) -> list[tuple[int, bool, bytes]]:
     """Decode every frame the core wrote: ``(opcode, fin, unmasked payload)``."""
-    data = bytes(pair.wire_to_server).split(b"\r\n\r\n", 1)[1]
-    out = []
-    i = 0
-    while i < len(data):
-        b0, b1 = data[i], data[i + 1]
-        i += 2
-        assert b1 & 0x80, "client frames must be masked"
-        n = b1 & 0x7F
-        if n == 126:
-            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
-        elif n == 127:
-            n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
-        mask, i = data[i:i + 4], i + 4
-        out.append((b0 & 0x0F, bool(b0 & 0x80), bytes(b ^ mask[j % 4] for j, b in
-                                                      enumerate(data[i:i + n]))))
-        i += n
-    return out
+    return client_frames(bytes(pair.wire_to_server).split(b"\r\n\r\n", 1)[1])
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
@@ -89,7 +73,7 @@ def close_payload(code: int, reason: str = "") -> bytes:
 
 
 def sent_closes(pair: Pair) -> list[bytes]:
-    return [payload for op, _, payload in client_frames(pair) if op == CLOSE]
+    return [payload for op, _, payload in written_frames(pair) if op == CLOSE]
 
 
 def feed(pair: Pair, data: bytes) -> list[object]:
@@ -171,7 +155,7 @@ def test_application_messages_go_out_as_text_and_binary_frames() -> None:
     pair.core.send(b"\x00\x01", NOW)
     pair.core.send({"op": "ping", "n": [1]}, NOW)
     pair.pump()
-    assert client_frames(pair) == [
+    assert written_frames(pair) == [
         (TEXT, True, "caf\u00e9".encode()), (BINARY, True, b"\x00\x01"),
         (TEXT, True, b'{"op":"ping","n":[1]}')]
     assert pair.server_messages == ["caf\u00e9", b"\x00\x01", '{"op":"ping","n":[1]}']
@@ -188,7 +172,7 @@ def test_every_length_is_written_as_wsproto_reads_it(size: int) -> None:
     pair.core.send(binary, NOW)
     pair.pump()
     assert pair.server_messages == [text, binary]
-    assert [(op, fin, len(p)) for op, fin, p in client_frames(pair)] == [
+    assert [(op, fin, len(p)) for op, fin, p in written_frames(pair)] == [
         (TEXT, True, 2 * size), (BINARY, True, size)]
 
 
@@ -266,7 +250,7 @@ def test_a_forked_child_never_reuses_the_parents_masking_keys() -> None:
 def test_protocol_ping_goes_out_as_a_ping_frame() -> None:
     pair = open_pair(ping_interval=5.0, auto_pong=False)
     assert pair.fire_next() == 1005.0
-    assert client_frames(pair) == [(PING, True, (1).to_bytes(4, "big"))]
+    assert written_frames(pair) == [(PING, True, (1).to_bytes(4, "big"))]
     assert pair.server_pings == [(1).to_bytes(4, "big")]
 
 
@@ -318,7 +302,7 @@ def test_ping_inside_a_fragmented_message_is_answered_at_once() -> None:
     pair = open_pair()
     events = feed(pair, frame(TEXT, b"hel", fin=False) + frame(PING, b"mid"))
     assert events == []
-    assert client_frames(pair) == [(PONG, True, b"mid")]
+    assert written_frames(pair) == [(PONG, True, b"mid")]
     feed(pair, frame(CONT, b"lo"))
     assert pair.messages() == ["hello"]
 
@@ -327,7 +311,7 @@ def test_pong_inside_a_fragmented_message_is_swallowed() -> None:
     pair = open_pair()
     events = feed(pair, frame(BINARY, b"a", fin=False) + frame(PONG, b"x") + frame(CONT, b"b"))
     assert events == [Message(data=b"ab", connection=1, received_at=NOW)]
-    assert client_frames(pair) == []
+    assert written_frames(pair) == []
 
 
 def test_server_close_inside_a_fragmented_message_drops_the_partial_message() -> None:
@@ -346,7 +330,7 @@ def test_server_close_inside_a_fragmented_message_drops_the_partial_message() ->
 def test_server_ping_is_answered_with_the_same_payload(payload: bytes) -> None:
     pair = open_pair()
     assert feed(pair, frame(PING, payload)) == []
-    assert client_frames(pair) == [(PONG, True, payload)]
+    assert written_frames(pair) == [(PONG, True, payload)]
 
 
 def test_server_ping_via_wsproto_gets_a_pong_the_server_understands() -> None:
@@ -360,14 +344,14 @@ def test_server_ping_via_wsproto_gets_a_pong_the_server_understands() -> None:
 def test_every_ping_gets_its_own_pong() -> None:
     pair = open_pair()
     feed(pair, frame(PING, b"1") + frame(TEXT, b"m") + frame(PING, b"2"))
-    assert client_frames(pair) == [(PONG, True, b"1"), (PONG, True, b"2")]
+    assert written_frames(pair) == [(PONG, True, b"1"), (PONG, True, b"2")]
     assert pair.messages() == ["m"]
 
 
 def test_unsolicited_pong_is_ignored() -> None:
     pair = open_pair()
     assert feed(pair, frame(PONG, b"whatever")) == []
-    assert client_frames(pair) == []
+    assert written_frames(pair) == []
     assert pair.core.state is State.OPEN
 
 
@@ -643,10 +627,10 @@ def test_a_stop_during_the_grace_ends_the_connection_gracefully() -> None:
 def test_bytes_after_a_failure_are_discarded() -> None:
     pair = open_pair()
     feed(pair, frame(0x3, b""))
-    frames_before = client_frames(pair)
+    frames_before = written_frames(pair)
     assert feed(pair, frame(TEXT, b"late") + frame(PING, b"p")) == []
     assert feed(pair, frame(CLOSE, close_payload(1000))) == []
-    assert client_frames(pair) == frames_before  # no pong, no second close
+    assert written_frames(pair) == frames_before  # no pong, no second close
     assert pair.of(Message) == []
     assert len(pair.of(Disconnected)) == 1
     assert pair.core.state is State.CLOSING
@@ -756,7 +740,7 @@ def test_a_character_cut_by_the_end_of_a_fragment_counts_at_once() -> None:
     pair = open_pair(max_message_size=16)
     events = feed(pair, frame(TEXT, raw[:17], fin=False) + frame(PING, b"p"))
     assert_too_big(pair, events)
-    assert [op for op, _, _ in client_frames(pair)] == [CLOSE]
+    assert [op for op, _, _ in written_frames(pair)] == [CLOSE]
 
 
 def test_a_character_cut_within_the_limit_is_not_counted_twice() -> None:
@@ -766,7 +750,7 @@ def test_a_character_cut_within_the_limit_is_not_counted_twice() -> None:
     pair = open_pair(max_message_size=11)
     assert feed(pair, frame(TEXT, raw[:10], fin=False)) == []  # 7 + 2 + 1 held back
     assert feed(pair, frame(PING, b"p")) == []
-    assert [op for op, _, _ in client_frames(pair)] == [PONG]
+    assert [op for op, _, _ in written_frames(pair)] == [PONG]
     feed(pair, frame(CONT, raw[10:]))
     assert pair.messages() == ["a" * 7 + "\u00e9\u00e9"]
 
@@ -930,7 +914,7 @@ def test_frames_after_the_server_close_are_ignored() -> None:
     assert feed(pair, frame(0x3, b"junk")) == []
     assert pair.of(Message) == []
     assert sent_closes(pair) == [close_payload(1000)]
-    assert [op for op, _, _ in client_frames(pair)] == [CLOSE]
+    assert [op for op, _, _ in written_frames(pair)] == [CLOSE]
     assert len(pair.of(Disconnected)) == 1
 
 
@@ -1008,7 +992,7 @@ def run_script(ending: str, chunk: int) -> tuple[list[object], list[tuple[int, b
         if pair.core.state not in (State.HANDSHAKING, State.OPEN, State.CLOSING):
             break
         feed(pair, data[i:i + chunk])
-    return pair.events, client_frames(pair)
+    return pair.events, written_frames(pair)
 
 
 @pytest.mark.parametrize("ending", ["close", "protocol-error", "too-big"])

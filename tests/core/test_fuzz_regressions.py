@@ -1,4 +1,4 @@
-"""What the fuzzers found, kept as tests (issue 5).
+"""What the fuzzers found, kept as tests.
 
 Two parts:
 

@@ -1,4 +1,4 @@
-"""The opening handshake (issue 2, point 1): what the server sees, what the
+"""The opening handshake: what the server sees, what the
 core makes of every kind of answer, and its timeouts.
 
 Times are exact: the fake clock starts at 1000.0 and only moves when told.

@@ -1,4 +1,4 @@
-"""URL parsing, redaction and configuration validation (issue 2, point 1).
+"""URL parsing, redaction and configuration validation.
 
 Every bad URL or option must be rejected when the ``Config`` is built, with a
 message that names the problem, so a typo never becomes a reconnect loop.

@@ -29,6 +29,7 @@ from websockets.sync.server import ServerConnection
 
 import nonstop
 from nonstop import Disconnected, Reason, State
+from tests.helpers import frame
 
 from .backends import BACKENDS
 from .conftest import FAST, QUIET_FAST, Backend
@@ -251,9 +252,6 @@ def pong_and_message_server() -> Iterator[tuple[int, dict[int, float]]]:
     event, then a message)."""
     listener = socket.create_server(("127.0.0.1", 0))
     sent_at: dict[int, float] = {}
-
-    def frame(opcode: int, payload: bytes) -> bytes:
-        return bytes((0x80 | opcode, len(payload))) + payload
 
     def serve() -> None:
         with contextlib.suppress(OSError):

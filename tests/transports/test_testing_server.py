@@ -43,6 +43,7 @@ from wsproto.events import (
 )
 
 from nonstop.testing import DEFAULT_GARBAGE, FakeClock, Fault, FeedServer
+from tests.helpers import unframe
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -151,28 +152,7 @@ class RawClient:
 
 def parse_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
     """Split unmasked server frames: ([(first_byte, payload)], incomplete tail)."""
-    frames: list[tuple[int, bytes]] = []
-    pos = 0
-    while True:
-        if len(data) - pos < 2:
-            return frames, data[pos:]
-        first, second = data[pos], data[pos + 1]
-        assert not second & 0x80, "server frames are not masked"
-        length, header = second & 0x7F, 2
-        if length == 126:
-            if len(data) - pos < 4:
-                return frames, data[pos:]
-            (length,) = struct.unpack("!H", data[pos + 2 : pos + 4])
-            header = 4
-        elif length == 127:
-            if len(data) - pos < 10:
-                return frames, data[pos:]
-            (length,) = struct.unpack("!Q", data[pos + 2 : pos + 10])
-            header = 10
-        if len(data) - pos < header + length:
-            return frames, data[pos:]
-        frames.append((first, data[pos + header : pos + header + length]))
-        pos += header + length
+    return unframe(data, masked=False)
 
 
 async def quiet(client: Any, seconds: float = QUIET) -> list[Any]:
