@@ -45,7 +45,8 @@ from ..core import CloseTransport, Event, FeedCore, Messages, OpenTransport
 from ._anyio import AsyncFeed
 from ._anyio_loop import Stream
 from ._common import HANDBACK, MIN_READ, DriverOptions, ReadSize
-from ._streams import AsyncioStream, SocketStream, loop_clock, on_asyncio, open_stream
+from ._loops import loop_clock
+from ._streams import AsyncioStream, SocketStream, on_asyncio, open_stream
 
 __all__ = ["FastAsyncFeed"]
 

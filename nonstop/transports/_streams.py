@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import time
 from collections.abc import Callable
 
 import anyio
@@ -42,8 +41,9 @@ import anyio.abc
 from ._anyio_loop import AnyioStream, Stream, linger_zero, on_asyncio, wrap_socket
 from ._common import MIN_READ, ReadSize
 from ._dial import dial
+from ._loops import loop_clock, read_size_knob, reads_behind
 
-__all__ = ["SocketStream", "AsyncioStream", "open_stream", "loop_clock", "on_asyncio"]
+__all__ = ["SocketStream", "AsyncioStream", "open_stream", "on_asyncio"]
 
 #: Unread bytes at which the asyncio protocol stops reading (TCP then pushes
 #: the server back); it reads again as soon as the driver takes them.
@@ -135,7 +135,7 @@ class _FeedProtocol(asyncio.Protocol):
         self.loop = loop
         self.clock = loop_clock(loop)
         self.reads = reads
-        self.sized = False  # the transport reads max_size bytes: we set it
+        self.set_size: Callable[[int], None] | None = None  # how much the transport reads
         self.transport: asyncio.Transport | None = None
         self.chunks: list[bytes] = []
         self.queued = 0
@@ -150,19 +150,21 @@ class _FeedProtocol(asyncio.Protocol):
         self.sink: Callable[[bytes, float], bool] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        # asyncio's plain TCP transport reads ``max_size`` bytes at a time
-        # (256 KiB, always): ours adapts (see ReadSize).  Its TLS transport
-        # reads into a buffer it keeps: nothing to tune there.
-        if hasattr(transport, "max_size") and not transport.get_extra_info("sslcontext"):
-            self.sized = True
-            transport.max_size = self.reads.size
+        # (uvloop's transports have the methods of asyncio.Transport without
+        # being registered as one: no isinstance test here)
+        self.transport = transport  # type: ignore[assignment]
+        # The stock loop's plain TCP transport reads a fixed size at a time:
+        # ours adapts (see ReadSize).  TLS and uvloop read into a buffer they
+        # keep: nothing to tune there.
+        if not transport.get_extra_info("sslcontext"):
+            self.set_size = read_size_knob(transport)
+            if self.set_size is not None:
+                self.set_size(self.reads.size)
 
     def _resize(self, got: int) -> None:
-        now = self.reads.update(got)
-        if self.sized:
-            self.transport.max_size = now  # type: ignore[union-attr]
+        size = self.reads.update(got)
+        if self.set_size is not None:
+            self.set_size(size)
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -230,8 +232,8 @@ class AsyncioStream:
                 or p.reading_paused or self._transport.is_closing()):
             return b""
         data = _recv_nowait(raw, p.reads)
-        if data and p.sized:
-            self._transport.max_size = p.reads.size  # type: ignore[attr-defined]
+        if data and p.set_size is not None:
+            p.set_size(p.reads.size)
         return data
 
     def set_sink(self, sink: Callable[[bytes, float], bool] | None) -> None:
@@ -331,16 +333,6 @@ async def open_stream(
         except BaseException:
             sock.close()
             raise
-        return AsyncioStream(transport, protocol, None if tls else sock)
+        return AsyncioStream(transport, protocol, None if tls or not reads_behind(transport) else sock)
     stream = await wrap_socket(sock, tls=tls, ssl_context=ssl_context, server_hostname=server_hostname)
     return SocketStream(stream, reads, None if tls else sock)
-
-
-def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
-    """*loop*'s clock, the function to call for it: ``time.monotonic``
-    itself when the loop's ``time()`` is asyncio's own (which only calls
-    it), saving a Python call per reading;
-    else the loop's method (uvloop and other loops keep their own)."""
-    if type(loop).time is asyncio.BaseEventLoop.time:
-        return time.monotonic
-    return loop.time

@@ -12,8 +12,10 @@ fixture (see conftest), and runs on each entry of :data:`BACKENDS`:
   feed's own I/O thread is untouched, and the event loop stays free for a
   server the test runs beside it).
 
-A new event loop is one more entry, e.g.
-``"uvloop": Backend("uvloop", ("asyncio", {"use_uvloop": True}))``.
+* ``uvloop``: :func:`nonstop.connect` on asyncio with uvloop's event loop
+  (anyio's ``use_uvloop``).
+
+A new event loop is one more entry.
 """
 
 from __future__ import annotations
@@ -155,6 +157,14 @@ class Backend:
 
 BACKENDS = {
     "asyncio": Backend("asyncio", "asyncio"),
+    "uvloop": Backend("uvloop", ("asyncio", {"use_uvloop": True})),
     "trio": Backend("trio", "trio"),
     "blocking": Backend("blocking", "asyncio", blocking=True),
 }
+#: The back ends an async test (one taking ``anyio_backend``) runs on.
+ASYNC_BACKENDS = {name: b for name, b in BACKENDS.items() if not b.blocking}
+
+
+def backend_for(runner: str | tuple[str, dict[str, Any]]) -> Backend:
+    """The back end whose runner anyio was given (``anyio_backend``)."""
+    return next(b for b in ASYNC_BACKENDS.values() if b.runner == runner)

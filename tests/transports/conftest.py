@@ -18,7 +18,7 @@ import trustme
 
 from nonstop import Backoff
 
-from .backends import BACKENDS, Backend
+from .backends import ASYNC_BACKENDS, BACKENDS, Backend
 
 #: Quick reconnects: short backoff, a connection counts as stable soon.
 FAST: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.2), stable_after=0.2)
@@ -50,10 +50,12 @@ def _argnames(names: str | Sequence[str]) -> list[str]:
     return [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Every async test runs on asyncio and on trio (anyio's pytest plugin)."""
-    return str(request.param)
+@pytest.fixture(params=[pytest.param(b.runner, id=name) for name, b in ASYNC_BACKENDS.items()])
+def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
+    """Every async test runs on asyncio, asyncio with uvloop, and trio
+    (anyio's pytest plugin); :func:`backends.backend_for` names which."""
+    runner: str | tuple[str, dict[str, Any]] = request.param
+    return runner
 
 
 @pytest.fixture(scope="session")

@@ -194,7 +194,7 @@ async def test_driver_recovers(scenario: Scenario, backend: Backend) -> None:
 
 
 @pytest.mark.anyio
-async def test_nothing_is_lost_in_process_across_faults(anyio_backend: str) -> None:
+async def test_nothing_is_lost_in_process_across_faults(anyio_backend: object) -> None:
     """Every numbered message the server sent on a connection is delivered,
     in order, once: what the client gets equals what the server logged.
     The consumer is a task beside the faults, in the async driver's loop."""

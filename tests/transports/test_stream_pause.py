@@ -57,7 +57,7 @@ def test_pause_is_exact_and_resume_continues_gap_free() -> None:
 
 
 @pytest.mark.anyio
-async def test_connections_opened_while_paused_stream_only_on_resume(anyio_backend: str) -> None:
+async def test_connections_opened_while_paused_stream_only_on_resume(anyio_backend: object) -> None:
     server = FeedServer(interval=0.002)
     server.pause_streaming()  # allowed before the server runs
     async with server:
@@ -91,7 +91,7 @@ async def test_connections_opened_while_paused_stream_only_on_resume(anyio_backe
 
 
 @pytest.mark.anyio
-async def test_faults_still_work_while_paused(anyio_backend: str) -> None:
+async def test_faults_still_work_while_paused(anyio_backend: object) -> None:
     async with FeedServer(interval=0.002) as server:
         with anyio.fail_after(30):
             server.pause_streaming()
