@@ -136,7 +136,11 @@ class AnyioStream:
         await self._stream.aclose()
 
     async def abort(self) -> None:
-        linger_zero(self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None))
+        try:
+            raw = self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        except Exception:  # the transport is gone already (uvloop's then names no socket)
+            raw = None
+        linger_zero(raw)
         await anyio.aclose_forcefully(self._stream)
 
 

@@ -2,7 +2,7 @@
 """An Autobahn|Testsuite client for nonstop's drivers.
 
     ../shared/autobahn/run --strict -- python tests/conformance/autobahn_client.py asyncio
-    (drivers: asyncio, trio -- the anyio driver on each backend -- and blocking)
+    (drivers: asyncio, uvloop, trio -- the anyio driver on each event loop -- and blocking)
 
 Reads $AUTOBAHN_URL and $AUTOBAHN_AGENT (set by ``autobahn/run``), asks the
 fuzzing server for the case count, then runs every case: connect, echo every
@@ -68,7 +68,10 @@ def main_async(backend: str, base: str, agent: str) -> None:
             await run_case_async(f"{base}/runCase?case={case}&agent={agent}")
         await run_case_async(f"{base}/updateReports?agent={agent}")
 
-    anyio.run(main, backend=backend)
+    if backend == "uvloop":
+        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    else:
+        anyio.run(main, backend=backend)
 
 
 def run_case_sync(url: str) -> list[str | bytes]:
@@ -100,12 +103,12 @@ def main() -> int:
     driver = sys.argv[1] if len(sys.argv) > 1 else "asyncio"
     base = os.environ["AUTOBAHN_URL"]
     agent = os.environ.get("AUTOBAHN_AGENT", f"nonstop-{driver}")
-    if driver in ("asyncio", "trio"):
+    if driver in ("asyncio", "uvloop", "trio"):
         main_async(driver, base, agent)
     elif driver == "blocking":
         main_sync(base, agent)
     else:
-        print(f"unknown driver {driver!r}: use asyncio, trio or blocking", file=sys.stderr)
+        print(f"unknown driver {driver!r}: use asyncio, uvloop, trio or blocking", file=sys.stderr)
         return 2
     return 0
 
