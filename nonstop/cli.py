@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="address the metrics endpoint listens on (default: %(default)s)")
     add("--name", metavar="NAME", default=None,
         help="the feed's name in log lines and metric labels (default: the URL, secrets redacted)")
+    add("--uvloop", action="store_true",
+        help="run on uvloop's event loop (needs nonstop[uvloop]; default: asyncio's own)")
     add("--no-status", action="store_true",
         help="no live status line, even on a terminal (default: shown on a terminal with rich)")
     add("--version", action="version", version=f"%(prog)s {__version__}")
@@ -196,6 +198,14 @@ def _follow(argv: list[str]) -> int:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+
+    backend_options: dict[str, Any] = {}
+    if args.uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise UsageError("--uvloop needs uvloop: pip install 'nonstop[uvloop]'") from None
+        backend_options["use_uvloop"] = True
 
     exporter: Any = None
     if args.metrics_port is not None:
@@ -239,7 +249,7 @@ def _follow(argv: list[str]) -> int:
             if metrics_server is not None:
                 display.line(f"[METRICS] feed={label} url={metrics_server.url}")
             runner = _Runner(feed, args.output, display, exporter, label)
-            return anyio.run(runner.run, backend="asyncio")
+            return anyio.run(runner.run, backend="asyncio", backend_options=backend_options)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])

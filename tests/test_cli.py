@@ -190,6 +190,20 @@ def test_metrics_port_in_use_exits_2() -> None:
     assert len(result.stderr.splitlines()) == 1 and "cannot serve metrics" in result.stderr
 
 
+def test_uvloop_without_the_extra_exits_2_naming_it(tmp_path: Path) -> None:
+    """Never a silent fallback to asyncio's loop that the user takes for uvloop."""
+    (tmp_path / "uvloop").mkdir()
+    (tmp_path / "uvloop" / "__init__.py").write_text("raise ImportError('No module named uvloop')\n")
+    env = _env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    result = subprocess.run([sys.executable, "-m", "nonstop", "ws://127.0.0.1:1/", "--uvloop"],
+                            capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "nonstop: error: --uvloop needs uvloop: pip install 'nonstop[uvloop]' (see 'nonstop --help')"]
+
+
 def test_console_script_is_installed_when_the_package_is() -> None:
     script = Path(sys.executable).parent / "nonstop"
     if not script.exists():
@@ -202,9 +216,10 @@ def test_console_script_is_installed_when_the_package_is() -> None:
 # following a feed
 
 
-def test_raw_output_and_sigint_prints_everything_and_exits_0() -> None:
+@pytest.mark.parametrize("loop", [(), ("--uvloop",)], ids=["asyncio", "uvloop"])
+def test_raw_output_and_sigint_prints_everything_and_exits_0(loop: tuple[str, ...]) -> None:
     with feed_server() as server, cli(server.url, "--subscribe", '{"op":"subscribe","args":["a"]}',
-                                      "--subscribe", "subscribe b", "--no-status") as proc:
+                                      "--subscribe", "subscribe b", "--no-status", *loop) as proc:
         server.wait_connected()
         server.wait_for(lambda: server.sent >= 30)
         proc.p.send_signal(signal.SIGINT)
