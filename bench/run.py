@@ -281,9 +281,16 @@ def ratio_rows(samples: Samples, idle: dict[str, Any]) -> list[str]:
         rate_row(f"{title}: nonstop trio vs websockets", "nonstop-trio", "websockets", metric, 4.0)
     for driver in ("asyncio", "trio", "blocking"):
         rate_row(f"64 KiB: nonstop {driver} vs raw socket", f"nonstop-{driver}", "raw-socket", "bin64k", 0.8)
-    for driver in ("asyncio", "trio", "blocking"):
-        x, y = samples.median(f"nonstop-{driver}", "echo"), samples.median("websockets", "echo")
-        label = f"echo median: nonstop {driver} vs websockets"
+    # on uvloop, against the peers on uvloop
+    for metric, title, wanted in (("text64", "64 B", 1.5), ("text1k", "1 KiB", 1.0)):
+        rate_row(f"{title} on uvloop: nonstop asyncio vs picows", "nonstop-asyncio-uvloop",
+                 "picows-uvloop", metric, wanted)
+    rate_row("64 KiB on uvloop: nonstop asyncio vs raw socket", "nonstop-asyncio-uvloop", "raw-socket",
+             "bin64k", 0.8)
+    for driver, peer in (("asyncio", "websockets"), ("trio", "websockets"), ("blocking", "websockets"),
+                         ("asyncio-uvloop", "websockets-uvloop")):
+        x, y = samples.median(f"nonstop-{driver}", "echo"), samples.median(peer, "echo")
+        label = f"echo median: nonstop {driver} vs {peer}"
         if x is None or y is None:
             rows.append(f"| {label} | not measured | - | ≤ 1x | - |")
         else:

@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     fast = options.pop("fast", None)
     if fast is not None:  # read by nonstop.connect when its fast option is left at None
         os.environ["NONSTOP_FAST"] = fast
+    if options.pop("loop", None) == "uvloop":  # asyncio.run and anyio.run make their loops from it
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     module = importlib.import_module(f"clients.{module_name}")
     plan = json.loads(args.plan)
     results: dict[str, dict[str, float]] = {}
