@@ -47,6 +47,8 @@ REDACTED = "***"
 
 # RFC 3986 "unreserved" + "sub-delims" + ":@/%" are safe in a request target.
 _TARGET_SAFE = "/:@!$&'()*+,;=-._~%?"
+#: ``scheme://[user@]`` then an IPv4 address in brackets.
+_BRACKETED_IPV4 = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^/@]*@)?\[[0-9.]+\]")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=%-]+$")
 
 
@@ -76,6 +78,8 @@ def parse_url(url: str) -> Endpoint:
         raise InvalidURL(repr(url), f"expected a str, got {type(url).__name__}")
     if any(c.isspace() for c in url):
         raise InvalidURL(url, "contains white space; percent-encode it as %20")
+    if _BRACKETED_IPV4.match(url):  # checked here: urlsplit rejects it only on some Pythons
+        raise InvalidURL(url, "An IPv4 address cannot be in brackets; write it without them")
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -10,9 +10,10 @@ on trio through ``anyio_backend``.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import anyio
 import pytest
 import trustme
 
@@ -29,6 +30,19 @@ QUIET: dict[str, Any] = dict(FAST, ping_interval=None, silence_timeout=None)
 QUIET_FAST: dict[str, Any] = dict(QUIET, fast=True)
 #: Give up after the first retry, which comes quickly.
 RETRY: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.1), max_attempts=2)
+
+
+async def until_seen(events: list[Any], match: Callable[[Any], bool], timeout: float = 10) -> Any:
+    """The first event in *events* (an ``on_event`` list) that *match*
+    accepts, waiting for it up to *timeout* seconds.  Unlike ``wait_for``
+    (the next such event), an event that came before the call counts: the
+    blocking feed's I/O thread may be faster than the test."""
+    with anyio.fail_after(timeout):
+        while True:
+            for event in events:
+                if match(event):
+                    return event
+            await anyio.sleep(0.01)
 
 
 @pytest.hookimpl(tryfirst=True)

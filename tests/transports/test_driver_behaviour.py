@@ -26,7 +26,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 import nonstop
 from nonstop import Disconnected, Reason, State
 
-from .conftest import FAST, Backend
+from .conftest import FAST, Backend, until_seen
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -250,8 +250,8 @@ async def test_disconnect_policy_reconnects_a_slow_consumer(backend: Backend) ->
     with server(burst(500)) as port, anyio.fail_after(30):
         async with backend.connect(f"ws://127.0.0.1:{port}/", queue_size=10,
                                    overflow="disconnect", on_event=events.append, **FAST) as feed:
-            slow = await feed.wait_for(Disconnected, timeout=10)
-            await feed.wait_for(nonstop.Connected, timeout=10)
+            slow = await until_seen(events, lambda e: isinstance(e, Disconnected))
+            await until_seen(events, lambda e: isinstance(e, nonstop.Connected) and e.connection >= 2)
             metrics = feed.metrics()
     assert slow.reason is Reason.SLOW_CONSUMER and slow.code == 1001
     assert metrics.messages_dropped > 0 and metrics.connection >= 2

@@ -20,7 +20,7 @@ from websockets.sync.server import ServerConnection, serve
 import nonstop
 from nonstop import Connected, Disconnected, Reason
 
-from .conftest import FAST, Backend
+from .conftest import FAST, Backend, until_seen
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -127,7 +127,8 @@ async def test_an_untrusted_certificate_is_refused(
 ) -> None:
     """The default context verifies: a self-made CA is not trusted."""
     with websockets_server(Behaviour(), server_ssl) as port, anyio.fail_after(30):
-        async with backend.connect(f"wss://localhost:{port}/", **FAST) as feed:
-            event = await feed.wait_for(Disconnected, timeout=10)
+        events: list[nonstop.core.AppEvent] = []
+        async with backend.connect(f"wss://localhost:{port}/", on_event=events.append, **FAST):
+            event = await until_seen(events, lambda e: isinstance(e, Disconnected))
     assert event.reason is Reason.TLS
     assert "certificate" in event.detail.lower()
