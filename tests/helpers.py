@@ -266,6 +266,26 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
     return header + payload
 
 
+def pair_in(state: str, **options: Any) -> Pair:
+    """A :class:`Pair` (keep-alive off) in the state named *state*, reached
+    the same way every time."""
+    pair = Pair(**{"ping_interval": None, **options})
+    steps: dict[str, list[Callable[[], object]]] = {
+        "connecting": [pair.start],
+        "handshaking": [pair.start, pair.open],
+        "open": [pair.connect],
+        "closing": [pair.connect, lambda: pair.server_close(1000)],
+        "backoff": [pair.connect, pair.eof],
+        "stopping": [pair.connect, lambda: pair.core.stop(pair.now)],
+        "stopped": [lambda: pair.core.stop(pair.now)],
+    }
+    for step in steps.get(state, []):
+        step()
+        pair.pump()
+    assert pair.core.state.value == state
+    return pair
+
+
 def unframe(data: bytes, *, masked: bool) -> tuple[list[tuple[int, bytes]], bytes]:
     """Split *data* into whole frames: ``([(first byte, unmasked payload)],
     the incomplete tail)``.  *masked*: client frames (each must carry a

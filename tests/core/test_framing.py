@@ -42,7 +42,7 @@ from nonstop.core import (
     Stopped,
     _framing,
 )
-from tests.helpers import Pair, client_frames, frame
+from tests.helpers import Pair, client_frames, frame, pair_in
 
 NOW = 1000.0
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
@@ -563,20 +563,7 @@ def caught_up_changes_nothing(pair: Pair) -> None:
 @pytest.mark.parametrize("when", ["idle", "connecting", "handshaking", "open", "closing",
                                   "backoff", "stopping", "stopped"])
 def test_caught_up_without_a_deferred_failure_changes_nothing(when: str) -> None:
-    pair = Pair(ping_interval=None, failure_grace=2.0)
-    steps = {
-        "connecting": [pair.start],
-        "handshaking": [pair.start, pair.open],
-        "open": [pair.connect],
-        "closing": [pair.connect, lambda: pair.core.reconnect(pair.now)],
-        "backoff": [pair.connect, pair.eof],
-        "stopping": [pair.connect, lambda: pair.core.stop(pair.now)],
-        "stopped": [lambda: pair.core.stop(pair.now)],
-    }
-    for step in steps.get(when, []):
-        step()
-        pair.pump()
-    assert pair.core.state.value == when
+    pair = pair_in(when, failure_grace=2.0)
     assert not pair.core.failure_pending
     caught_up_changes_nothing(pair)
 

@@ -25,7 +25,7 @@ from nonstop.core import (
     classify_error,
     level_for,
 )
-from tests.helpers import Pair
+from tests.helpers import Pair, pair_in
 
 if sys.version_info >= (3, 11):
     import builtins
@@ -277,21 +277,8 @@ def test_transport_failed_is_classified(state: State, error: Exception, reason: 
 
 
 def _pair_in(when: str) -> Pair:
-    """A pair in the state named *when*, reached the same way every time."""
-    pair = Pair(ping_interval=None)
-    steps = {
-        "connecting": [pair.start],
-        "handshaking": [pair.start, pair.open],
-        "open": [pair.connect],
-        "closing": [pair.connect, lambda: pair.server_close(1000)],
-        "backoff": [pair.connect, pair.eof],
-        "stopping": [pair.connect, lambda: pair.core.stop(pair.now)],
-        "stopped": [lambda: pair.core.stop(pair.now)],
-    }
-    for step in steps.get(when, []):
-        step()
-        pair.pump()
-    assert pair.core.state.value == when
+    """A pair in the state named *when*, a moment after it got there."""
+    pair = pair_in(when)
     pair.clock.advance(0.25)
     return pair
 
