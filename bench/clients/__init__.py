@@ -42,6 +42,8 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "nonstop-blocking-plain": ("nonstop_blocking", ("nonstop",), {"fast": "0"}),
     "nonstop-asyncio-uvloop": ("nonstop_anyio", ("nonstop", "anyio", "uvloop"),
                                {"backend": "asyncio", "loop": "uvloop"}),
+    "nonstop-asyncio-uvloop-batches": ("nonstop_anyio", ("nonstop", "anyio", "uvloop"),
+                                       {"backend": "asyncio", "loop": "uvloop", "mode": "batches"}),
     "picows": ("picows_client", ("picows",), {}),
     "picows-uvloop": ("picows_client", ("picows", "uvloop"), {"loop": "uvloop"}),
     "aiohttp": ("aiohttp_client", ("aiohttp",), {}),
@@ -56,7 +58,8 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
 
 #: Clients without an echo round trip: the raw byte-stream reader, and the
 #: batch consumers (their echo is the plain iteration's).
-RECEIVE_ONLY = frozenset({"raw-socket", "nonstop-asyncio-batches", "nonstop-blocking-batches"})
+RECEIVE_ONLY = frozenset({"raw-socket", "nonstop-asyncio-batches", "nonstop-blocking-batches",
+                          "nonstop-asyncio-uvloop-batches"})
 
 #: The separator of a client run from another checkout (``run.py --baseline``).
 BASELINE = "@baseline"

@@ -44,7 +44,7 @@ import anyio
 from ..core import CloseTransport, Event, FeedCore, Messages, OpenTransport
 from ._anyio import AsyncFeed
 from ._anyio_loop import Stream
-from ._common import HANDBACK, MIN_READ, DriverOptions, ReadSize
+from ._common import HANDBACK, DriverOptions, ReadSize
 from ._loops import loop_clock
 from ._streams import AsyncioStream, SocketStream, on_asyncio, open_stream
 
@@ -205,13 +205,13 @@ class FastAsyncFeed(AsyncFeed):
             self._consumer_on_fd = False
 
     def _inline_read(self) -> bool:
-        """Plain TCP, during a burst (the last reads filled their size): the
-        consumer found the queue empty.  Read what the socket has right here
-        and queue its messages (:meth:`_on_data`), instead of waiting for
-        the event loop to see the socket readable, read and wake the
-        consumer.  Outside bursts it is not tried: the socket would be
-        empty.  True if bytes were read."""
-        if self._session.reads.size <= MIN_READ or self._stash:
+        """The consumer found the queue empty.  Take what the asyncio
+        protocol holds or, on plain TCP during a burst (the last reads
+        filled their size), what the socket has, right here, and queue its
+        messages (:meth:`_on_data`), instead of waiting for the event loop
+        to read and wake the consumer.  Outside bursts the socket is not
+        tried: it would be empty.  True if bytes were read."""
+        if self._stash:
             return False
         stream = self._stream
         if (type(stream) is not SocketStream and type(stream) is not AsyncioStream) \

@@ -95,6 +95,11 @@ class ReadSize:
         self._retry = 0  # full reads to go before trying past the proven size
         self.messages = 0
 
+    @property
+    def largest(self) -> int:
+        """The largest size it will ask for (``read_size``)."""
+        return self._high
+
     def update(self, got: int) -> int:
         """After a read of *got* bytes: the size of the next one."""
         size = self.size

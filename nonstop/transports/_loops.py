@@ -19,6 +19,13 @@ changes one of them makes the feed a little slower, never broken.
   for CPython's selector transport and uvloop's TCP transport (libuv reads
   until ``EAGAIN``).  Any other transport (the proactor loop, an unknown
   loop) is left to read alone.
+* :func:`reads_into_buffer`: uvloop reads plain TCP in 256 KiB pieces into
+  a buffer of its own, then copies each into a new ``bytes``; given an
+  :class:`asyncio.BufferedProtocol` it reads into a buffer of ours instead,
+  as much as we ask, so the adaptive read size applies there too (large
+  reads in a burst: fewer reads, and fewer trips through the core, per
+  message).  CPython's loop stays with :class:`asyncio.Protocol` and its
+  ``max_size`` (above): its buffered reads would copy every byte twice.
 * :func:`loop_clock`: the loop's clock as the function to call.  Where the
   loop's ``time()`` is asyncio's own, that is ``time.monotonic`` itself (one
   Python call less per reading); any other loop's ``time()`` is called.
@@ -31,7 +38,8 @@ import logging
 import time
 from collections.abc import Callable
 
-__all__ = ["read_size_knob", "reads_behind", "loop_clock", "READS_BEHIND"]
+__all__ = ["read_size_knob", "reads_behind", "reads_into_buffer", "loop_clock", "READS_BEHIND",
+           "READS_INTO_BUFFER"]
 
 LOGGER = logging.getLogger("nonstop")
 
@@ -40,6 +48,10 @@ READS_BEHIND = frozenset({
     ("asyncio.selector_events", "_SelectorSocketTransport"),
     ("uvloop.loop", "TCPTransport"),
 })
+
+#: Event loops (module, class name) whose plain TCP reads go faster through a
+#: buffer of ours.
+READS_INTO_BUFFER = frozenset({("uvloop", "Loop")})
 
 
 def _name(obj: object) -> tuple[str, str]:
@@ -70,6 +82,15 @@ def reads_behind(transport: object) -> bool:
         return True
     LOGGER.debug("no reads beside the event loop's: %s.%s is not known to allow them",
                  *_name(transport))
+    return False
+
+
+def reads_into_buffer(loop: asyncio.AbstractEventLoop) -> bool:
+    """Should *loop* read a plain TCP connection into a buffer of ours?"""
+    if _name(loop) in READS_INTO_BUFFER:
+        return True
+    LOGGER.debug("reads handed over by the event loop: %s.%s is not known to read faster "
+                 "into a buffer", *_name(loop))
     return False
 
 

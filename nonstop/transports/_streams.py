@@ -10,10 +10,13 @@ returns one of:
 * :class:`SocketStream` -- anyio's TCP/TLS stream, used on **trio**; on
   plain TCP it reads and writes the socket itself when that does not have
   to wait, without a checkpoint or a trip through trio's scheduler.
-* :class:`AsyncioStream` -- an :class:`asyncio.Protocol` of ours, used on
-  **asyncio**.  anyio's asyncio stream pays, on every ``receive`` that has
-  to wait, a ``resume_reading``/``pause_reading`` pair (two ``epoll_ctl``
-  system calls) and on every ``send`` a trip through the event loop.  This
+* :class:`AsyncioStream` -- a protocol of ours, used on **asyncio**
+  (:class:`asyncio.Protocol`; on uvloop, plain TCP, an
+  :class:`asyncio.BufferedProtocol` whose buffer is as large as the
+  adaptive read size, where uvloop's own reads are 256 KiB).  anyio's
+  asyncio stream pays, on every ``receive`` that has to wait, a
+  ``resume_reading``/``pause_reading`` pair (two ``epoll_ctl`` system
+  calls) and on every ``send`` a trip through the event loop.  This
   protocol reads all the time (until ``READ_HIGH_WATER`` waits unread: then
   the transport pauses, the kernel's window fills, and the server is pushed
   back), wakes the reader with a plain future, and writes at once
@@ -21,7 +24,11 @@ returns one of:
   the write buffer is full.  While the driver waits for a read it may
   install a *sink*: the protocol's callback then hands it the bytes
   directly, and the driver parses them right there, without waking its own
-  task first.
+  task first.  A consumer that finds its queue empty takes what the
+  protocol holds (:meth:`AsyncioStream.read_nowait`) before it reads the
+  socket or waits.  ``READ_HIGH_WATER`` is about one large read: uvloop
+  reads whenever the loop runs, and more than a read ahead of the consumer
+  only costs a join and a larger working set.
 
 The stream's errors are what the core classifies: an ``OSError`` (reset,
 broken pipe), an :class:`ssl.SSLError`, or :class:`anyio.EndOfStream` for a
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 
 import anyio
@@ -41,13 +49,13 @@ import anyio.abc
 from ._anyio_loop import AnyioStream, Stream, linger_zero, on_asyncio, wrap_socket
 from ._common import MIN_READ, ReadSize
 from ._dial import dial
-from ._loops import loop_clock, read_size_knob, reads_behind
+from ._loops import loop_clock, read_size_knob, reads_behind, reads_into_buffer
 
 __all__ = ["SocketStream", "AsyncioStream", "open_stream", "on_asyncio"]
 
 #: Unread bytes at which the asyncio protocol stops reading (TCP then pushes
 #: the server back); it reads again as soon as the driver takes them.
-READ_HIGH_WATER = 1 << 20
+READ_HIGH_WATER = 1 << 18
 
 
 def _recv_nowait(raw: socket.socket, reads: ReadSize) -> bytes:
@@ -128,8 +136,10 @@ class SocketStream(AnyioStream):
             return 0
 
 
-class _FeedProtocol(asyncio.Protocol):
-    """Buffers what arrives and wakes the one reader; tracks write pressure."""
+class _FeedProtocol(asyncio.BaseProtocol):
+    """Buffers what arrives and wakes the one reader; tracks write pressure.
+    (The loop hands it bytes through :class:`_Protocol` or
+    :class:`_BufferedProtocol`, the two kinds below.)"""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, reads: ReadSize) -> None:
         self.loop = loop
@@ -208,6 +218,37 @@ class _FeedProtocol(asyncio.Protocol):
         self.writable = None
 
 
+class _Protocol(_FeedProtocol, asyncio.Protocol):
+    """The loop reads, and hands over each read as ``bytes``."""
+
+
+class _ReadBuffer(threading.local):
+    """One thread's read buffer, shared by all its feeds: the loop reads into
+    it (:meth:`_BufferedProtocol.get_buffer`) and the bytes are copied out
+    (:meth:`_BufferedProtocol.buffer_updated`) before the loop reads for
+    anything else."""
+
+    view = memoryview(b"")
+
+
+_READ_BUFFER = _ReadBuffer()
+
+
+class _BufferedProtocol(_FeedProtocol, asyncio.BufferedProtocol):
+    """The loop reads into a buffer of ours, as much as the adaptive read
+    size asks (see :func:`._loops.reads_into_buffer`)."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        largest = self.reads.largest
+        view = _READ_BUFFER.view
+        if len(view) < largest:
+            view = _READ_BUFFER.view = memoryview(bytearray(largest))
+        return view[:self.reads.size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_READ_BUFFER.view[:nbytes]))
+
+
 class AsyncioStream:
     """A connection over our :class:`asyncio.Protocol` (see the module doc)."""
 
@@ -220,15 +261,17 @@ class AsyncioStream:
         self._raw = raw  # plain TCP: the socket, for read_nowait
 
     def read_nowait(self) -> bytes:
-        """What the socket has now (plain TCP, during a burst, nothing
-        queued in the protocol), read behind the transport's back, which is
+        """What the protocol holds, or else what the socket has now (plain
+        TCP, during a burst), read behind the transport's back, which is
         safe: asyncio's reads hold no state but the socket's, and the
         protocol hands each read to the same sink in this thread.  ``b""``
         if nothing (or the end of the stream: the transport reports it).
         A broken connection raises."""
         raw = self._raw
         p = self._protocol
-        if (raw is None or p.reads.size <= MIN_READ or p.chunks or p.at_eof
+        if p.chunks:
+            return self._take()
+        if (raw is None or p.reads.size <= MIN_READ or p.at_eof
                 or p.reading_paused or self._transport.is_closing()):
             return b""
         data = _recv_nowait(raw, p.reads)
@@ -272,6 +315,11 @@ class AsyncioStream:
                 if p.error is not None:
                     raise p.error
                 raise anyio.EndOfStream
+        return self._take()
+
+    def _take(self) -> bytes:
+        """All the bytes the protocol holds (it reads again if it had stopped)."""
+        p = self._protocol
         chunks = p.chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
@@ -324,8 +372,9 @@ async def open_stream(
     if on_asyncio():
         loop = asyncio.get_running_loop()
         try:
+            kind = _BufferedProtocol if not tls and reads_into_buffer(loop) else _Protocol
             transport, protocol = await loop.create_connection(
-                lambda: _FeedProtocol(loop, reads),
+                lambda: kind(loop, reads),
                 sock=sock,
                 ssl=ssl_context if tls else None,
                 server_hostname=server_hostname if tls else None,

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from nonstop.transports._loops import loop_clock, read_size_knob, reads_behind
+from nonstop.transports._loops import loop_clock, read_size_knob, reads_behind, reads_into_buffer
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.anyio]
 
@@ -125,3 +125,66 @@ async def test_the_loop_clock_is_the_loops_time() -> None:
     loop = asyncio.get_running_loop()
     clock = loop_clock(loop)
     assert abs(clock() - loop.time()) < 0.05
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_reads_into_our_buffer_on_uvloop_only(caplog: pytest.LogCaptureFixture) -> None:
+    """uvloop reads into a buffer of ours; the stock loop hands over its own
+    reads (a buffered read there would copy every byte twice)."""
+    caplog.set_level(logging.DEBUG, logger="nonstop")
+    loop = asyncio.get_running_loop()
+    assert reads_into_buffer(loop) is _is_uvloop()
+    if not _is_uvloop():
+        assert any("not known to read faster" in r.getMessage() for r in caplog.records)
+
+
+class _Buffered(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self.buffer = bytearray(1 << 20)
+        self.data = bytearray()
+        self.reads: list[int] = []
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.reads.append(nbytes)
+        self.data += self.buffer[:nbytes]
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_the_loop_reads_into_the_buffer_it_is_given_as_much_as_it_holds() -> None:
+    """What :func:`reads_into_buffer` leans on: the loop fills the buffered
+    protocol's buffer, every byte in order, in reads as large as the buffer
+    (beyond uvloop's own 256 KiB) when that much is waiting."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    listener.close()
+    ours.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sent = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    peer.setblocking(False)
+    taken = 0
+    while taken < len(sent):  # fill the kernel's buffers before the loop reads
+        try:
+            taken += peer.send(sent[taken:])
+        except BlockingIOError:
+            break
+    loop = asyncio.get_running_loop()
+    protocol = _Buffered()
+    transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
+    try:
+        with anyio.fail_after(10):
+            while len(protocol.data) < len(sent):
+                if taken < len(sent):
+                    try:
+                        taken += peer.send(sent[taken:])
+                    except BlockingIOError:
+                        pass
+                await anyio.sleep(0.001)
+        assert bytes(protocol.data) == sent
+        assert max(protocol.reads) > 256 * 1024
+    finally:
+        transport.close()
+        peer.close()

@@ -32,7 +32,7 @@ import nonstop
 from nonstop import Disconnected, Reason
 from nonstop.core import FeedCore
 from nonstop.transports._common import MIN_READ, RETRY_AFTER, ReadSize
-from nonstop.transports._streams import READ_HIGH_WATER, AsyncioStream, open_stream
+from nonstop.transports._streams import READ_HIGH_WATER, AsyncioStream, _BufferedProtocol, open_stream
 
 from .conftest import FAST, Backend
 from .test_driver_behaviour import burst, free_port, server
@@ -223,12 +223,16 @@ async def test_a_timed_out_asyncio_writer_leaves_the_next_one_a_live_wait() -> N
             conn.close()
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+ASYNCIO_LOOPS = [pytest.param("asyncio", id="asyncio"),
+                 pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_LOOPS)
 @pytest.mark.anyio
 async def test_the_asyncio_protocol_stops_reading_while_the_queue_is_full() -> None:
-    """A stalled consumer: the feed's queue fills, then at most about 1 MiB
-    waits unread in the protocol (TCP pushes the server back); when the
-    consumer comes back every message arrives, in order."""
+    """A stalled consumer: the feed's queue fills, then at most about
+    ``READ_HIGH_WATER`` waits unread in the protocol (TCP pushes the server
+    back); when the consumer comes back every message arrives, in order."""
     count = 3000
     with server(burst(count, pad=4096)) as port, anyio.fail_after(40):
         async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=16, fast=True, **FAST) as feed:
@@ -425,6 +429,130 @@ async def test_the_asyncio_transport_reads_in_larger_gulps_during_a_burst() -> N
         thread.join(10)
     assert n == count + 1
     assert first == MIN_READ and max(sizes) > MIN_READ and last == MIN_READ
+
+
+@pytest.mark.parametrize("anyio_backend", [ASYNCIO_LOOPS[1]])
+@pytest.mark.anyio
+async def test_a_feed_on_uvloop_reads_through_our_buffer_whole_and_in_order() -> None:
+    """On uvloop the feed's protocol is a buffered one; a burst faster than
+    the consumer arrives through it whole and in order."""
+    count = 20_000
+    frames = b"".join(bytes((0x81, 126)) + (200).to_bytes(2, "big") + (b"%07d" % i).ljust(200, b"m")
+                      for i in range(count))
+    listener, thread = blast_server(frames)
+    port = listener.getsockname()[1]
+    reads: list[int] = []
+    got: list[int] = []
+    try:
+        with anyio.fail_after(30):
+            async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=100_000, fast=True,
+                                       read_size=1 << 20, **FAST) as feed:
+                await feed.wait_connected(10)
+                stream = feed._stream
+                assert isinstance(stream, AsyncioStream)
+                protocol = stream._protocol
+                assert isinstance(protocol, asyncio.BufferedProtocol)
+                handed = protocol.data_received
+
+                def counted(data: bytes) -> None:
+                    reads.append(len(data))
+                    handed(data)
+
+                protocol.data_received = counted  # type: ignore[method-assign]
+                await feed.send("go")
+                async for message in feed:
+                    if message == "end":
+                        break
+                    got.append(int(message[:7]))
+    finally:
+        listener.close()
+        thread.join(10)
+    assert got == list(range(count))
+    assert reads
+
+
+@pytest.mark.parametrize("anyio_backend", [ASYNCIO_LOOPS[1]])
+@pytest.mark.anyio
+async def test_uvloop_reads_as_much_as_the_adaptive_size_asks() -> None:
+    """uvloop reads 256 KiB at a time into a buffer of its own; into ours it
+    reads as much as the read size asks, beyond that, every byte in order."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    listener.close()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    ours.setblocking(False)
+    peer.setblocking(False)
+    sent = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    taken = 0
+    with contextlib.suppress(BlockingIOError):
+        while taken < len(sent):  # as much as the kernel takes before the loop reads
+            taken += peer.send(sent[taken:])
+    loop = asyncio.get_running_loop()
+    reads = ReadSize(1 << 20, 1 << 20)
+    reads.size = 1 << 20
+    transport, protocol = await loop.create_connection(
+        lambda: _BufferedProtocol(loop, reads), sock=ours)
+    try:
+        got = bytearray()
+        sizes = []
+        with anyio.fail_after(10):
+            while len(got) < len(sent):
+                if taken < len(sent):
+                    with contextlib.suppress(BlockingIOError):
+                        taken += peer.send(sent[taken:])
+                for chunk in protocol.chunks:
+                    sizes.append(len(chunk))
+                    got += chunk
+                protocol.chunks.clear()
+                protocol.queued = 0
+                if protocol.reading_paused:
+                    protocol.reading_paused = False
+                    transport.resume_reading()
+                reads.size = 1 << 20
+                await anyio.sleep(0.001)
+        assert bytes(got) == sent
+        assert max(sizes) > 256 * 1024
+    finally:
+        transport.close()
+        peer.close()
+
+
+@pytest.mark.anyio
+async def test_feeds_on_one_loop_each_get_their_own_bytes_whole_and_in_order() -> None:
+    """Several feeds read at once on one loop (on uvloop through the one
+    read buffer of the thread): each gets its server's messages, whole and
+    in order, none of another's."""
+    count = 5000
+    servers = []
+    for tag in "abc":
+        frames = b"".join(bytes((0x81, 126)) + (300).to_bytes(2, "big")
+                          + f"{tag}{i:07d}".encode().ljust(300, tag.encode()) for i in range(count))
+        servers.append(blast_server(frames))
+    results: dict[str, list[str]] = {}
+
+    async def consume(tag: str, port: int) -> None:
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", fast=True, **FAST) as feed:
+            await feed.wait_connected(10)
+            await feed.send("go")
+            got = results.setdefault(tag, [])
+            async for message in feed:
+                if message == "end":
+                    break
+                assert isinstance(message, str) and message == message[:8].ljust(300, tag)
+                got.append(message[:8])
+
+    try:
+        with anyio.fail_after(40):
+            async with anyio.create_task_group() as tg:
+                for tag, (listener, _thread) in zip("abc", servers, strict=True):
+                    tg.start_soon(consume, tag, listener.getsockname()[1])
+    finally:
+        for listener, thread in servers:
+            listener.close()
+            thread.join(10)
+    for tag in "abc":
+        assert results[tag] == [f"{tag}{i:07d}" for i in range(count)]
 
 
 @pytest.mark.anyio
