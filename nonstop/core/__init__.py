@@ -8,7 +8,7 @@ uses the global :mod:`random`.  See ``docs/core.md``.
 
 from __future__ import annotations
 
-from ._backoff import ceiling, parse_retry_after, retry_delay
+from ._backoff import ceiling, first_retry_delay, parse_retry_after, retry_delay
 from ._config import AppPing, Backoff, Config, Payload, Subscription
 from ._core import FeedCore
 from ._errors import (
@@ -82,6 +82,7 @@ __all__ = [
     "classify_error",
     "level_for",
     "retry_delay",
+    "first_retry_delay",
     "ceiling",
     "parse_retry_after",
     "INFO",

@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 One pure function, :func:`retry_delay`, of the number of failures in a row,
 the policy, an injected :class:`random.Random` and an optional server hint.
-The core calls it once per disconnect; tests call it directly.
+The core calls it once per disconnect; tests call it directly.  The first
+retry after a stable connection is :func:`first_retry_delay` instead (at
+once by default), and the series after it starts again from ``initial``.
 
 Server hints only ever lengthen the wait, and the cap bounds everything, hints
 included: a long outage, or a server asking for an hour, never stops the feed
@@ -25,7 +27,7 @@ import re
 
 from ._config import Backoff
 
-__all__ = ["retry_delay", "ceiling", "parse_retry_after"]
+__all__ = ["retry_delay", "first_retry_delay", "ceiling", "parse_retry_after"]
 
 def ceiling(failures: int, policy: Backoff) -> float:
     """The largest wait after *failures* failures in a row (>= 1)."""
@@ -50,6 +52,14 @@ def retry_delay(
     if hint is not None:
         delay = max(delay, hint)
     return min(policy.cap, max(0.0, delay))
+
+
+def first_retry_delay(policy: Backoff, rng: random.Random) -> float:
+    """Seconds to wait before the first retry after a stable connection:
+    ``Backoff.first``, jittered; 0 when it is 0 (no draw from *rng*)."""
+    if not policy.first:
+        return 0.0
+    return policy.first * (1.0 - policy.jitter * rng.random())
 
 
 def parse_retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:

@@ -68,7 +68,13 @@ class Backoff:
     ``ceiling = min(cap, initial * factor ** (n - 1))``.  The default
     ``jitter=1.0`` is "full jitter": clients that lost the same server spread
     their retries over the whole window instead of returning together.
-    The very first connection attempt of a feed is never delayed.
+    The very first connection attempt of a feed is never delayed, and
+    neither is the first retry after a connection that stayed up
+    ``stable_after`` seconds: it waits at most ``first`` (0: none), so a
+    working feed that breaks is back within a round trip or two.  If that
+    retry fails, the series above starts from ``initial``.  A connection
+    that never became stable, and server hints (``Retry-After``, close
+    1013), get the series as before.
     """
 
     initial: float = 0.5
@@ -79,8 +85,15 @@ class Backoff:
     """No wait is ever longer, whatever the failure count or server hints."""
     jitter: float = 1.0
     """Fraction of the ceiling that is randomised, 0 (none) to 1 (full)."""
+    first: float = 0.0
+    """Ceiling of the wait before the first retry after a stable
+    connection, jittered as the others (0: at once).  A fleet of clients
+    of one server may set a fraction of a second to spread their returns."""
 
     def __post_init__(self) -> None:
+        check_positive("backoff.first", self.first, zero=True)
+        if self.first > self.cap:
+            raise ConfigError(f"backoff.first ({self.first!r}) must be <= backoff.cap ({self.cap!r})")
         check_positive("backoff.initial", self.initial)
         check_positive("backoff.cap", self.cap)
         check_positive("backoff.factor", self.factor)

@@ -55,7 +55,7 @@ import collections
 import math
 import random
 
-from ._backoff import ceiling, parse_retry_after, retry_delay
+from ._backoff import ceiling, first_retry_delay, parse_retry_after, retry_delay
 from ._config import (
     _RESERVED_HEADERS,
     Config,
@@ -150,6 +150,7 @@ class FeedCore:
         self._deadline: float | None = None  # connect, handshake or close timeout
         self._opened_at: float | None = None  # 101 received
         self._stable_at: float | None = None
+        self._stable = False  # the open connection has stayed up stable_after
         self._retry_at: float | None = None
         self._stop_reason: tuple[Reason, str] | None = None
         self._callback_failed: str | None = None
@@ -160,6 +161,7 @@ class FeedCore:
         self._stopped_at: float | None = None  # running time ends at STOPPED
         self._failures = 0
         self._attempts_in_row = 0  # attempts since the last stable connection
+        self._free = 0  # failures before the series (the first retry after a stable connection)
         self._attempts_total = 0  # every attempt of the feed
         self._connections = 0
         self._lost_at: float | None = None
@@ -807,6 +809,9 @@ class FeedCore:
         """
         reason = verdict.reason
         was_open = self._state is State.OPEN
+        if was_open and self._stable_at is not None and now >= self._stable_at:
+            self._become_stable()  # due, and no timer call saw it yet
+        after_stable, self._stable = self._stable, False
         self._failures += 1
         self._disconnects[reason.value] = self._disconnects.get(reason.value, 0) + 1
         self._last_reason = reason.value
@@ -817,10 +822,16 @@ class FeedCore:
         give_up = fatal or (limit is not None and self._failures >= limit)
         retry_in = None
         if not give_up:
-            hint = None
-            if verdict.later:
-                hint = ceiling(self._failures, self.config.backoff) if retry_after is None else retry_after
-            retry_in = retry_delay(self._failures, self.config.backoff, self._rng, hint)
+            policy = self.config.backoff
+            step = self._failures - self._free  # the place in the series
+            if verdict.later:  # the server's hint: the series, at least as long as it asks
+                hint = ceiling(step, policy) if retry_after is None else retry_after
+                retry_in = retry_delay(step, policy, self._rng, hint)
+            elif after_stable:  # a working feed broke: back at once, the series if that fails
+                retry_in = first_retry_delay(policy, self._rng)
+                self._free = 1
+            else:
+                retry_in = retry_delay(step, policy, self._rng)
         self._emit_disconnected(now, verdict, retry_in=retry_in)
         self._alerts.on_down(now)
         self._alert(self._alerts.on_failure(self._failures, verdict))
@@ -949,10 +960,16 @@ class FeedCore:
                 abort=False, close_sent=True)
             return
         if self._stable_at is not None and now >= self._stable_at:
-            self._stable_at = None
-            self._failures = 0
-            self._attempts_in_row = 0
-            self._alert(self._alerts.on_stable())
+            self._become_stable()
+
+    def _become_stable(self) -> None:
+        """The connection has stayed up ``stable_after``: failures start over."""
+        self._stable_at = None
+        self._stable = True
+        self._failures = 0
+        self._free = 0
+        self._attempts_in_row = 0
+        self._alert(self._alerts.on_stable())
 
     def _drop_output(self) -> None:
         """Forget unsent bytes: whatever was queued for a dead peer is pointless."""

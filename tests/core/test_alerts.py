@@ -200,7 +200,10 @@ def test_down_for_counts_from_the_moment_a_connection_is_lost() -> None:
     pair.connect()
     assert pair.core.next_deadline() == 1005.0  # only stable_after: no down timer while open
     pair.advance(10.0)
-    pair.eof()  # lost at 1010; retry at 1011
+    pair.eof()  # lost at 1010; the first retry after a stable connection at once
+    assert pair.core.next_deadline() == 1010.0
+    pair.fire_next()
+    refuse(pair)  # then the series from initial: retry at 1011
     assert pair.core.next_deadline() == 1011.0
     pair.fire_next()
     refuse(pair)  # retry at 1013

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from nonstop.core import (
     Backoff,
     CloseTransport,
+    ConfigError,
     Connected,
     Connecting,
     Disconnected,
@@ -26,6 +27,7 @@ from nonstop.core import (
     State,
     Stopped,
     ceiling,
+    first_retry_delay,
     parse_retry_after,
     retry_delay,
 )
@@ -380,12 +382,82 @@ def stable_then_drop(pair: Pair) -> None:
     pair.eof()
 
 
-def test_stable_connection_resets_the_backoff() -> None:
+def test_the_first_retry_after_a_stable_connection_goes_at_once() -> None:
     pair = Pair(now=T0, backoff=EXACT, stable_after=10, ping_interval=None, silence_timeout=None)
     stable_then_drop(pair)
     gone = pair.of(Disconnected)[-1]
-    assert (gone.reason, gone.failures, gone.retry_in) == (Reason.EOF, 1, 1.0)
-    assert gone.retry_at == pair.now + 1.0
+    assert (gone.reason, gone.failures, gone.retry_in) == (Reason.EOF, 1, 0.0)
+    assert gone.retry_at == pair.now
+    assert pair.core.next_deadline() == pair.now
+    assert pair.fire_next() == gone.retry_at
+    assert pair.core.state is State.CONNECTING
+
+
+def test_the_first_retry_after_a_stable_connection_waits_within_first() -> None:
+    """``Backoff(first=...)`` spreads a fleet's returns: the wait is drawn
+    like the others, from ``[first * (1 - jitter), first]``."""
+    policy = Backoff(initial=1, factor=2, cap=8, jitter=1.0, first=0.4)
+    seed = 7
+    pair = Pair(now=T0, seed=seed, backoff=policy, stable_after=10, ping_interval=None,
+                silence_timeout=None)
+    pair.connect()
+    pair.advance(12)
+    pair.eof()
+    gone = pair.of(Disconnected)[-1]
+    assert gone.retry_in == pytest.approx(0.4 * (1 - random.Random(seed).random()))
+    assert 0 <= gone.retry_in <= 0.4
+
+
+def test_a_drop_right_at_stable_after_before_any_timer_call_counts_as_stable() -> None:
+    """The driver may not have called ``handle_timer`` at ``stable_after``
+    (busy with data): a connection lost after that moment was stable."""
+    pair = Pair(now=T0, backoff=EXACT, stable_after=10, ping_interval=None, silence_timeout=None)
+    pair.start()
+    refused(pair)
+    retry(pair)
+    pair.open()
+    pair.accept()
+    pair.clock.advance(11)  # no timer call in between
+    pair.eof()
+    gone = pair.of(Disconnected)[-1]
+    assert (gone.failures, gone.retry_in) == (1, 0.0)
+
+
+def test_after_a_connection_that_never_became_stable_the_series_goes_on() -> None:
+    pair = Pair(now=T0, backoff=EXACT, stable_after=10, ping_interval=None, silence_timeout=None)
+    pair.connect()
+    pair.advance(12)
+    pair.eof()  # stable: at once
+    retry(pair)
+    pair.open()
+    pair.accept()
+    pair.advance(3)
+    pair.eof()  # up 3 s only: the series, from initial
+    retry(pair)
+    pair.open()
+    pair.accept()
+    pair.advance(3)
+    pair.eof()
+    assert [d.retry_in for d in pair.of(Disconnected)] == [0, 1, 2]
+
+
+def test_a_server_hint_after_a_stable_connection_still_lengthens_the_wait() -> None:
+    """Close 1013 "try again later" on a stable connection: the full ceiling,
+    not the immediate retry."""
+    pair = Pair(now=T0, backoff=EXACT, stable_after=10, ping_interval=None, silence_timeout=None)
+    pair.connect()
+    pair.advance(12)
+    pair.server_close(1013, "busy")
+    pair.settle()
+    gone = pair.of(Disconnected)[-1]
+    assert gone.code == 1013 and gone.retry_in == 1.0
+
+
+def test_backoff_first_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"backoff\.first"):
+        Backoff(first=-0.1)
+    with pytest.raises(ConfigError, match=r"backoff\.first \(9\) must be <= backoff\.cap \(8\)"):
+        Backoff(initial=1, cap=8, first=9)
 
 
 def test_first_attempt_after_a_stable_connection_is_attempt_one() -> None:
@@ -395,7 +467,7 @@ def test_first_attempt_after_a_stable_connection_is_attempt_one() -> None:
     assert retry(pair).attempt == 1
 
 
-def test_after_a_reset_delays_grow_again_from_initial() -> None:
+def test_after_a_failed_immediate_retry_delays_grow_again_from_initial() -> None:
     pair = Pair(now=T0, backoff=EXACT, stable_after=10, ping_interval=None, silence_timeout=None)
     pair.connect()
     pair.advance(10)
@@ -404,7 +476,7 @@ def test_after_a_reset_delays_grow_again_from_initial() -> None:
     refused(pair)
     retry(pair)
     refused(pair)
-    assert [d.retry_in for d in pair.of(Disconnected)] == [1, 2, 4]
+    assert [d.retry_in for d in pair.of(Disconnected)] == [0, 1, 2]
     assert [d.failures for d in pair.of(Disconnected)] == [1, 2, 3]
 
 
@@ -648,3 +720,11 @@ def test_two_digit_years_before_70_are_this_century() -> None:
 def test_unusable_http_dates_are_ignored(text: str) -> None:
     headers = [(b"Retry-After", text.encode()), (b"Date", b"Sun, 06 Nov 1994 08:49:07 GMT")]
     assert parse_retry_after(headers) is None
+
+
+def test_first_retry_delay_is_zero_without_a_draw_or_drawn_within_first() -> None:
+    rng = random.Random(3)
+    assert first_retry_delay(Backoff(), rng) == 0.0
+    assert rng.random() == random.Random(3).random()  # nothing was drawn
+    expected = 0.5 * (1 - 0.5 * random.Random(4).random())
+    assert first_retry_delay(Backoff(first=0.5, jitter=0.5), random.Random(4)) == expected

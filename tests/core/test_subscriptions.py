@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytest
-from wsproto.events import AcceptConnection
+from wsproto.events import AcceptConnection, BytesMessage, TextMessage
 
 from nonstop.core import (
     Backoff,
@@ -90,6 +90,21 @@ def test_subscription_payloads_come_before_anything_else() -> None:
     pair.connect()
     assert pair.server_messages == ["one", "two"]
     assert pair.server_pings == []
+
+
+def test_every_subscription_goes_out_in_one_write_right_after_the_101() -> None:
+    """One ``data_to_send`` after the upgrade response holds every
+    subscription frame, in order: the driver writes them in one go."""
+    pair = make_pair(["one", {"op": "two"}, b"three"])
+    pair.start()
+    pair.open()
+    assert pair.server is not None
+    pair.core.receive_data(pair.server.send(AcceptConnection()), pair.now)
+    written = pair.core.data_to_send()
+    assert pair.core.data_to_send() == b""
+    pair.server.receive_data(written)
+    got = [e.data for e in pair.server.events() if isinstance(e, (TextMessage, BytesMessage))]
+    assert got == ["one", '{"op":"two"}', b"three"]
 
 
 def test_subscribed_events_follow_connected_in_order() -> None:
