@@ -1,0 +1,393 @@
+"""The reconnect workload: what one connection loses when the network resets it.
+
+``python bench/reconnect.py [--resets N] [--period S] [--rate R] [--quick]``
+
+Theory of operation
+-------------------
+A feed server (:func:`serve`, the ``websockets`` package's asyncio server,
+in a process of its own) numbers the messages it publishes by the clock:
+message ``seq`` is due at ``t0 + seq / rate``, whether anyone listens or not,
+so a client that is away for 0.2 s misses about ``0.2 * rate`` of them.  A
+client sends a subscription; the server acknowledges it and from then on
+sends it every message as it falls due.  ``period`` seconds after a
+connection subscribed, the server resets it (an RST: ``SO_LINGER`` 0 and an
+abort) and notes the moment.
+
+Each client (:data:`CLIENTS`) runs in a process of its own, with the
+reconnect loop its documentation shows, for ``resets`` periods, and records
+``(monotonic time, seq)`` of every message it gets.  ``time.monotonic`` is
+the machine's one monotonic clock, so the server's reset times and the
+client's receive times compare.  For each reset: **break to first message**
+is the time from the reset to the first message the client got on its new
+connection; **missed** is the numbers it never got (the gap in its
+sequence).  The table gives, per client, the median and p90 of the first
+and the mean of the second, over ws and over wss (a trustme certificate).
+
+nonstop runs with its defaults but ``stable_after=1.0`` (a connection reset
+every ``period`` seconds never stays up the default 10 s, and so never counts
+as working: its retries would follow the backoff series, by design).  Timing
+never fails the run; the exit status is 1 only if a client crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import ssl
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+#: Client name -> the packages it needs (a client without them is skipped).
+CLIENTS = {
+    "nonstop-asyncio": ("nonstop", "anyio"),
+    "nonstop-trio": ("nonstop", "anyio", "trio"),
+    "nonstop-blocking": ("nonstop",),
+    "websockets": ("websockets",),
+    "websocket-client": ("websocket",),
+    "aiohttp": ("aiohttp",),
+}
+SUBSCRIBE = '{"op":"subscribe","channel":"ticks"}'
+
+
+# ---------------------------------------------------------------------------
+# the server
+async def serve(port_file: str, rate: float, period: float, certs: str | None) -> None:
+    from websockets.asyncio.server import ServerConnection
+    from websockets.asyncio.server import serve as ws_serve
+
+    t0 = time.monotonic()
+    subscribers: set[ServerConnection] = set()
+    resets: list[float] = []
+
+    def due() -> int:
+        return int((time.monotonic() - t0) * rate)
+
+    async def publish() -> None:
+        sent = due()
+        while True:
+            await asyncio.sleep(0.001)
+            now = due()
+            for seq in range(sent + 1, now + 1):
+                message = f'{{"seq":{seq}}}'
+                for ws in list(subscribers):
+                    ws.transport.write(_text_frame(message))
+            sent = now
+
+    async def reset_later(ws: ServerConnection) -> None:
+        await asyncio.sleep(period)
+        subscribers.discard(ws)
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        resets.append(time.monotonic())
+        ws.transport.abort()
+
+    async def handler(ws: ServerConnection) -> None:
+        try:
+            async for message in ws:
+                if isinstance(message, str) and '"subscribe"' in message:
+                    await ws.send('{"event":"subscribed"}')
+                    subscribers.add(ws)
+                    asyncio.get_running_loop().create_task(reset_later(ws))
+        except Exception:  # reset: the handler's end
+            pass
+        finally:
+            subscribers.discard(ws)
+
+    context = None
+    if certs is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(os.path.join(certs, "server.pem"))
+    publisher = asyncio.get_running_loop().create_task(publish())
+    async with ws_serve(handler, "127.0.0.1", 0, ssl=context, ping_interval=None,
+                        compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        Path(port_file).write_text(str(port))
+        loop = asyncio.get_running_loop()
+        # stdin closed by the runner: print the resets and stop
+        await loop.run_in_executor(None, sys.stdin.read)
+        print(json.dumps({"resets": resets}), flush=True)
+    publisher.cancel()
+
+
+def _text_frame(text: str) -> bytes:
+    """A server's unmasked text frame (small: 7-bit length).  Written
+    straight to the transport so that a message falls due and leaves in the
+    same millisecond tick for every subscriber."""
+    payload = text.encode()
+    return bytes((0x81, len(payload))) + payload
+
+
+# ---------------------------------------------------------------------------
+# the clients: each records (time, seq) until `until`
+def _seq(message: str | bytes) -> int | None:
+    if isinstance(message, str) and message.startswith('{"seq"'):
+        value: int = json.loads(message)["seq"]
+        return value
+    return None
+
+
+def _context(certs: str | None) -> ssl.SSLContext | None:
+    if certs is None:
+        return None
+    return ssl.create_default_context(cafile=os.path.join(certs, "ca.pem"))
+
+
+def run_nonstop(url: str, until: float, certs: str | None, backend: str) -> list[tuple[float, int]]:
+    import anyio
+
+    import nonstop
+
+    got: list[tuple[float, int]] = []
+    options: dict[str, Any] = dict(subscribe=[nonstop.Subscription(message=SUBSCRIBE)],
+                                   stable_after=1.0)
+    if certs is not None:
+        options["ssl"] = _context(certs)
+    if backend == "blocking":
+        with nonstop.sync.connect(url, **options) as feed:
+            while time.monotonic() < until:
+                try:
+                    message = feed.receive(timeout=max(0.001, until - time.monotonic()))
+                except TimeoutError:
+                    break
+                seq = _seq(message)
+                if seq is not None:
+                    got.append((time.monotonic(), seq))
+        return got
+
+    async def main() -> None:
+        async with nonstop.connect(url, **options) as feed:
+            with anyio.move_on_after(until - time.monotonic()):
+                async for message in feed:
+                    seq = _seq(message)
+                    if seq is not None:
+                        got.append((time.monotonic(), seq))
+
+    anyio.run(main, backend=backend)
+    return got
+
+
+def run_websockets(url: str, until: float, certs: str | None) -> list[tuple[float, int]]:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    got: list[tuple[float, int]] = []
+
+    async def main() -> None:
+        # the reconnect loop of websockets' documentation
+        async for ws in connect(url, ssl=_context(certs), ping_interval=None, compression=None):
+            try:
+                await ws.send(SUBSCRIBE)
+                async for message in ws:
+                    seq = _seq(message)
+                    if seq is not None:
+                        got.append((time.monotonic(), seq))
+            except ConnectionClosed:
+                continue
+
+    async def bounded() -> None:
+        try:
+            await asyncio.wait_for(main(), until - time.monotonic())
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
+
+    asyncio.run(bounded())
+    return got
+
+
+def run_websocket_client(url: str, until: float, certs: str | None) -> list[tuple[float, int]]:
+    import threading
+
+    import websocket
+
+    got: list[tuple[float, int]] = []
+
+    def on_message(ws: Any, message: str) -> None:
+        seq = _seq(message)
+        if seq is not None:
+            got.append((time.monotonic(), seq))
+
+    app = websocket.WebSocketApp(url, on_open=lambda ws: ws.send(SUBSCRIBE), on_message=on_message)
+    threading.Timer(max(0.0, until - time.monotonic()), app.close).start()
+    sslopt = None if certs is None else {"ca_certs": os.path.join(certs, "ca.pem")}
+    # the documented automatic reconnect: run_forever(reconnect=seconds to
+    # wait before each new connection; its examples use 5, this is 1)
+    while time.monotonic() < until:
+        app.run_forever(sslopt=sslopt, reconnect=1)
+    return got
+
+
+def run_aiohttp(url: str, until: float, certs: str | None) -> list[tuple[float, int]]:
+    import aiohttp
+
+    got: list[tuple[float, int]] = []
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as session:
+            while True:  # aiohttp has no reconnect of its own: the usual loop
+                try:
+                    async with session.ws_connect(url, ssl=_context(certs) or False,
+                                                  autoping=False) as ws:
+                        await ws.send_str(SUBSCRIBE)
+                        async for message in ws:
+                            if message.type is aiohttp.WSMsgType.TEXT:
+                                seq = _seq(message.data)
+                                if seq is not None:
+                                    got.append((time.monotonic(), seq))
+                except aiohttp.ClientError:
+                    pass
+
+    async def bounded() -> None:
+        try:
+            await asyncio.wait_for(main(), until - time.monotonic())
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
+
+    asyncio.run(bounded())
+    return got
+
+
+def client_main(name: str, url: str, until: float, certs: str | None) -> None:
+    if name.startswith("nonstop-"):
+        got = run_nonstop(url, until, certs, name.removeprefix("nonstop-"))
+    elif name == "websockets":
+        got = run_websockets(url, until, certs)
+    elif name == "websocket-client":
+        got = run_websocket_client(url, until, certs)
+    else:
+        got = run_aiohttp(url, until, certs)
+    print(json.dumps(got), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# the runner
+def analyse(got: list[tuple[float, int]], resets: list[float]) -> dict[str, Any]:
+    """Per reset: the time to the first message after it that follows a gap
+    (or the first after it at all), and the numbers missed at that gap."""
+    times = [t for t, _ in got]
+    seqs = [s for _, s in got]
+    back, missed = [], []
+    for r in resets:
+        i = next((k for k, t in enumerate(times) if t > r), None)
+        if i is None or i == 0:
+            continue
+        # messages already on their way before the reset may arrive just after it
+        while i + 1 < len(seqs) and seqs[i] == seqs[i - 1] + 1 and times[i] - r < 0.05:
+            i += 1
+        if seqs[i] == seqs[i - 1] + 1:
+            continue  # no gap found near this reset
+        back.append(times[i] - r)
+        missed.append(seqs[i] - seqs[i - 1] - 1)
+    return {"back": back, "missed": missed}
+
+
+def _q(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--resets", type=int, default=8)
+    parser.add_argument("--period", type=float, default=1.5)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument("--quick", action="store_true", help="2 resets, a smoke test")
+    parser.add_argument("--serve", nargs=2, metavar=("PORT_FILE", "CERTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=4, metavar=("NAME", "URL", "UNTIL", "CERTS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        certs = None if args.serve[1] == "-" else args.serve[1]
+        asyncio.run(serve(args.serve[0], args.rate, args.period, certs))
+        return 0
+    if args.client:
+        name, url, until, certs = args.client
+        client_main(name, url, float(until), None if certs == "-" else certs)
+        return 0
+    resets = 2 if args.quick else args.resets
+    import importlib.util
+
+    clients = []
+    for name in (c for c in args.clients.split(",") if c):
+        if name not in CLIENTS:
+            parser.error(f"unknown client {name!r}; choose from {', '.join(CLIENTS)}")
+        missing = [p for p in CLIENTS[name] if importlib.util.find_spec(p) is None]
+        if missing:
+            print(f"note: {name} skipped ({', '.join(missing)} not installed)", file=sys.stderr)
+        else:
+            clients.append(name)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    rows: list[str] = []
+    crashed = False
+    with tempfile.TemporaryDirectory() as tmp:
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", "127.0.0.1")
+        ca.cert_pem.write_to_path(os.path.join(tmp, "ca.pem"))
+        cert.private_key_and_cert_chain_pem.write_to_path(os.path.join(tmp, "server.pem"))
+        for scheme in ("ws", "wss"):
+            for name in clients:
+                port_file = os.path.join(tmp, "port")
+                if os.path.exists(port_file):
+                    os.unlink(port_file)
+                certs = tmp if scheme == "wss" else "-"
+                server = subprocess.Popen(
+                    [sys.executable, __file__, "--rate", str(args.rate), "--period", str(args.period),
+                     "--serve", port_file, certs],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+                try:
+                    while not os.path.exists(port_file) or not Path(port_file).read_text():
+                        time.sleep(0.01)
+                    port = int(Path(port_file).read_text())
+                    host = "localhost" if scheme == "wss" else "127.0.0.1"
+                    url = f"{scheme}://{host}:{port}/"
+                    until = time.monotonic() + 0.5 + resets * (args.period + 0.3)
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--client", name, url, str(until), certs],
+                        capture_output=True, env=env, timeout=resets * args.period + 60)
+                finally:
+                    assert server.stdin is not None
+                    server.stdin.close()
+                    server_out = server.stdout.read() if server.stdout else b""
+                    server.wait(10)
+                if out.returncode != 0:
+                    crashed = True
+                    print(f"{name} {scheme}: crashed\n{out.stderr.decode()[-2000:]}", file=sys.stderr)
+                    continue
+                got = [tuple(x) for x in json.loads(out.stdout)]
+                reset_times = json.loads(server_out)["resets"]
+                result = analyse(got, reset_times)  # type: ignore[arg-type]
+                back, missed = result["back"], result["missed"]
+                if not back:
+                    rows.append(f"| {name} | {scheme} | {len(reset_times)} | - | - | - | {len(got)} |")
+                    continue
+                rows.append(
+                    f"| {name} | {scheme} | {len(back)} of {len(reset_times)} "
+                    f"| {statistics.median(back) * 1000:.1f} | {_q(back, 0.9) * 1000:.1f} "
+                    f"| {statistics.mean(missed):.1f} | {len(got)} |")
+                print(rows[-1], file=sys.stderr, flush=True)
+    print(f"\n{resets} resets, one every {args.period:g} s of subscription, {args.rate:g} messages/s\n")
+    print("| client | scheme | resets seen | break to first message, median ms | p90 ms "
+          "| missed per reset | messages |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
