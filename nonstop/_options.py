@@ -99,6 +99,9 @@ class DriverOptions:
     """Use the driver's speed-ups beside its plain loop (``False``: the plain
     loop only; the same behaviour, slower)."""
     logger: logging.Logger
+    resolver: Callable[[str, int], Sequence[tuple[Any, ...]]] | None = None
+    """The name lookup, ``(host, port)`` -> ``getaddrinfo`` tuples, run in a
+    worker thread; ``None``: :func:`socket.getaddrinfo`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,7 @@ def options(
     fast: bool | None = None,
     logger: logging.Logger | None = None,
     rng: random.Random | None = None,
+    resolver: Callable[[str, int], Sequence[tuple[Any, ...]]] | None = None,
 ) -> Options:
     """Check the options of ``connect`` and return them as :class:`Options`.
 
@@ -232,6 +236,12 @@ def options(
         Where lifecycle lines go; ``None``: the ``nonstop`` logger.
     rng
         The jitter source; ``None``: a fresh ``random.Random()``.
+    resolver
+        The name lookup: a function ``(host, port)`` returning
+        ``socket.getaddrinfo``-style tuples, called in a worker thread
+        before every attempt; ``None``: ``socket.getaddrinfo``.  When it
+        fails or is slow right after a connection worked, that connection's
+        address is dialed instead (see the usage guide).
     """
     config = Config(
         url=url,
@@ -267,6 +277,7 @@ def options(
         write_timeout=write_timeout,
         fast=fast,
         logger=logger,
+        resolver=resolver,
     )
     return Options(config, driver, rng if rng is not None else random.Random())
 
@@ -319,6 +330,7 @@ def build_driver_options(
     write_timeout: float,
     fast: bool | None = None,
     logger: logging.Logger | None,
+    resolver: Callable[[str, int], Sequence[tuple[Any, ...]]] | None = None,
 ) -> DriverOptions:
     """Check the driver's options against the core's *config* (``ssl`` needs
     a ``wss://`` URL) and return them as :class:`DriverOptions`."""
@@ -340,6 +352,9 @@ def build_driver_options(
     if (isinstance(write_timeout, bool) or not isinstance(write_timeout, (int, float))
             or not write_timeout > 0):
         raise ConfigError(f"write_timeout must be a number of seconds > 0, got {write_timeout!r}")
+    if resolver is not None and not callable(resolver):
+        raise ConfigError(f"resolver must be a function (host, port) -> getaddrinfo tuples, "
+                          f"got {resolver!r}")
     context = ssl
     if context is None and config.endpoint.tls:
         context = _ssl.create_default_context()
@@ -352,6 +367,7 @@ def build_driver_options(
         write_timeout=write_timeout,
         fast=resolve_fast(fast),
         logger=logger if logger is not None else logging.getLogger("nonstop"),
+        resolver=resolver,
     )
 
 

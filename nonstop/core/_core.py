@@ -64,6 +64,7 @@ from ._config import (
     encode_message,
     normalize_headers,
 )
+from ._dial import KNOWN_ADDRESS_TIME
 from ._errors import ConfigError, LocalProtocolError, NotConnected
 from ._events import (
     Alert,
@@ -366,6 +367,14 @@ class FeedCore:
             return False
         self.transport_failed(error, now)
         return True
+
+    def may_reuse_address(self, now: float) -> bool:
+        """May the driver dial the address of the last connection when the
+        name lookup of a new attempt fails or takes longer than
+        ``LOOKUP_PATIENCE``?  Yes within ``KNOWN_ADDRESS_TIME`` of the moment
+        that connection ended (so never before the first one)."""
+        self._tick(now)
+        return self._lost_at is not None and now - self._lost_at <= KNOWN_ADDRESS_TIME
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the server (never empty: use :meth:`receive_eof`).

@@ -45,13 +45,31 @@ from typing import Generic, TypeVar, final
 from ._errors import LocalProtocolError
 from ._health import after
 
-__all__ = ["NEXT_ADDRESS_DELAY", "Attempt", "Dial", "interleave"]
+__all__ = ["NEXT_ADDRESS_DELAY", "KNOWN_ADDRESS_TIME", "LOOKUP_PATIENCE", "Attempt", "Dial", "interleave",
+           "lookup_limit"]
 
 T = TypeVar("T")
 
 #: How long the latest attempt gets before the next address starts beside
 #: it (RFC 8305 section 5 recommends 250 ms).
 NEXT_ADDRESS_DELAY = 0.25
+
+#: How long after a connection ended the address it used may stand in for a
+#: name lookup that fails or is slow (:meth:`FeedCore.may_reuse_address`):
+#: a resolver's blip right after a working connection is not a reason to
+#: wait out a backoff, and five minutes is short enough that a server moved
+#: on purpose is found again by the lookups after it.
+KNOWN_ADDRESS_TIME = 300.0
+
+#: How long a lookup may take when that address may stand in for it.
+LOOKUP_PATIENCE = 1.0
+
+
+def lookup_limit(connect_timeout: float) -> float:
+    """How long a lookup may take when nothing may stand in for it: half the
+    connect timeout (the rest is for TCP and TLS), so that a resolver that
+    hangs is reported as a name-lookup failure, not as a connect timeout."""
+    return connect_timeout / 2
 
 def interleave(addresses: Iterable[T], family: Callable[[T], Hashable]) -> tuple[T, ...]:
     """*addresses* with their families alternated (RFC 8305 section 4).

@@ -120,7 +120,8 @@ class FastAsyncFeed(AsyncFeed):
     async def _connect(self, effect: OpenTransport, reads: ReadSize) -> Stream:
         return await open_stream(effect.host, effect.port, tls=effect.tls,
                                  ssl_context=self._opts.ssl_context,
-                                 server_hostname=effect.server_hostname, reads=reads)
+                                 server_hostname=effect.server_hostname, reads=reads,
+                                 lookup=self._lookup_rules(self._clock()))
 
     def _opened(self, stream: Stream) -> None:
         if type(stream) is AsyncioStream:

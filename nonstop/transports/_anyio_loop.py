@@ -348,7 +348,7 @@ class AnyioLoop(Feed):
 
     async def _connect(self, effect: OpenTransport, reads: ReadSize) -> Stream:
         """Open the connection *effect* asks for."""
-        sock = await dial(effect.host, effect.port)
+        sock = await dial(effect.host, effect.port, **self._lookup_rules(self._clock()))
         stream = await wrap_socket(sock, tls=effect.tls, ssl_context=self._opts.ssl_context,
                                    server_hostname=effect.server_hostname)
         return AnyioStream(stream, reads, self._opts.read_size if on_asyncio() else None)

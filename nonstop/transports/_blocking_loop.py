@@ -269,7 +269,9 @@ class BlockingLoop(Feed):
     def _begin_connect(self, effect: OpenTransport) -> None:
         self._pending_open = None
         self._effect = effect
-        self._dial = SelectorDial.open(effect.host, effect.port, self._selector)
+        with self._cond:
+            rules = self._lookup_rules(time.monotonic())
+        self._dial = SelectorDial.open(effect.host, effect.port, self._selector, **rules)
         self._dial_step()
 
     def _dial_step(self) -> None:
@@ -282,7 +284,9 @@ class BlockingLoop(Feed):
         if dial.error is not None:
             self._fail_connect(dial.error)
         else:
-            self._tcp_connected(dial.take())
+            sock = dial.take()
+            self._lookup.worked(sock)
+            self._tcp_connected(sock)
 
     def _tcp_connected(self, sock: socket.socket) -> None:
         effect = self._effect

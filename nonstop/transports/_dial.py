@@ -39,17 +39,20 @@ import math
 import os
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
-from ..core._dial import NEXT_ADDRESS_DELAY, Attempt, Dial
+from ..core._dial import LOOKUP_PATIENCE, NEXT_ADDRESS_DELAY, Attempt, Dial
 from ..core._errors import LocalProtocolError
+from ._common import LOGGER
 
-__all__ = ["AddrInfo", "dial", "dial_addresses", "SelectorDial"]
+__all__ = ["AddrInfo", "Lookup", "Resolver", "dial", "dial_addresses", "numeric", "SelectorDial"]
 
 #: One entry of :func:`socket.getaddrinfo`: family, type, proto, canonname, address.
 AddrInfo = tuple[int, int, int, str, Any]
@@ -112,16 +115,132 @@ def carry_out(d: Dial[AddrInfo], now: float, close: Callable[[Attempt[AddrInfo]]
         start(attempt, sock)
 
 
-async def dial(host: str, port: int, *, delay: float = NEXT_ADDRESS_DELAY) -> socket.socket:
+#: A resolver: ``(host, port)`` -> ``getaddrinfo`` tuples (``SOCK_STREAM``).
+Resolver = Callable[[str, int], Sequence[AddrInfo]]
+
+
+class Lookup:
+    """How one feed finds its host's addresses, and the one that last worked.
+
+    Every attempt looks the name up (a server that moved is found); the
+    address of the last connection stands in when the lookup fails, or
+    gives no answer within :data:`~nonstop.core._dial.LOOKUP_PATIENCE`, if
+    the core allows it (:meth:`FeedCore.may_reuse_address`: within
+    ``KNOWN_ADDRESS_TIME`` of that connection's end).  Without a stand-in a
+    lookup that gives no answer within its limit fails as a
+    :class:`socket.gaierror` (reason ``dns``).  The lookup runs in a worker
+    thread (the ``resolver`` option, else :func:`socket.getaddrinfo`); an IP
+    address needs none.
+    """
+
+    __slots__ = ("resolver", "known")
+
+    def __init__(self, resolver: Resolver | None = None) -> None:
+        self.resolver = resolver
+        #: The address of the last connection (one ``getaddrinfo`` tuple).
+        self.known: list[AddrInfo] | None = None
+
+    def worked(self, sock: socket.socket) -> None:
+        """*sock* connected: its address is the one to fall back on."""
+        with contextlib.suppress(OSError):
+            self.known = [(sock.family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sock.getpeername())]
+
+    def _call(self, host: str, port: int) -> list[AddrInfo]:
+        """The lookup itself (in a worker thread): a resolver's failure of
+        any kind is a lookup failure, named."""
+        if self.resolver is None:
+            return list(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        try:
+            infos = list(self.resolver(host, port))
+        except OSError:
+            raise
+        except Exception as exc:
+            raise socket.gaierror(socket.EAI_FAIL,
+                                  f"the resolver {self.resolver!r} raised {exc!r}") from exc
+        return infos
+
+    def _stand_in(self, host: str, why: str) -> list[AddrInfo]:
+        assert self.known is not None
+        LOGGER.warning("name lookup of %s %s: dialing %s, the address of the last connection",
+                       host, why, self.known[0][4][0])
+        return self.known
+
+    async def resolve(self, host: str, port: int, *, reuse: bool, limit: float) -> list[AddrInfo]:
+        """*host*'s addresses (see the class doc); *reuse*: the core's
+        :meth:`~nonstop.core.FeedCore.may_reuse_address`; *limit*: how long
+        a lookup may take with no stand-in."""
+        infos = numeric(host, port)
+        if infos is not None:
+            return infos
+        known = self.known if reuse else None
+        wait = LOOKUP_PATIENCE if known is not None else limit
+        with anyio.move_on_after(wait):
+            try:
+                return await anyio.to_thread.run_sync(self._call, host, port, abandon_on_cancel=True)
+            except OSError as exc:
+                if known is None:
+                    raise
+                return self._stand_in(host, f"failed ({exc})")
+        if known is not None:
+            return self._stand_in(host, f"gave no answer within {wait:g}s")
+        raise socket.gaierror(socket.EAI_AGAIN, f"the name lookup of {host} gave no answer within {wait:g}s")
+
+    def resolve_blocking(self, host: str, port: int, *, reuse: bool, limit: float) -> list[AddrInfo]:
+        """:meth:`resolve` for the blocking driver: the same, waiting for the
+        worker thread in this one."""
+        infos = numeric(host, port)
+        if infos is not None:
+            return infos
+        known = self.known if reuse else None
+        wait = LOOKUP_PATIENCE if known is not None else limit
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append(self._call(host, port))
+            except BaseException as exc:
+                outcome.append(exc)
+            done.set()
+
+        threading.Thread(target=run, name=f"nonstop lookup {host}", daemon=True).start()
+        if done.wait(None if wait == math.inf else wait):
+            result = outcome[0]
+            if not isinstance(result, BaseException):
+                return result  # type: ignore[no-any-return]
+            if known is None or not isinstance(result, OSError):
+                raise result
+            return self._stand_in(host, f"failed ({result})")
+        if known is not None:
+            return self._stand_in(host, f"gave no answer within {wait:g}s")
+        raise socket.gaierror(socket.EAI_AGAIN, f"the name lookup of {host} gave no answer within {wait:g}s")
+
+
+async def dial(host: str, port: int, *, lookup: Lookup | None = None, reuse: bool = False,
+               limit: float = math.inf, delay: float = NEXT_ADDRESS_DELAY) -> socket.socket:
     """A connected non-blocking TCP socket (``TCP_NODELAY`` on) to *host*:*port*.
 
-    Resolves with :func:`anyio.getaddrinfo` (a :class:`socket.gaierror` goes
-    through), then :func:`dial_addresses`.  Runs on any anyio backend.
-    The caller owns the socket; on cancellation or error every socket
-    opened is closed.
+    Finds the addresses with *lookup* (:meth:`Lookup.resolve`; a
+    :class:`socket.gaierror` goes through), then :func:`dial_addresses`,
+    and tells *lookup* which one worked.  Runs on any anyio backend.  The
+    caller owns the socket; on cancellation or error every socket opened
+    is closed.
     """
-    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return await dial_addresses(infos, host=host, delay=delay)
+    lookup = lookup if lookup is not None else Lookup()
+    infos = await lookup.resolve(host, port, reuse=reuse, limit=limit)
+    sock = await dial_addresses(infos, host=host, delay=delay)
+    lookup.worked(sock)
+    return sock
+
+
+def numeric(host: str, port: int) -> list[AddrInfo] | None:
+    """*host*'s address if it is an IP address already (no name lookup, no
+    trip to the resolver's thread: a reconnect to ``127.0.0.1`` starts at
+    once), else ``None``."""
+    try:
+        return list(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST))
+    except (OSError, UnicodeError):
+        return None
 
 
 async def dial_addresses(
@@ -258,13 +377,17 @@ class SelectorDial:
         *,
         clock: Callable[[], float] = time.monotonic,
         delay: float = NEXT_ADDRESS_DELAY,
+        lookup: Lookup | None = None,
+        reuse: bool = False,
+        limit: float = math.inf,
     ) -> SelectorDial:
-        """Resolve *host* with :func:`socket.getaddrinfo` (the one blocking
-        call), then start as the constructor does, at ``clock()`` read after
-        the lookup.  A failed lookup gives a dial that is already
+        """Find *host*'s addresses (:meth:`Lookup.resolve_blocking`: the one
+        call that waits), then start as the constructor does, at ``clock()``
+        read after the lookup.  A failed lookup gives a dial that is already
         :attr:`done`, its :attr:`error` the :class:`socket.gaierror`."""
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = (lookup if lookup is not None else Lookup()).resolve_blocking(
+                host, port, reuse=reuse, limit=limit)
         except OSError as exc:
             failed = cls((), selector, host=host, now=clock(), delay=delay)
             failed._lookup_error = exc

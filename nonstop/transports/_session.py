@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..core import (
     AppEvent,
@@ -49,7 +49,9 @@ from ..core import (
     Subscribed,
     Subscription,
 )
+from ..core._dial import lookup_limit
 from ._common import DriverOptions, MessageBuffer, Observer, ReadSize
+from ._dial import Lookup
 
 __all__ = ["Session", "Waiter", "Feed", "matcher", "confirms"]
 
@@ -204,6 +206,7 @@ class Feed:
         self._opts = options
         self._session = Session(core, options)
         self._buffer = self._session.buffer
+        self._lookup = Lookup(options.resolver)
         #: Messages taken from the queue and not handed out yet, the oldest
         #: last (``pop()`` is O(1)).
         self._local: list[Payload] = []
@@ -212,6 +215,12 @@ class Feed:
     def state(self) -> State:
         """The core's state (a :class:`~nonstop.State`)."""
         return self._core.state
+
+    def _lookup_rules(self, now: float) -> dict[str, Any]:
+        """How this attempt looks its host up: may the last connection's
+        address stand in (the core decides), and how long a lookup may take."""
+        return {"lookup": self._lookup, "reuse": self._core.may_reuse_address(now),
+                "limit": lookup_limit(self._core.config.connect_timeout)}
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:

@@ -42,6 +42,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -362,13 +363,15 @@ async def open_stream(
     ssl_context: ssl.SSLContext | None,
     server_hostname: str | None,
     reads: ReadSize,
+    lookup: dict[str, Any] | None = None,
 ) -> Stream:
     """Connect (and shake hands for TLS) with the stream that suits the loop.
 
     *reads* sizes the stream's reads; the driver counts the messages each
-    read brought into it.
+    read brought into it.  *lookup*: how to look the host up (the keyword
+    arguments of :func:`._dial.dial`).
     """
-    sock = await dial(host, port)
+    sock = await dial(host, port, **(lookup or {}))
     if on_asyncio():
         loop = asyncio.get_running_loop()
         try:

@@ -16,10 +16,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nonstop.core import Reason, classify_error
-from nonstop.core._dial import NEXT_ADDRESS_DELAY, Attempt, Dial, interleave
+from nonstop.core import Config, Reason, classify_error
+from nonstop.core._dial import (
+    KNOWN_ADDRESS_TIME,
+    NEXT_ADDRESS_DELAY,
+    Attempt,
+    Dial,
+    interleave,
+    lookup_limit,
+)
 from nonstop.core._errors import LocalProtocolError
 from nonstop.testing import FakeClock
+from tests.helpers import Pair
 
 T0 = 1000.0
 D = NEXT_ADDRESS_DELAY
@@ -453,3 +461,29 @@ def test_any_interleaving_keeps_the_invariants(
             if len(reported) > 1:
                 assert dial.error.__context__ is reported[0]
     assert dial.next_start() is None and dial.next_close() is None
+
+
+def test_the_last_connections_address_may_stand_in_for_a_lookup_for_a_while() -> None:
+    """Never before a first connection; from the moment one ends, for
+    KNOWN_ADDRESS_TIME."""
+    pair = Pair(now=1000.0, ping_interval=None, silence_timeout=None, stable_after=1.0)
+    assert not pair.core.may_reuse_address(pair.now)
+    pair.start()
+    pair.core.transport_failed(ConnectionRefusedError(111, "refused"), pair.now)
+    pair.pump()
+    assert not pair.core.may_reuse_address(pair.now)  # no connection yet
+    pair.fire_next()
+    pair.open()
+    pair.accept()
+    assert not pair.core.may_reuse_address(pair.now)  # open: nothing lost yet
+    pair.advance(2.0)
+    pair.eof()  # lost at 1002 + ...
+    lost = pair.now
+    assert pair.core.may_reuse_address(lost)
+    assert pair.core.may_reuse_address(lost + KNOWN_ADDRESS_TIME)
+    assert not pair.core.may_reuse_address(lost + KNOWN_ADDRESS_TIME + 0.001)
+
+
+def test_a_lookup_without_a_stand_in_gets_half_the_connect_timeout() -> None:
+    assert lookup_limit(10.0) == 5.0
+    assert lookup_limit(Config(url="ws://h/").connect_timeout) == 5.0

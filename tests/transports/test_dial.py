@@ -25,7 +25,7 @@ import pytest
 
 from nonstop.core import Reason, classify_error
 from nonstop.core._errors import LocalProtocolError
-from nonstop.transports._dial import AddrInfo, SelectorDial, dial, dial_addresses
+from nonstop.transports._dial import AddrInfo, SelectorDial, dial, dial_addresses, numeric
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -461,3 +461,14 @@ def test_selector_dial_localhost(ports: Ports, selector: selectors.BaseSelector,
     drive(d, selector)
     with d.take() as sock:
         check_connected(sock, port)
+
+
+def test_an_ip_address_needs_no_name_lookup() -> None:
+    """A host that is an IP address gives its one address at once (the
+    dial then skips the resolver's thread); a name gives None."""
+    assert numeric("127.0.0.1", 80) == [
+        (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", 80))]
+    v6 = numeric("::1", 443)
+    assert v6 is not None and v6[0][0] == socket.AF_INET6 and v6[0][4][:2] == ("::1", 443)
+    assert numeric("localhost", 80) is None
+    assert numeric("feed.example", 80) is None
