@@ -121,7 +121,8 @@ class FastAsyncFeed(AsyncFeed):
         return await open_stream(effect.host, effect.port, tls=effect.tls,
                                  ssl_context=self._opts.ssl_context,
                                  server_hostname=effect.server_hostname, reads=reads,
-                                 lookup=self._lookup_rules(self._clock()))
+                                 lookup=self._lookup_rules(self._clock()),
+                                 session=self._tls_sessions.offer(self._endpoint))
 
     def _opened(self, stream: Stream) -> None:
         if type(stream) is AsyncioStream:

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-from anyio.streams.tls import TLSStream
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ..core import (
     CloseTransport,
@@ -61,6 +61,7 @@ from ..core import (
 from ._common import DriverOptions, ReadSize, WriteStalled
 from ._dial import dial
 from ._session import Feed
+from ._tls import Endpoint, offering
 
 __all__ = ["AnyioLoop", "AnyioStream", "Stream", "wrap_socket", "linger_zero", "on_asyncio"]
 
@@ -78,6 +79,7 @@ class Stream(Protocol):
     def write_nowait(self, data: bytes) -> int: ...
     async def aclose(self) -> None: ...
     async def abort(self) -> None: ...
+    def ssl_object(self) -> ssl.SSLObject | None: ...
 
 
 class _Flag(Protocol):
@@ -135,6 +137,14 @@ class AnyioStream:
     async def aclose(self) -> None:
         await self._stream.aclose()
 
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS connection's ``ssl`` object (``None``: plain TCP)."""
+        try:
+            ssl_object: ssl.SSLObject | None = self._stream.extra(TLSAttribute.ssl_object, None)
+        except Exception:  # closed
+            return None
+        return ssl_object
+
     async def abort(self) -> None:
         try:
             raw = self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
@@ -154,8 +164,10 @@ def on_asyncio() -> bool:
 
 
 async def wrap_socket(sock: socket.socket, *, tls: bool, ssl_context: ssl.SSLContext | None,
-                      server_hostname: str | None) -> anyio.abc.ByteStream:
-    """anyio's stream over a connected socket, with TLS if asked."""
+                      server_hostname: str | None,
+                      session: ssl.SSLSession | None = None) -> anyio.abc.ByteStream:
+    """anyio's stream over a connected socket, with TLS if asked (offering
+    *session*, see :mod:`._tls`)."""
     try:
         stream: anyio.abc.ByteStream = await anyio.abc.SocketStream.from_socket(sock)
     except BaseException:
@@ -163,8 +175,9 @@ async def wrap_socket(sock: socket.socket, *, tls: bool, ssl_context: ssl.SSLCon
         raise
     if tls:
         try:
-            stream = await TLSStream.wrap(stream, hostname=server_hostname, ssl_context=ssl_context,
-                                          standard_compatible=False)
+            with offering(ssl_context, session):
+                stream = await TLSStream.wrap(stream, hostname=server_hostname, ssl_context=ssl_context,
+                                              standard_compatible=False)
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
@@ -178,6 +191,7 @@ class AnyioLoop(Feed):
         super().__init__(core, options)
         self._stream: Stream | None = None
         self._pending_open: OpenTransport | None = None
+        self._endpoint: Endpoint | None = None  # (host, port, TLS name) of the stream
         self._wait_scope: _Scope | None = None
         self._in_connect = False
         self._new_event: Callable[[], _Flag] = anyio.Event
@@ -293,6 +307,8 @@ class AnyioLoop(Feed):
         stream, self._stream = self._stream, None
         if stream is None:
             return
+        if self._endpoint is not None:  # its TLS session, for the next connection
+            self._tls_sessions.keep(self._endpoint, stream.ssl_object())
         if effect.abort:
             await stream.abort()
             return
@@ -328,6 +344,7 @@ class AnyioLoop(Feed):
 
     async def _open(self, effect: OpenTransport) -> None:
         self._pending_open = None
+        self._endpoint = (effect.host, effect.port, effect.server_hostname)
         core = self._core
         self._in_connect = True
         reads = self._session.new_reads()
@@ -350,7 +367,8 @@ class AnyioLoop(Feed):
         """Open the connection *effect* asks for."""
         sock = await dial(effect.host, effect.port, **self._lookup_rules(self._clock()))
         stream = await wrap_socket(sock, tls=effect.tls, ssl_context=self._opts.ssl_context,
-                                   server_hostname=effect.server_hostname)
+                                   server_hostname=effect.server_hostname,
+                                   session=self._tls_sessions.offer(self._endpoint))
         return AnyioStream(stream, reads, self._opts.read_size if on_asyncio() else None)
 
     def _opened(self, stream: Stream) -> None:

@@ -199,6 +199,9 @@ class BlockingLoop(Feed):
         with self._write_lock:  # no send() is writing to it; its leftovers go too
             sock, self._sock = self._sock, None
             self._unsent = b""
+        effect = self._effect
+        if isinstance(sock, ssl.SSLSocket) and effect is not None:  # its session, for the next
+            self._tls_sessions.keep((effect.host, effect.port, effect.server_hostname), sock)
         self._reading = False
         for s in (tls, sock):
             if s is None:
@@ -296,9 +299,10 @@ class BlockingLoop(Feed):
             return
         context = self._opts.ssl_context
         assert context is not None
+        offer = self._tls_sessions.offer((effect.host, effect.port, effect.server_hostname))
         try:
             self._tls = context.wrap_socket(sock, server_hostname=effect.server_hostname,
-                                            do_handshake_on_connect=False)
+                                            do_handshake_on_connect=False, session=offer)
         except (OSError, ValueError) as exc:
             sock.close()
             self._fail_connect(exc)

@@ -52,6 +52,7 @@ from ..core import (
 from ..core._dial import lookup_limit
 from ._common import DriverOptions, MessageBuffer, Observer, ReadSize
 from ._dial import Lookup
+from ._tls import TlsSessions
 
 __all__ = ["Session", "Waiter", "Feed", "matcher", "confirms"]
 
@@ -207,6 +208,7 @@ class Feed:
         self._session = Session(core, options)
         self._buffer = self._session.buffer
         self._lookup = Lookup(options.resolver)
+        self._tls_sessions = TlsSessions()
         #: Messages taken from the queue and not handed out yet, the oldest
         #: last (``pop()`` is O(1)).
         self._local: list[Payload] = []

@@ -51,6 +51,7 @@ from ._anyio_loop import AnyioStream, Stream, linger_zero, on_asyncio, wrap_sock
 from ._common import MIN_READ, ReadSize
 from ._dial import dial
 from ._loops import loop_clock, read_size_knob, reads_behind, reads_into_buffer
+from ._tls import offering
 
 __all__ = ["SocketStream", "AsyncioStream", "open_stream", "on_asyncio"]
 
@@ -354,6 +355,11 @@ class AsyncioStream:
         linger_zero(self._transport.get_extra_info("socket"))
         self._transport.abort()
 
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS connection's ``ssl`` object (``None``: plain TCP)."""
+        ssl_object: ssl.SSLObject | None = self._transport.get_extra_info("ssl_object")
+        return ssl_object
+
 
 async def open_stream(
     host: str,
@@ -364,27 +370,31 @@ async def open_stream(
     server_hostname: str | None,
     reads: ReadSize,
     lookup: dict[str, Any] | None = None,
+    session: ssl.SSLSession | None = None,
 ) -> Stream:
     """Connect (and shake hands for TLS) with the stream that suits the loop.
 
     *reads* sizes the stream's reads; the driver counts the messages each
     read brought into it.  *lookup*: how to look the host up (the keyword
-    arguments of :func:`._dial.dial`).
+    arguments of :func:`._dial.dial`).  *session*: the TLS session to
+    offer (:mod:`._tls`).
     """
     sock = await dial(host, port, **(lookup or {}))
     if on_asyncio():
         loop = asyncio.get_running_loop()
         try:
             kind = _BufferedProtocol if not tls and reads_into_buffer(loop) else _Protocol
-            transport, protocol = await loop.create_connection(
-                lambda: kind(loop, reads),
-                sock=sock,
-                ssl=ssl_context if tls else None,
-                server_hostname=server_hostname if tls else None,
-            )
+            with offering(ssl_context if tls else None, session):
+                transport, protocol = await loop.create_connection(
+                    lambda: kind(loop, reads),
+                    sock=sock,
+                    ssl=ssl_context if tls else None,
+                    server_hostname=server_hostname if tls else None,
+                )
         except BaseException:
             sock.close()
             raise
         return AsyncioStream(transport, protocol, None if tls or not reads_behind(transport) else sock)
-    stream = await wrap_socket(sock, tls=tls, ssl_context=ssl_context, server_hostname=server_hostname)
+    stream = await wrap_socket(sock, tls=tls, ssl_context=ssl_context, server_hostname=server_hostname,
+                               session=session)
     return SocketStream(stream, reads, None if tls else sock)

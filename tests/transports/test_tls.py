@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -180,3 +181,62 @@ async def test_a_tls_handshake_that_never_answers_times_out_and_leaks_nothing(
     assert [f.reason for f in failures] == [Reason.CONNECT_TIMEOUT] * 2, failures
     assert after <= before
 
+
+
+@pytest.mark.anyio
+async def test_a_reconnect_resumes_the_tls_session(backend: Backend) -> None:
+    """The second connection offers the first one's session and the server
+    takes it (``session_reused`` on the server's side); no handshake is
+    repeated in full."""
+    reused: list[bool] = []
+
+    def once_then_stay(ws: ServerConnection) -> None:
+        reused.append(ws.socket.session_reused)  # type: ignore[attr-defined]
+        ws.send("hello")
+        if len(reused) == 1:  # the first connection: up past stable_after, then a FIN
+            time.sleep(0.4)
+            ws.socket.shutdown(socket.SHUT_RDWR)
+            return
+        for _ in ws:
+            pass
+
+    events: list[nonstop.core.AppEvent] = []
+    _, cert = CERTS["trusted"]
+    with tls_server(cert, once_then_stay) as port, anyio.fail_after(30):
+        async with backend.connect(f"wss://localhost:{port}/", ssl=client_context(CA),
+                                   on_event=events.append, stable_after=0.2, ping_interval=None,
+                                   silence_timeout=None) as feed:
+            got = []
+            async for message in feed:
+                got.append(message)
+                if len(got) == 2:
+                    break
+    assert got == ["hello", "hello"]
+    assert reused == [False, True]
+    gone = next(e for e in events if isinstance(e, Disconnected))
+    assert gone.retry_in == 0.0  # and it came back at once
+
+
+def test_offering_leaves_a_context_with_an_ssl_object_class_of_its_own_alone(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Another library's ``sslobject_class`` stays; nothing is offered, and
+    a debug line says why.  Outside the block, and without a session,
+    ``wrap_bio`` offers nothing."""
+    from nonstop.transports._tls import offering
+
+    class Theirs(ssl.SSLObject):
+        pass
+
+    caplog.set_level("DEBUG", logger="nonstop")
+    context = client_context(CA)
+    context.sslobject_class = Theirs
+    session = object()
+    with offering(context, session):  # type: ignore[arg-type]
+        assert context.sslobject_class is Theirs
+    assert any("no TLS session resumption" in r.getMessage() for r in caplog.records)
+
+    plain = client_context(CA)
+    with offering(plain, None):
+        assert plain.sslobject_class is ssl.SSLObject
+    made = plain.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost")
+    assert made.session is None
