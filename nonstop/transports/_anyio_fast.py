@@ -315,6 +315,10 @@ class FastAsyncFeed(AsyncFeed):
             buffer = self._buffer
             stash = self._stash
             core.receive_data(data, now)
+            if core.pending_output and type(stream) is AsyncioStream and stream.writable_now():
+                # what the read calls for (the subscriptions after the 101, a
+                # pong, a close reply) goes out now, not after a loop turn
+                stream.write_nowait(core.data_to_send())
             wake = core.pending_output > 0
             queued = len(buffer)
             while (event := core.next_event()) is not None:

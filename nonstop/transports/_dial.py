@@ -249,8 +249,21 @@ async def dial_addresses(
     """:func:`dial` on addresses already resolved (``getaddrinfo`` tuples).
 
     Raises the dial's error (an :class:`OSError`) when every address failed,
-    ``OSError("no address for <host>")`` when *infos* is empty.
+    ``OSError("no address for <host>")`` when *infos* is empty.  One
+    address (an IP in the URL, most names) needs no race: its socket is
+    waited on in this task, without the race's task group.
     """
+    if len(infos) == 1:
+        sock = _open(infos[0])
+        try:
+            await anyio.wait_writable(sock)
+            error = _outcome(sock)
+            if error is not None:
+                raise error
+        except BaseException:
+            sock.close()
+            raise
+        return sock
     return await _AsyncDial(Dial(infos, family=_family, host=host, now=anyio.current_time(),
                                  delay=delay)).run()
 

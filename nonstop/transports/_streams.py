@@ -289,14 +289,18 @@ class AsyncioStream:
         and the driver has work to do)."""
         self._protocol._wake()
 
-    def write_nowait(self, data: bytes) -> int:
-        """Write *data* now if nothing stands in the way (no error, not
-        closing, asyncio's buffer not full): how much was taken, all or 0."""
+    def writable_now(self) -> bool:
+        """Would :meth:`write_nowait` take everything now (no error, not
+        closing, asyncio's buffer not full)?"""
         p = self._protocol
-        transport = self._transport
-        if p.writable is not None or p.error is not None or transport.is_closing():
+        return p.writable is None and p.error is None and not self._transport.is_closing()
+
+    def write_nowait(self, data: bytes) -> int:
+        """Write *data* now if :meth:`writable_now`: how much was taken,
+        all or 0."""
+        if not self.writable_now():
             return 0
-        transport.write(data)
+        self._transport.write(data)
         return len(data)
 
     async def receive(self) -> bytes:
