@@ -319,7 +319,11 @@ class AnyioLoop(Feed):
 
     async def _wait(self) -> None:
         core = self._core
-        deadline = self._session.prepare_wait(self._clock())
+        now = self._clock()
+        deadline = self._session.prepare_wait(now)
+        if deadline is not None and deadline <= now and self._pending_open is None:
+            core.handle_timer(now)  # due already (a retry at once): no trip through the loop
+            return
         held = self._buffer.held
         with self._new_scope(deadline=math.inf if deadline is None else deadline) as scope:
             self._wait_scope = scope
@@ -351,7 +355,8 @@ class AnyioLoop(Feed):
         try:
             stream = await self._connect(effect, reads)
         except Exception as exc:
-            core.transport_failed(exc, self._clock())
+            if core.state is State.CONNECTING:  # (a stop may have come while it failed)
+                core.transport_failed(exc, self._clock())
             return
         finally:
             self._in_connect = False
