@@ -1,6 +1,6 @@
 """The reconnect workload: what one connection loses when the network resets it.
 
-``python bench/reconnect.py [--resets N] [--period S] [--rate R] [--quick]``
+``python bench/reconnect.py [--resets N] [--repeat R] [--period S] [--rate R] [--quick]``
 
 Theory of operation
 -------------------
@@ -20,8 +20,11 @@ the machine's one monotonic clock, so the server's reset times and the
 client's receive times compare.  For each reset: **break to first message**
 is the time from the reset to the first message the client got on its new
 connection; **missed** is the numbers it never got (the gap in its
-sequence).  The table gives, per client, the median and p90 of the first
-and the mean of the second, over ws and over wss (a trustme certificate).
+sequence).  Every client runs ``repeat`` times, the clients interleaved
+(A, B, C, ... then again), the server pinned to one core and the client to
+the other; the table gives, per client, the median and p90 of the first
+over all its resets and the mean of the second, over ws and over wss (a
+trustme certificate).
 
 nonstop runs with its defaults but ``stable_after=1.0`` (a connection reset
 every ``period`` seconds never stays up the default 10 s, and so never counts
@@ -300,11 +303,12 @@ def _q(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--resets", type=int, default=8)
+    parser.add_argument("--resets", type=int, default=8, help="resets per client and run")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of every client")
     parser.add_argument("--period", type=float, default=1.5)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--clients", default=",".join(CLIENTS))
-    parser.add_argument("--quick", action="store_true", help="2 resets, a smoke test")
+    parser.add_argument("--quick", action="store_true", help="one run of 2 resets: a smoke test")
     parser.add_argument("--serve", nargs=2, metavar=("PORT_FILE", "CERTS"), help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=4, metavar=("NAME", "URL", "UNTIL", "CERTS"),
                         help=argparse.SUPPRESS)
@@ -330,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             clients.append(name)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    rows: list[str] = []
+    repeat = 1 if args.quick else args.repeat
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    samples: dict[tuple[str, str], dict[str, list[float]]] = {}
     crashed = False
     with tempfile.TemporaryDirectory() as tmp:
         import trustme
@@ -339,54 +345,77 @@ def main(argv: list[str] | None = None) -> int:
         cert = ca.issue_cert("localhost", "127.0.0.1")
         ca.cert_pem.write_to_path(os.path.join(tmp, "ca.pem"))
         cert.private_key_and_cert_chain_pem.write_to_path(os.path.join(tmp, "server.pem"))
-        for scheme in ("ws", "wss"):
-            for name in clients:
-                port_file = os.path.join(tmp, "port")
-                if os.path.exists(port_file):
-                    os.unlink(port_file)
-                certs = tmp if scheme == "wss" else "-"
-                server = subprocess.Popen(
-                    [sys.executable, __file__, "--rate", str(args.rate), "--period", str(args.period),
-                     "--serve", port_file, certs],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-                try:
-                    while not os.path.exists(port_file) or not Path(port_file).read_text():
-                        time.sleep(0.01)
-                    port = int(Path(port_file).read_text())
-                    host = "localhost" if scheme == "wss" else "127.0.0.1"
-                    url = f"{scheme}://{host}:{port}/"
-                    until = time.monotonic() + 0.5 + resets * (args.period + 0.3)
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--client", name, url, str(until), certs],
-                        capture_output=True, env=env, timeout=resets * args.period + 60)
-                finally:
-                    assert server.stdin is not None
-                    server.stdin.close()
-                    server_out = server.stdout.read() if server.stdout else b""
-                    server.wait(10)
-                if out.returncode != 0:
-                    crashed = True
-                    print(f"{name} {scheme}: crashed\n{out.stderr.decode()[-2000:]}", file=sys.stderr)
-                    continue
-                got = [tuple(x) for x in json.loads(out.stdout)]
-                reset_times = json.loads(server_out)["resets"]
-                result = analyse(got, reset_times)  # type: ignore[arg-type]
-                back, missed = result["back"], result["missed"]
-                if not back:
-                    rows.append(f"| {name} | {scheme} | {len(reset_times)} | - | - | - | {len(got)} |")
-                    continue
-                rows.append(
-                    f"| {name} | {scheme} | {len(back)} of {len(reset_times)} "
-                    f"| {statistics.median(back) * 1000:.1f} | {_q(back, 0.9) * 1000:.1f} "
-                    f"| {statistics.mean(missed):.1f} | {len(got)} |")
-                print(rows[-1], file=sys.stderr, flush=True)
-    print(f"\n{resets} resets, one every {args.period:g} s of subscription, {args.rate:g} messages/s\n")
+        for rep in range(repeat):
+            for scheme in ("ws", "wss"):
+                for name in clients:
+                    try:
+                        got, reset_times = _one_run(name, scheme, tmp, env, cpus, resets, args)
+                    except RuntimeError as exc:
+                        crashed = True
+                        print(f"{name} {scheme}: crashed\n{exc}", file=sys.stderr)
+                        continue
+                    result = analyse(got, reset_times)
+                    pooled = samples.setdefault((name, scheme), {"back": [], "missed": [], "resets": []})
+                    pooled["back"] += result["back"]
+                    pooled["missed"] += result["missed"]
+                    pooled["resets"].append(len(reset_times))
+                    print(f"[{rep + 1}/{repeat}] {name} {scheme}: {len(result['back'])} of "
+                          f"{len(reset_times)} resets seen", file=sys.stderr, flush=True)
+    print(f"\n{repeat} run(s) of {resets} resets per client, one every {args.period:g} s of "
+          f"subscription, {args.rate:g} messages/s; the runs interleaved\n")
     print("| client | scheme | resets seen | break to first message, median ms | p90 ms "
-          "| missed per reset | messages |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(row)
+          "| missed per reset |")
+    print("|---|---|---|---|---|---|")
+    for scheme in ("ws", "wss"):
+        for name in clients:
+            pooled = samples.get((name, scheme))
+            if pooled is None:
+                continue
+            back, missed = pooled["back"], pooled["missed"]
+            seen = f"{len(back)} of {int(sum(pooled['resets']))}"
+            if not back:
+                print(f"| {name} | {scheme} | {seen} | - | - | - |")
+                continue
+            print(f"| {name} | {scheme} | {seen} | {statistics.median(back) * 1000:.1f} "
+                  f"| {_q(back, 0.9) * 1000:.1f} | {statistics.mean(missed):.1f} |")
     return 1 if crashed else 0
+
+
+def _one_run(name: str, scheme: str, tmp: str, env: dict[str, str], cpus: list[int], resets: int,
+             args: argparse.Namespace) -> tuple[list[tuple[float, int]], list[float]]:
+    """One client against a fresh server: what it got, and the resets."""
+    port_file = os.path.join(tmp, "port")
+    if os.path.exists(port_file):
+        os.unlink(port_file)
+    certs = tmp if scheme == "wss" else "-"
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--rate", str(args.rate), "--period", str(args.period),
+         "--serve", port_file, certs],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    if len(cpus) >= 2:  # the server on one core, the client on another
+        os.sched_setaffinity(server.pid, {cpus[-1]})
+    try:
+        while not os.path.exists(port_file) or not Path(port_file).read_text():
+            time.sleep(0.01)
+        port = int(Path(port_file).read_text())
+        host = "localhost" if scheme == "wss" else "127.0.0.1"
+        url = f"{scheme}://{host}:{port}/"
+        until = time.monotonic() + 0.5 + resets * (args.period + 0.3)
+        client = subprocess.Popen(
+            [sys.executable, __file__, "--client", name, url, str(until), certs],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        if len(cpus) >= 2:
+            os.sched_setaffinity(client.pid, set(cpus[:-1]))
+        out, err = client.communicate(timeout=resets * args.period + 60)
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server_out = server.stdout.read() if server.stdout else b""
+        server.wait(10)
+    if client.returncode != 0:
+        raise RuntimeError(err.decode()[-2000:])
+    got = [(float(t), int(seq)) for t, seq in json.loads(out)]
+    return got, json.loads(server_out)["resets"]
 
 
 if __name__ == "__main__":
