@@ -37,6 +37,7 @@ import contextlib
 import errno
 import math
 import os
+import select
 import selectors
 import socket
 import threading
@@ -84,6 +85,15 @@ def _open(info: AddrInfo) -> socket.socket:
     return sock
 
 
+def _writable_now(sock: socket.socket) -> bool:
+    """Is *sock* writable (its connect over, either way) without waiting?"""
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows: wait as usual
+        return False
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(0))
+
+
 def _outcome(sock: socket.socket) -> OSError | None:
     """How the connect of a socket that became writable ended: ``None`` for
     connected, else the error (``OSError(errno, strerror)``)."""
@@ -129,8 +139,9 @@ class Lookup:
     ``KNOWN_ADDRESS_TIME`` of that connection's end).  Without a stand-in a
     lookup that gives no answer within its limit fails as a
     :class:`socket.gaierror` (reason ``dns``).  The lookup runs in a worker
-    thread (the ``resolver`` option, else :func:`socket.getaddrinfo`); an IP
-    address needs none.
+    thread (the ``resolver`` option, else :func:`anyio.getaddrinfo` or, in
+    the blocking driver, :func:`socket.getaddrinfo`); an IP address needs
+    none.
     """
 
     __slots__ = ("resolver", "known")
@@ -146,74 +157,81 @@ class Lookup:
             self.known = [(sock.family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sock.getpeername())]
 
     def _call(self, host: str, port: int) -> list[AddrInfo]:
-        """The lookup itself (in a worker thread): a resolver's failure of
-        any kind is a lookup failure, named."""
-        if self.resolver is None:
-            return list(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        """The resolver's lookup (in a worker thread): its failure of any
+        kind is a lookup failure, named."""
+        assert self.resolver is not None
         try:
-            infos = list(self.resolver(host, port))
+            return list(self.resolver(host, port))
         except OSError:
             raise
         except Exception as exc:
             raise socket.gaierror(socket.EAI_FAIL,
                                   f"the resolver {self.resolver!r} raised {exc!r}") from exc
-        return infos
 
-    def _stand_in(self, host: str, why: str) -> list[AddrInfo]:
-        assert self.known is not None
-        LOGGER.warning("name lookup of %s %s: dialing %s, the address of the last connection",
-                       host, why, self.known[0][4][0])
-        return self.known
+    def _plan(self, reuse: bool, limit: float) -> tuple[list[AddrInfo] | None, float]:
+        """What may stand in for the lookup, and so how long it may take."""
+        known = self.known if reuse else None
+        return known, LOOKUP_PATIENCE if known is not None else limit
+
+    def _outcome(self, host: str, known: list[AddrInfo] | None, wait: float,
+                 result: list[AddrInfo] | BaseException | None) -> list[AddrInfo]:
+        """The addresses to dial after the lookup gave *result* (``None``:
+        no answer within *wait*), or the lookup's error."""
+        if isinstance(result, list):
+            return result
+        if known is not None and (result is None or isinstance(result, OSError)):
+            why = f"gave no answer within {wait:g}s" if result is None else f"failed ({result})"
+            LOGGER.warning("name lookup of %s %s: dialing %s, the address of the last connection",
+                           host, why, known[0][4][0])
+            return known
+        if result is None:
+            raise socket.gaierror(socket.EAI_AGAIN,
+                                  f"the name lookup of {host} gave no answer within {wait:g}s")
+        raise result
 
     async def resolve(self, host: str, port: int, *, reuse: bool, limit: float) -> list[AddrInfo]:
         """*host*'s addresses (see the class doc); *reuse*: the core's
         :meth:`~nonstop.core.FeedCore.may_reuse_address`; *limit*: how long
-        a lookup may take with no stand-in."""
+        a lookup may take with no stand-in.  The default lookup is
+        :func:`anyio.getaddrinfo` (IDNA 2008 names)."""
         infos = numeric(host, port)
         if infos is not None:
             return infos
-        known = self.known if reuse else None
-        wait = LOOKUP_PATIENCE if known is not None else limit
+        known, wait = self._plan(reuse, limit)
+        result: list[AddrInfo] | BaseException | None = None
         with anyio.move_on_after(wait):
             try:
-                return await anyio.to_thread.run_sync(self._call, host, port, abandon_on_cancel=True)
+                if self.resolver is None:
+                    result = list(await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+                else:
+                    result = await anyio.to_thread.run_sync(self._call, host, port,
+                                                            abandon_on_cancel=True)
             except OSError as exc:
-                if known is None:
-                    raise
-                return self._stand_in(host, f"failed ({exc})")
-        if known is not None:
-            return self._stand_in(host, f"gave no answer within {wait:g}s")
-        raise socket.gaierror(socket.EAI_AGAIN, f"the name lookup of {host} gave no answer within {wait:g}s")
+                result = exc
+        return self._outcome(host, known, wait, result)
 
     def resolve_blocking(self, host: str, port: int, *, reuse: bool, limit: float) -> list[AddrInfo]:
-        """:meth:`resolve` for the blocking driver: the same, waiting for the
-        worker thread in this one."""
+        """:meth:`resolve` for the blocking driver: the lookup (the resolver,
+        else :func:`socket.getaddrinfo`) in a worker thread, waited for in
+        this one."""
         infos = numeric(host, port)
         if infos is not None:
             return infos
-        known = self.known if reuse else None
-        wait = LOOKUP_PATIENCE if known is not None else limit
-        outcome: list[Any] = []
+        known, wait = self._plan(reuse, limit)
+        outcome: list[list[AddrInfo] | BaseException] = []
         done = threading.Event()
 
         def run() -> None:
             try:
-                outcome.append(self._call(host, port))
+                outcome.append(self._call(host, port) if self.resolver is not None
+                               else list(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
             except BaseException as exc:
                 outcome.append(exc)
             done.set()
 
         threading.Thread(target=run, name=f"nonstop lookup {host}", daemon=True).start()
-        if done.wait(None if wait == math.inf else wait):
-            result = outcome[0]
-            if not isinstance(result, BaseException):
-                return result  # type: ignore[no-any-return]
-            if known is None or not isinstance(result, OSError):
-                raise result
-            return self._stand_in(host, f"failed ({result})")
-        if known is not None:
-            return self._stand_in(host, f"gave no answer within {wait:g}s")
-        raise socket.gaierror(socket.EAI_AGAIN, f"the name lookup of {host} gave no answer within {wait:g}s")
+        done.wait(None if wait == math.inf else wait)
+        return self._outcome(host, known, wait, outcome[0] if outcome else None)
 
 
 async def dial(host: str, port: int, *, lookup: Lookup | None = None, reuse: bool = False,
@@ -256,7 +274,8 @@ async def dial_addresses(
     if len(infos) == 1:
         sock = _open(infos[0])
         try:
-            await anyio.wait_writable(sock)
+            if not _writable_now(sock):  # (a connect on this host or LAN often is, at once)
+                await anyio.wait_writable(sock)
             error = _outcome(sock)
             if error is not None:
                 raise error

@@ -16,21 +16,18 @@ from typing import Any
 import anyio
 import pytest
 
-from nonstop import Disconnected, Reason, Subscription
+from nonstop import Disconnected, Reason
 from nonstop.testing import Fault, FeedServer
 
 from .conftest import Backend
-from .test_faults import SUBSCRIBE, Recorder, acked
+from .test_fast_return import CLIENT as FAST_RETURN_CLIENT
+from .test_faults import Recorder
 
 pytestmark = pytest.mark.timeout(60)
 
-CLIENT: dict[str, Any] = dict(
-    subscribe=[Subscription(message=SUBSCRIBE, ack=acked, ack_timeout=2.0, name="trades")],
-    ping_interval=None,
-    silence_timeout=None,
-    stable_after=0.2,
-    connect_timeout=2.0,
-)
+#: The fast-return tests' client, with a connect timeout short enough that a
+#: hung lookup (half of it) ends within the test.
+CLIENT: dict[str, Any] = {**FAST_RETURN_CLIENT, "connect_timeout": 2.0}
 
 
 class Resolver:
