@@ -182,6 +182,17 @@ def run_nonstop(url: str, until: float, certs: str | None, backend: str) -> list
     return got
 
 
+def _run_until(main: Any, until: float) -> None:
+    """Run the coroutine *main* on asyncio until the monotonic time *until*."""
+    async def bounded() -> None:
+        try:
+            await asyncio.wait_for(main, until - time.monotonic())
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
+
+    asyncio.run(bounded())
+
+
 def run_websockets(url: str, until: float, certs: str | None) -> list[tuple[float, int]]:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
@@ -200,13 +211,7 @@ def run_websockets(url: str, until: float, certs: str | None) -> list[tuple[floa
             except ConnectionClosed:
                 continue
 
-    async def bounded() -> None:
-        try:
-            await asyncio.wait_for(main(), until - time.monotonic())
-        except (asyncio.TimeoutError, TimeoutError):
-            pass
-
-    asyncio.run(bounded())
+    _run_until(main(), until)
     return got
 
 
@@ -252,13 +257,7 @@ def run_aiohttp(url: str, until: float, certs: str | None) -> list[tuple[float, 
                 except aiohttp.ClientError:
                     pass
 
-    async def bounded() -> None:
-        try:
-            await asyncio.wait_for(main(), until - time.monotonic())
-        except (asyncio.TimeoutError, TimeoutError):
-            pass
-
-    asyncio.run(bounded())
+    _run_until(main(), until)
     return got
 
 
