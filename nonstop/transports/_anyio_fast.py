@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from ..core import CloseTransport, Event, FeedCore, Messages, OpenTransport
+from ..core import CloseTransport, FeedCore, Messages, OpenTransport
 from ._anyio import AsyncFeed
 from ._anyio_loop import Stream
 from ._common import HANDBACK, DriverOptions, ReadSize
@@ -92,7 +92,7 @@ class FastAsyncFeed(AsyncFeed):
         super().__init__(core, options)
         self._parked: Stream | None = None  # the stream the loop's task waits on in _read
         self._parked_deadline = math.inf  # and the deadline it waits with
-        self._stash: list[Event] = []  # events _on_data left for _dispatch
+        self._stash = self._session.stash  # events _on_data left for _dispatch
         self._sink_error: BaseException | None = None
         # trio, plain TCP: the consumer reads the socket itself while it waits
         self._wait_readable: Callable[[socket.socket], Awaitable[None]] | None = None

@@ -321,8 +321,12 @@ class AnyioLoop(Feed):
         core = self._core
         now = self._clock()
         deadline = self._session.prepare_wait(now)
-        if deadline is not None and deadline <= now and self._pending_open is None:
-            core.handle_timer(now)  # due already (a retry at once): no trip through the loop
+        if deadline is not None and deadline <= now and core.state is State.BACKOFF:
+            # The retry is due already (the one at once after a stable
+            # connection): no trip through the event loop.  Other due
+            # timers still wait below, which yields once (a deferred
+            # failure lets the consumer take what came before it).
+            core.handle_timer(now)
             return
         held = self._buffer.held
         with self._new_scope(deadline=math.inf if deadline is None else deadline) as scope:

@@ -39,6 +39,7 @@ from ..core import (
     AppEvent,
     CloseTransport,
     Disconnected,
+    Event,
     FeedCore,
     Messages,
     Metrics,
@@ -91,7 +92,7 @@ class Session:
     """The core, the queue, the observer and the waiters of one feed."""
 
     __slots__ = ("core", "options", "buffer", "observer", "waiters", "reads",
-                 "consumer_seen", "consumer_waiting")
+                 "consumer_seen", "consumer_waiting", "stash")
 
     def __init__(self, core: FeedCore, options: DriverOptions) -> None:
         self.core = core
@@ -104,6 +105,9 @@ class Session:
         self.consumer_seen = False
         #: The application waits for messages right now (the queue is empty).
         self.consumer_waiting = False
+        #: Events a read outside the loop's task left for it, in order (the
+        #: speed-ups' sink): messages among them are not delivered yet.
+        self.stash: list[Event] = []
 
     def new_reads(self) -> ReadSize:
         """Read sizing for a new connection (it starts small again)."""
@@ -160,7 +164,8 @@ class Session:
     def caught_up(self) -> bool:
         """Every delivered message is taken, and the application waits for
         more (or never asked: then it has nothing to answer)."""
-        return not len(self.buffer) and (self.consumer_waiting or not self.consumer_seen)
+        return (not len(self.buffer) and not self.stash
+                and (self.consumer_waiting or not self.consumer_seen))
 
     def check_caught_up(self, now: float) -> bool:
         """A deferred failure goes ahead once the application caught up:

@@ -361,8 +361,9 @@ def test_read_size_stops_growing_before_a_read_would_overflow_the_queue() -> Non
     assert reads.update(256 * 1024) == 1 << 20
 
 
-def accept_upgrade(conn: socket.socket) -> None:
-    """Read a client's WebSocket upgrade request on *conn* and answer 101."""
+def accept_upgrade(conn: socket.socket, then: bytes = b"") -> None:
+    """Read a client's WebSocket upgrade request on *conn* and answer 101
+    (with *then* in the same write)."""
     request = b""
     while b"\r\n\r\n" not in request:
         request += conn.recv(4096)
@@ -371,7 +372,7 @@ def accept_upgrade(conn: socket.socket) -> None:
     accept = base64.b64encode(hashlib.sha1(
         key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n" + then)
 
 
 def blast_server(frames: bytes, *, reset: bool = False) -> tuple[socket.socket, threading.Thread]:
@@ -667,3 +668,58 @@ async def test_a_reset_seen_by_the_consumers_own_read_is_reported(
     first = next(e for e in events if isinstance(e, Disconnected))
     assert first.reason is Reason.RESET
     assert "reset in the consumer's read" in first.detail
+
+
+@pytest.mark.anyio
+async def test_a_message_in_the_same_read_as_the_101_is_answered_before_a_bad_frame_fails(
+        backend: Backend) -> None:
+    """The 101, a text message and a frame with a reserved opcode in one
+    write: the application gets the message and its answer goes out before
+    the connection fails (1002) -- the failure waits until every message
+    before it was taken, also those a read outside the loop's task left
+    for it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    heard = bytearray()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            accept_upgrade(conn, then=b"\x81\x05hello" + b"\x83\x00")
+            conn.settimeout(10)
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(4096):
+                    heard.extend(chunk)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    got: list[str | bytes] = []
+    try:
+        with anyio.fail_after(20):
+            async with backend.connect(f"ws://127.0.0.1:{listener.getsockname()[1]}/", max_attempts=1,
+                                       ping_interval=None, silence_timeout=None,
+                                       close_timeout=0.5) as feed:
+                with contextlib.suppress(nonstop.FeedGaveUp):
+                    async for message in feed:
+                        got.append(message)
+                        with contextlib.suppress(nonstop.NotConnected):
+                            await feed.send(message)
+    finally:
+        listener.close()
+        thread.join(10)
+    assert got == ["hello"]
+    frames = unmask_all(bytes(heard))
+    assert frames[0] == (0x81, b"hello")  # the answer, then the close 1002
+    assert frames[1][0] == 0x88 and frames[1][1][:2] == (1002).to_bytes(2, "big")
+
+
+def unmask_all(data: bytes) -> list[tuple[int, bytes]]:
+    """A client's (masked, short) frames: (first byte, unmasked payload)."""
+    out = []
+    pos = 0
+    while pos + 6 <= len(data):
+        b0, length = data[pos], data[pos + 1] & 0x7F
+        mask = data[pos + 2:pos + 6]
+        payload = bytes(c ^ mask[i % 4] for i, c in enumerate(data[pos + 6:pos + 6 + length]))
+        out.append((b0, payload))
+        pos += 6 + length
+    return out
