@@ -287,9 +287,7 @@ class BlockingLoop(Feed):
         if dial.error is not None:
             self._fail_connect(dial.error)
         else:
-            sock = dial.take()
-            self._lookup.worked(sock)
-            self._tcp_connected(sock)
+            self._tcp_connected(dial.take())
 
     def _tcp_connected(self, sock: socket.socket) -> None:
         effect = self._effect

@@ -380,7 +380,7 @@ class SelectorDial:
     Nothing here blocks; only :meth:`open` does, for the name lookup.
     """
 
-    __slots__ = ("_dial", "_selector", "_attempts", "_winner", "_lookup_error", "_closed")
+    __slots__ = ("_dial", "_selector", "_attempts", "_winner", "_lookup_error", "_closed", "_lookup")
 
     def __init__(
         self,
@@ -397,6 +397,7 @@ class SelectorDial:
         self._attempts: dict[socket.socket, Attempt[AddrInfo]] = {}  # registered, in flight
         self._winner: socket.socket | None = None  # connected, not taken yet
         self._lookup_error: OSError | None = None
+        self._lookup: Lookup | None = None  # told which address worked (take)
         self._closed = False
         self._step(now)
 
@@ -424,7 +425,9 @@ class SelectorDial:
             failed = cls((), selector, host=host, now=clock(), delay=delay)
             failed._lookup_error = exc
             return failed
-        return cls(infos, selector, host=host, now=clock(), delay=delay)
+        dial = cls(infos, selector, host=host, now=clock(), delay=delay)
+        dial._lookup = lookup
+        return dial
 
     # -- queries --
     @property
@@ -472,6 +475,8 @@ class SelectorDial:
         sock, self._winner = self._winner, None
         if sock is None:
             raise LocalProtocolError("no connected socket to take")
+        if self._lookup is not None:  # its address stands in for a failing lookup
+            self._lookup.worked(sock)
         return sock
 
     def close(self) -> None:

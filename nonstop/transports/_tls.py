@@ -41,7 +41,7 @@ import ssl
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Endpoint", "TlsSessions", "offering", "session_reused"]
+__all__ = ["Endpoint", "TlsSessions", "offering"]
 
 LOGGER = logging.getLogger("nonstop")
 
@@ -86,11 +86,6 @@ def offering(context: ssl.SSLContext | None, session: ssl.SSLSession | None) -> 
         yield
     finally:
         _OFFER.reset(token)
-
-
-def session_reused(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> bool:
-    """Did *ssl_object*'s handshake resume a session?"""
-    return bool(ssl_object is not None and ssl_object.session_reused)
 
 
 class TlsSessions:
