@@ -47,6 +47,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 
 from ..core._dial import LOOKUP_PATIENCE, NEXT_ADDRESS_DELAY, Attempt, Dial
@@ -246,6 +247,10 @@ async def dial(host: str, port: int, *, lookup: Lookup | None = None, reuse: boo
     """
     lookup = lookup if lookup is not None else Lookup()
     infos = await lookup.resolve(host, port, reuse=reuse, limit=limit)
+    # A lookup whose answer came in the same loop turn as the caller's
+    # cancellation returns without raising it (asyncio before 3.11); a
+    # cancelled dial opens no socket.
+    await anyio.lowlevel.checkpoint_if_cancelled()
     sock = await dial_addresses(infos, host=host, delay=delay)
     lookup.worked(sock)
     return sock
