@@ -16,9 +16,9 @@ which replays every committed corpus file through the harnesses without
 atheris.
 
 "Never an unbounded buffer" is measured in :func:`check_buffers` by reading
-*private* attributes of the core, wsproto and h11.  That is deliberate and
+*private* attributes of the core and wsproto.  That is deliberate and
 acceptable here: a fuzz harness exists to look inside.  If an upgrade of
-wsproto or h11 renames them, the check says so instead of passing silently.
+wsproto renames them, the check says so instead of passing silently.
 """
 
 from __future__ import annotations
@@ -42,12 +42,10 @@ from wsproto.events import (
 )
 
 from nonstop.core import Config, FeedCore
+from nonstop.core._handshake import MAX_HEAD
 
 #: RFC 6455 1.3: the GUID appended to the key for Sec-WebSocket-Accept.
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#: h11's DEFAULT_MAX_INCOMPLETE_EVENT_SIZE: the most of an unfinished
-#: response head it keeps before failing the handshake.
-H11_MAX_INCOMPLETE = 16 * 1024
 #: The longest frame header (2 + 8 length + 4 mask).
 MAX_FRAME_HEADER = 14
 #: The most wsproto keeps of a frame it cannot parse yet: a control frame
@@ -181,13 +179,13 @@ def check_buffers(core: FeedCore, chunk: int, overhead: int, largest: int) -> No
     * the fast path's incomplete frame (``_tail``): one frame within
       ``max_message_size`` (and 1 MiB), or one control frame (after a
       rejection: what followed its head in the same chunk, never read);
-    * h11's buffer of an unfinished response head: its 16 KiB limit plus one
-      chunk (h11 checks the limit once the chunk is in);
+    * an unfinished response head: at most ``MAX_HEAD`` (16 KiB; the chunk
+      that goes past it fails the handshake and is not kept);
     * wsproto's frame buffer: while frames are parsed, the last chunk plus one
       incomplete control frame (``MAX_UNPARSED``); once parsing stopped (protocol error, the
       server's close) it is frozen and nothing is fed to it any more.
 
-    Reads private attributes of the core, wsproto and h11 on purpose (see
+    Reads private attributes of the core and wsproto on purpose (see
     the module docstring).
     """
     assert core.pending_output <= 3 * chunk + overhead, (
@@ -198,18 +196,16 @@ def check_buffers(core: FeedCore, chunk: int, overhead: int, largest: int) -> No
     limit = core.config.max_message_size
     if limit is not None:
         assert framing._size <= limit, f"reassembling {framing._size} bytes, limit {limit}"
-    ws = framing._ws
-    reading = ws.state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING)
+    ws = framing._ws  # wsproto's frame reader: in use once the 101 is accepted
+    reading = framing._accepted and ws.state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING)
     tail = getattr(framing, "_tail", b"")  # the fast path's incomplete frame
     most = max(min(limit if limit is not None else TAIL_MAX, TAIL_MAX), 125) + MAX_FRAME_HEADER
     # (what followed a rejection's head in its read stays there, never read)
     assert len(tail) <= (most if reading else max(most, largest)), f"fast path holds {len(tail)}"
     head = getattr(framing, "_handshake", b"")  # the response head so far
-    assert len(head) <= H11_MAX_INCOMPLETE + largest, f"handshake holds {len(head)} bytes"
-    h11_buffer = ws.handshake._h11_connection._receive_buffer
-    assert len(h11_buffer) <= H11_MAX_INCOMPLETE + largest, f"h11 holds {len(h11_buffer)} bytes"
-    if ws.connection is not None:
-        frames = ws.connection._proto._frame_decoder.buffer
+    assert len(head) <= MAX_HEAD, f"handshake holds {len(head)} bytes"
+    if framing._accepted:
+        frames = ws._proto._frame_decoder.buffer
         parsing = not framing._dead and reading
         bound = (chunk if parsing else largest) + MAX_UNPARSED
         assert len(frames) <= bound, f"wsproto holds {len(frames)} bytes (parsing: {parsing})"

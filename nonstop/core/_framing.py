@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 Everything RFC 6455 says about bytes on the wire lives behind this one class,
-so the state machine never sees a frame.  wsproto does the handshake (via
-h11) and reads every frame the fast path of :meth:`Framing.feed` does not
-take; this class adds three things wsproto does not do for a client:
+so the state machine never sees a frame.  The handshake is
+:mod:`._handshake`'s; wsproto reads every frame the fast path of
+:meth:`Framing.feed` does not take; this class adds three things wsproto
+does not do for a client:
 
 * **Reassembly with a size limit.**  wsproto hands out frame *pieces* as they
   arrive; we join them into whole messages and fail with 1009 as soon as a
@@ -32,22 +33,12 @@ from collections.abc import Sequence
 from os import urandom
 from typing import Final, Union
 
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    Pong,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from ._config import Payload
 from ._guard import Reason
+from ._handshake import MAX_HEAD, HandshakeError, check_101, nonce_from, parse_head, request
 from ._url import Endpoint
 
 __all__ = ["Framing", "Accepted", "Rejected", "HandshakeFailed", "PeerClosed",
@@ -136,22 +127,12 @@ _MAX_HEADER: Final = 14
 def _end_of_head(buffer: bytes) -> int:
     """Where an HTTP response head ends (after its blank line), or -1.
 
-    h11 accepts bare LF line ends, so the blank line is the first LF CR LF
-    or LF LF after the status line.
+    Bare LF line ends are HTTP/1.1 too (RFC 9112 2.2), so the blank line is
+    the first LF CR LF or LF LF after the status line.
     """
     ends = [i + 3 for i in (buffer.find(b"\n\r\n"),) if i >= 0]
     ends += [i + 2 for i in (buffer.find(b"\n\n"),) if i >= 0]
     return min(ends) if ends else -1
-
-
-def _header_values(head: bytes, name: bytes) -> list[bytes]:
-    """The values of the header lines of *head* called *name* (lower case)."""
-    values = []
-    for line in head.split(b"\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == name:
-            values.append(value.strip())
-    return values
 
 
 def _utf8_prefix(data: bytes) -> None:
@@ -203,12 +184,18 @@ _REASON_FOR_CODE: Final = {
 class Framing:
     """One connection's wire protocol.  Create a new one per connection."""
 
-    __slots__ = ("_big_decoder", "_big_need", "_big_parts", "_big_text", "_dead", "_fast",
-                 "_fragmented", "_handshake", "_key_at", "_keys", "_keys_fork", "_limit",
-                 "_max_size", "_owed", "_parts", "_passthrough", "_size", "_tail", "_ws", "outgoing")
+    __slots__ = ("_accepted", "_big_decoder", "_big_need", "_big_parts", "_big_text", "_dead",
+                 "_fast", "_fragmented", "_handshake", "_key", "_key_at", "_keys", "_keys_fork",
+                 "_limit", "_max_size", "_offered", "_owed", "_parts", "_passthrough", "_size",
+                 "_tail", "_ws", "outgoing")
 
     def __init__(self, max_message_size: int | None, *, fast: bool = True) -> None:
-        self._ws = WSConnection(ConnectionType.CLIENT)
+        # wsproto's reader of frames, used once the 101 is accepted (until
+        # then its OPEN state means nothing: ``_accepted`` says).
+        self._ws = Connection(ConnectionType.CLIENT)
+        self._accepted = False
+        self._key = b""  # our Sec-WebSocket-Key
+        self._offered: tuple[str, ...] = ()  # the subprotocols we offered
         self._max_size = max_message_size
         # The largest payload the fast path takes (a 64-bit length with its
         # top bit set is never simple: RFC 6455 5.2).
@@ -219,7 +206,7 @@ class Framing:
         self._tail = b""  # an incomplete frame, waiting for the next read
         self._owed = 0  # bytes of a streamed frame wsproto still has to get
         self._fragmented = False  # a fragmented message is in progress (wsproto's)
-        self._handshake = b""  # the response so far, to find its end
+        self._handshake = b""  # the response head so far, until its end comes
         self._fast = fast  # False: every byte through wsproto (the reference path)
         self._passthrough = False  # a broken frame went to wsproto: it gets the rest
         # A big fast-path frame in progress: payload bytes still to come, the
@@ -240,22 +227,17 @@ class Framing:
         """Queue the HTTP upgrade request (RFC 6455 4.1).
 
         The headers were validated by the caller (RFC 9110 tokens, Latin-1
-        values), so h11 accepts them.
+        values).
         """
-        self.outgoing += self._ws.send(
-            Request(
-                host=endpoint.host_header,
-                target=endpoint.target,
-                extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-                subprotocols=list(subprotocols),
-            )
-        )
+        self._key = nonce_from(urandom(16))
+        self._offered = tuple(subprotocols)
+        self.outgoing += request(endpoint, headers, subprotocols, self._key)
 
     @property
     def is_open(self) -> bool:
         """True while we may send data frames (even if receiving has failed:
         the close frame is not sent yet)."""
-        return self._ws.state is ConnectionState.OPEN
+        return self._accepted and self._ws.state is ConnectionState.OPEN
 
     # -- receiving --------------------------------------------------------
     def feed(self, data: bytes) -> list[Item]:
@@ -265,6 +247,8 @@ class Framing:
         """
         if self._dead:
             return []
+        if not self._accepted:
+            return self._opening(data)
         state = self._ws.state
         if state is ConnectionState.OPEN or state is ConnectionState.LOCAL_CLOSING:
             if not self._fast or self._passthrough:
@@ -275,38 +259,36 @@ class Framing:
             if self._tail:
                 return self._complete_tail(data)
             return self._frames(data, 0)
-        if state is not ConnectionState.CONNECTING:
-            return []  # after the peer's close frame (or a rejection) nothing more is read
-        # The handshake: h11 gets the response up to its blank line and not a
-        # byte more, so every frame after the 101 goes through _frames().
-        seen = len(self._handshake)
-        self._handshake += data
-        end = _end_of_head(self._handshake)
-        if end >= 0:
-            head = self._handshake[:end]
-            cut = end - seen
-            data, self._tail = data[:cut], data[cut:]
-            self._handshake = b""
-            # wsproto reads only the last of a repeated header; RFC 6455 4.1
-            # wants one accept value and at most one chosen subprotocol.
-            problem = None
-            if len(_header_values(head, b"sec-websocket-accept")) > 1:
-                problem = "more than one Sec-WebSocket-Accept header"
-            protocols = _header_values(head, b"sec-websocket-protocol")
-            if len(protocols) > 1 or any(b"," in value for value in protocols):
-                problem = "the server chose more than one subprotocol"
-            if problem is not None:
+        return []  # after the peer's close frame nothing more is read
+
+    def _opening(self, data: bytes) -> list[Item]:
+        """The response to the upgrade request, until its head is whole:
+        then the outcome (``Accepted``, ``Rejected`` or ``HandshakeFailed``).
+        What came after the head in the same read waits in ``_tail``: frames
+        after a 101 are parsed by :meth:`resume`, once the core has queued
+        its subscriptions, so what we write never depends on how the bytes
+        were chunked."""
+        buffer = self._handshake + data
+        end = _end_of_head(buffer)
+        if end < 0:
+            if len(buffer) > MAX_HEAD:
                 self._dead = True
-                return [HandshakeFailed(problem)]
+                return [HandshakeFailed(f"Bad HTTP message: no end of the response head "
+                                        f"in {MAX_HEAD} bytes")]
+            self._handshake = buffer
+            return []
+        self._handshake, self._tail = b"", buffer[end:]
+        self._dead = True  # unless the 101 is good
         try:
-            self._ws.receive_data(data)
-        except WsRemoteProtocolError as exc:
-            self._dead = True
+            status, fields = parse_head(buffer[:end])
+            if status != 101:  # its body, if any, is never read
+                return [Rejected(status, fields)]
+            chosen = check_101(fields, self._key, self._offered)
+        except HandshakeError as exc:
             return [HandshakeFailed(str(exc))]
-        except UnicodeDecodeError as exc:  # wsproto decodes some headers as ASCII
-            self._dead = True
-            return [HandshakeFailed(f"a WebSocket header is not ASCII: {exc.reason}")]
-        return self._drain()
+        self._dead = False
+        self._accepted = True
+        return [Accepted(chosen)]
 
     def _complete_tail(self, data: bytes) -> list[Item]:
         """Finish the frame waiting in ``_tail`` with the start of *data*,
@@ -567,19 +549,9 @@ class Framing:
                     self.outgoing += ws.send(event.response())
             elif isinstance(event, Pong):
                 out.append(PongReceived(bytes(event.payload)))
-            elif isinstance(event, CloseConnection):
+            else:
+                assert isinstance(event, CloseConnection)
                 self._close_event(event, out)
-                break
-            elif isinstance(event, AcceptConnection):
-                # Stop here: frames after the 101 (same chunk) are parsed by
-                # resume(), once the core has queued its subscriptions, so
-                # what we write never depends on how the bytes were chunked.
-                out.append(Accepted(event.subprotocol))
-                break
-            else:  # RejectConnection: its body (RejectData) is never read
-                assert isinstance(event, RejectConnection)
-                self._dead = True
-                out.append(Rejected(event.status_code, list(event.headers)))
                 break
         return out
 
@@ -617,7 +589,7 @@ class Framing:
         (0 then).  If those internals ever move this is 0 too, and the
         limit is checked up to 3 bytes late."""
         try:
-            decoder = self._ws.connection._proto._message_decoder.decoder  # type: ignore[union-attr]
+            decoder = self._ws._proto._message_decoder.decoder
         except AttributeError:
             return 0
         return 0 if decoder is None else len(decoder.getstate()[0])

@@ -196,7 +196,7 @@ def test_masking_keys_are_fresh_and_drawn_from_the_os_in_pools(
     keys = {wire[i + 2:i + 6] for i in range(0, len(wire), 7)}  # 2 + 4 + 1 bytes each
     assert len(wire) == 1500 * 7
     assert len(keys) > 1490  # 32 random bits each: a repeat or two at most
-    assert calls == [4096, 4096]  # 1,024 keys per call
+    assert calls == [16, 4096, 4096]  # the handshake's key, then 1,024 masking keys per call
 
 
 def test_the_fork_hook_makes_every_connection_draw_a_new_key_pool(
@@ -213,10 +213,10 @@ def test_the_fork_hook_makes_every_connection_draw_a_new_key_pool(
     pair = open_pair()
     pair.core.send("x", NOW)
     pair.core.send("x", NOW)
-    assert calls == [4096]  # one pool, many keys
+    assert calls == [16, 4096]  # the handshake's key, then one pool for many masking keys
     _framing._forked()  # what os.register_at_fork runs in a child
     pair.core.send("x", NOW)
-    assert calls == [4096, 4096]  # the pool drawn before the fork is gone
+    assert calls == [16, 4096, 4096]  # the pool drawn before the fork is gone
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

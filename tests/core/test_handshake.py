@@ -619,6 +619,54 @@ def test_junk_instead_of_http_fails_the_handshake(junk: bytes) -> None:
     assert_handshake_failed(pair, pair.pump(), "Bad HTTP message")
 
 
+@pytest.mark.parametrize(
+    ("head", "detail"),
+    [(b"HTTP/1.1 099 Nope\r\n\r\n", "Bad HTTP message: status 99 does not exist"),
+     (b"HTTP/1.1 101 OK\r\n folded\r\nUpgrade: websocket\r\n\r\n",
+      "Bad HTTP message: a continuation line before any header"),
+     (b"HTTP/1.1 101 OK\r\nUpgrade websocket\r\n\r\n",
+      "Bad HTTP message: b'Upgrade websocket' is not a header field"),
+     (b"HTTP/1.1 101 OK\r\nX-Long : " + b"x" * 70 + b"\r\n\r\n",
+      "Bad HTTP message: b'X-Long : " + "x" * 51 + "'... is not a header field"),
+     (b"HTTP/1.1 101 OK\r\nX: a\rb\r\n\r\n", "is not a header field"),
+     (b"HTTP/1.1 101 OK\r\nX: " + b"y" * 16400 + b"\r\n\r\n",
+      "Bad HTTP message: the response head is longer than 16384 bytes")],
+    ids=["status-below-100", "fold-first", "no-colon", "long-line-cut", "bare-cr", "head-too-long"],
+)
+def test_a_head_that_is_not_http_fails_the_handshake_and_says_why(head: bytes, detail: str) -> None:
+    pair = opened()
+    pair.feed(head)
+    assert_handshake_failed(pair, pair.pump(), detail)
+
+
+def test_a_head_without_an_end_fails_once_it_passes_16_kib() -> None:
+    pair = opened()
+    pair.feed(b"HTTP/1.1 101 OK\r\nX: " + b"z" * 16000)
+    assert pair.pump() == [] and pair.core.state is State.HANDSHAKING
+    pair.feed(b"z" * 400)
+    assert_handshake_failed(pair, pair.pump(),
+                            "Bad HTTP message: no end of the response head in 16384 bytes")
+
+
+def test_an_extension_that_was_not_offered_fails_the_handshake() -> None:
+    pair = opened()
+    pair.feed(response_101(pair, extra=b"Sec-WebSocket-Extensions: permessage-deflate; "
+                                       b"server_no_context_takeover\r\n"))
+    assert_handshake_failed(pair, pair.pump(),
+                            "the server accepted an extension that was not offered: 'permessage-deflate'")
+
+
+def test_a_folded_connection_header_and_bare_lf_line_ends_still_open() -> None:
+    """HTTP/1.1's obsolete line folding is unfolded (RFC 9112 5.2) and bare
+    LF line ends are read (2.2), as h11 reads them: such a 101 opens."""
+    pair = opened()
+    accept = generate_accept_token(request_key(pair))
+    pair.feed(b"HTTP/1.0 101\nUpgrade:WebSocket\nConnection: keep-alive,\n\t upgrade \n"
+              b"Sec-WebSocket-Accept:   " + accept + b"  \n\n")
+    assert [type(e) for e in pair.pump()] == [Connected]
+    assert pair.core.state is State.OPEN
+
+
 def test_junk_fed_byte_by_byte_fails_exactly_once() -> None:
     pair = opened()
     for byte in b"SSH-2.0-OpenSSH_9.6\r\n\r\n":
