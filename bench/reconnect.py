@@ -20,10 +20,14 @@ the machine's one monotonic clock, so the server's reset times and the
 client's receive times compare.  For each reset: **break to first message**
 is the time from the reset to the first message the client got on its new
 connection; **missed** is the numbers it never got (the gap in its
-sequence).  Every client runs ``repeat`` times, the clients interleaved
+sequence); **break to subscription at the server** is the time from the
+reset to the server's reading the client's next subscription.  The first is
+what a user sees, but it waits for the next message to fall due (up to
+``1 / rate``, 1 ms by default); the last has no such step, so it tells
+clients apart that the first cannot.  Every client runs ``repeat`` times, the clients interleaved
 (A, B, C, ... then again), the server pinned to one core and the client to
 the other; the table gives, per client, the median and p90 of the first
-over all its resets and the mean of the second, over ws and over wss (a
+and the last over all its resets and the mean of the second, over ws and over wss (a
 trustme certificate).
 
 nonstop runs with its defaults but ``stable_after=1.0`` (a connection reset
@@ -73,6 +77,7 @@ async def serve(port_file: str, rate: float, period: float, certs: str | None) -
     t0 = time.monotonic()
     subscribers: set[ServerConnection] = set()
     resets: list[float] = []
+    subscribed: list[float] = []
 
     def due() -> int:
         return int((time.monotonic() - t0) * rate)
@@ -101,6 +106,7 @@ async def serve(port_file: str, rate: float, period: float, certs: str | None) -
         try:
             async for message in ws:
                 if isinstance(message, str) and '"subscribe"' in message:
+                    subscribed.append(time.monotonic())
                     await ws.send('{"event":"subscribed"}')
                     subscribers.add(ws)
                     asyncio.get_running_loop().create_task(reset_later(ws))
@@ -121,7 +127,7 @@ async def serve(port_file: str, rate: float, period: float, certs: str | None) -
         loop = asyncio.get_running_loop()
         # stdin closed by the runner: print the resets and stop
         await loop.run_in_executor(None, sys.stdin.read)
-        print(json.dumps({"resets": resets}), flush=True)
+        print(json.dumps({"resets": resets, "subscribed": subscribed}), flush=True)
     publisher.cancel()
 
 
@@ -275,9 +281,11 @@ def client_main(name: str, url: str, until: float, certs: str | None) -> None:
 
 # ---------------------------------------------------------------------------
 # the runner
-def analyse(got: list[tuple[float, int]], resets: list[float]) -> dict[str, Any]:
+def analyse(got: list[tuple[float, int]], resets: list[float],
+            subscribed: list[float]) -> dict[str, Any]:
     """Per reset: the time to the first message after it that follows a gap
-    (or the first after it at all), and the numbers missed at that gap."""
+    (or the first after it at all), the numbers missed at that gap, and the
+    time until the server had the client's next subscription."""
     times = [t for t, _ in got]
     seqs = [s for _, s in got]
     back, missed = [], []
@@ -292,7 +300,9 @@ def analyse(got: list[tuple[float, int]], resets: list[float]) -> dict[str, Any]
             continue  # no gap found near this reset
         back.append(times[i] - r)
         missed.append(seqs[i] - seqs[i - 1] - 1)
-    return {"back": back, "missed": missed}
+    again = [s - r for r in resets
+             for s in [next((s for s in subscribed if s > r), None)] if s is not None]
+    return {"back": back, "missed": missed, "subscribed": again}
 
 
 def _q(values: list[float], q: float) -> float:
@@ -348,23 +358,25 @@ def main(argv: list[str] | None = None) -> int:
             for scheme in ("ws", "wss"):
                 for name in clients:
                     try:
-                        got, reset_times = _one_run(name, scheme, tmp, env, cpus, resets, args)
+                        got, reset_times, subscribed = _one_run(name, scheme, tmp, env, cpus,
+                                                                resets, args)
                     except RuntimeError as exc:
                         crashed = True
                         print(f"{name} {scheme}: crashed\n{exc}", file=sys.stderr)
                         continue
-                    result = analyse(got, reset_times)
-                    pooled = samples.setdefault((name, scheme), {"back": [], "missed": [], "resets": []})
-                    pooled["back"] += result["back"]
-                    pooled["missed"] += result["missed"]
+                    result = analyse(got, reset_times, subscribed)
+                    pooled = samples.setdefault((name, scheme), {"back": [], "missed": [],
+                                                                 "subscribed": [], "resets": []})
+                    for key in ("back", "missed", "subscribed"):
+                        pooled[key] += result[key]
                     pooled["resets"].append(len(reset_times))
                     print(f"[{rep + 1}/{repeat}] {name} {scheme}: {len(result['back'])} of "
                           f"{len(reset_times)} resets seen", file=sys.stderr, flush=True)
     print(f"\n{repeat} run(s) of {resets} resets per client, one every {args.period:g} s of "
           f"subscription, {args.rate:g} messages/s; the runs interleaved\n")
     print("| client | scheme | resets seen | break to first message, median ms | p90 ms "
-          "| missed per reset |")
-    print("|---|---|---|---|---|---|")
+          "| missed per reset | break to subscription at the server, median ms | p90 ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for scheme in ("ws", "wss"):
         for name in clients:
             pooled = samples.get((name, scheme))
@@ -372,17 +384,21 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             back, missed = pooled["back"], pooled["missed"]
             seen = f"{len(back)} of {int(sum(pooled['resets']))}"
+            again = pooled["subscribed"]
+            server_side = (f"{statistics.median(again) * 1000:.2f} | {_q(again, 0.9) * 1000:.2f}"
+                           if again else "- | -")
             if not back:
-                print(f"| {name} | {scheme} | {seen} | - | - | - |")
+                print(f"| {name} | {scheme} | {seen} | - | - | - | {server_side} |")
                 continue
             print(f"| {name} | {scheme} | {seen} | {statistics.median(back) * 1000:.1f} "
-                  f"| {_q(back, 0.9) * 1000:.1f} | {statistics.mean(missed):.1f} |")
+                  f"| {_q(back, 0.9) * 1000:.1f} | {statistics.mean(missed):.1f} | {server_side} |")
     return 1 if crashed else 0
 
 
 def _one_run(name: str, scheme: str, tmp: str, env: dict[str, str], cpus: list[int], resets: int,
-             args: argparse.Namespace) -> tuple[list[tuple[float, int]], list[float]]:
-    """One client against a fresh server: what it got, and the resets."""
+             args: argparse.Namespace) -> tuple[list[tuple[float, int]], list[float], list[float]]:
+    """One client against a fresh server: what it got, the resets, and when
+    the server had its subscriptions."""
     port_file = os.path.join(tmp, "port")
     if os.path.exists(port_file):
         os.unlink(port_file)
@@ -414,7 +430,8 @@ def _one_run(name: str, scheme: str, tmp: str, env: dict[str, str], cpus: list[i
     if client.returncode != 0:
         raise RuntimeError(err.decode()[-2000:])
     got = [(float(t), int(seq)) for t, seq in json.loads(out)]
-    return got, json.loads(server_out)["resets"]
+    record = json.loads(server_out)
+    return got, record["resets"], record["subscribed"]
 
 
 if __name__ == "__main__":

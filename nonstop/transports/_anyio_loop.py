@@ -328,6 +328,8 @@ class AnyioLoop(Feed):
             # failure lets the consumer take what came before it).
             core.handle_timer(now)
             return
+        if self._pending_open is None:  # (a connect releases them once under way)
+            self._session.release()
         held = self._buffer.held
         with self._new_scope(deadline=math.inf if deadline is None else deadline) as scope:
             self._wait_scope = scope
@@ -375,6 +377,8 @@ class AnyioLoop(Feed):
     async def _connect(self, effect: OpenTransport, reads: ReadSize) -> Stream:
         """Open the connection *effect* asks for."""
         sock = await dial(effect.host, effect.port, **self._lookup_rules(self._clock()))
+        if effect.tls:
+            self._session.release()
         stream = await wrap_socket(sock, tls=effect.tls, ssl_context=self._opts.ssl_context,
                                    server_hostname=effect.server_hostname,
                                    session=self._tls_sessions.offer(self._endpoint))

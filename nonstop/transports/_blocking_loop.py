@@ -221,6 +221,7 @@ class BlockingLoop(Feed):
         if self._pending_open is not None:
             self._begin_connect(self._pending_open)
             return
+        self._release()
         self._watch(not held)
         now = time.monotonic()
         timeout = None if deadline is None else max(0.0, deadline - now)
@@ -257,6 +258,14 @@ class BlockingLoop(Feed):
             with self._cond:
                 core.handle_timer(max(deadline, now))
 
+    def _release(self) -> None:
+        """Observe the events held since a break (:meth:`Session.release`),
+        before this thread waits."""
+        with self._cond:
+            if self._session.held is not None:
+                self._session.release()
+                self._cond.notify_all()  # waiters on them
+
     def _watch(self, reading: bool) -> None:
         """Register the open socket for reading, or not (backpressure)."""
         sock = self._sock
@@ -274,6 +283,7 @@ class BlockingLoop(Feed):
         self._effect = effect
         with self._cond:
             rules = self._lookup_rules(time.monotonic())
+        rules["waiting"] = self._release  # (a lookup waits in this thread)
         self._dial = SelectorDial.open(effect.host, effect.port, self._selector, **rules)
         self._dial_step()
 

@@ -58,6 +58,8 @@ __all__ = ["AddrInfo", "Lookup", "Resolver", "dial", "dial_addresses", "numeric"
 
 #: One entry of :func:`socket.getaddrinfo`: family, type, proto, canonname, address.
 AddrInfo = tuple[int, int, int, str, Any]
+#: Called before a dial waits (see :func:`dial`); ``None``: nothing to call.
+Waiting = Callable[[], None] | None
 
 #: ``connect_ex`` results that mean "under way" (0: connected already; the
 #: socket is writable at once and ``SO_ERROR`` confirms it).
@@ -190,14 +192,18 @@ class Lookup:
                                   f"the name lookup of {host} gave no answer within {wait:g}s")
         raise result
 
-    async def resolve(self, host: str, port: int, *, reuse: bool, limit: float) -> list[AddrInfo]:
+    async def resolve(self, host: str, port: int, *, reuse: bool, limit: float,
+                      waiting: Waiting = None) -> list[AddrInfo]:
         """*host*'s addresses (see the class doc); *reuse*: the core's
         :meth:`~nonstop.core.FeedCore.may_reuse_address`; *limit*: how long
-        a lookup may take with no stand-in.  The default lookup is
+        a lookup may take with no stand-in; *waiting*: called before a
+        lookup (not for an IP address).  The default lookup is
         :func:`anyio.getaddrinfo` (IDNA 2008 names)."""
         infos = numeric(host, port)
         if infos is not None:
             return infos
+        if waiting is not None:
+            waiting()
         known, wait = self._plan(reuse, limit)
         result: list[AddrInfo] | BaseException | None = None
         with anyio.move_on_after(wait):
@@ -211,13 +217,16 @@ class Lookup:
                 result = exc
         return self._outcome(host, known, wait, result)
 
-    def resolve_blocking(self, host: str, port: int, *, reuse: bool, limit: float) -> list[AddrInfo]:
+    def resolve_blocking(self, host: str, port: int, *, reuse: bool, limit: float,
+                         waiting: Waiting = None) -> list[AddrInfo]:
         """:meth:`resolve` for the blocking driver: the lookup (the resolver,
         else :func:`socket.getaddrinfo`) in a worker thread, waited for in
         this one."""
         infos = numeric(host, port)
         if infos is not None:
             return infos
+        if waiting is not None:
+            waiting()
         known, wait = self._plan(reuse, limit)
         outcome: list[list[AddrInfo] | BaseException] = []
         done = threading.Event()
@@ -236,22 +245,25 @@ class Lookup:
 
 
 async def dial(host: str, port: int, *, lookup: Lookup | None = None, reuse: bool = False,
-               limit: float = math.inf, delay: float = NEXT_ADDRESS_DELAY) -> socket.socket:
+               limit: float = math.inf, delay: float = NEXT_ADDRESS_DELAY,
+               waiting: Waiting = None) -> socket.socket:
     """A connected non-blocking TCP socket (``TCP_NODELAY`` on) to *host*:*port*.
 
     Finds the addresses with *lookup* (:meth:`Lookup.resolve`; a
     :class:`socket.gaierror` goes through), then :func:`dial_addresses`,
     and tells *lookup* which one worked.  Runs on any anyio backend.  The
     caller owns the socket; on cancellation or error every socket opened
-    is closed.
+    is closed.  *waiting* is called before each step that waits (a lookup,
+    a connect that is not over at once): the caller's work that can wait
+    goes there.
     """
     lookup = lookup if lookup is not None else Lookup()
-    infos = await lookup.resolve(host, port, reuse=reuse, limit=limit)
+    infos = await lookup.resolve(host, port, reuse=reuse, limit=limit, waiting=waiting)
     # A lookup whose answer came in the same loop turn as the caller's
     # cancellation returns without raising it (asyncio before 3.11); a
     # cancelled dial opens no socket.
     await anyio.lowlevel.checkpoint_if_cancelled()
-    sock = await dial_addresses(infos, host=host, delay=delay)
+    sock = await dial_addresses(infos, host=host, delay=delay, waiting=waiting)
     lookup.worked(sock)
     return sock
 
@@ -267,7 +279,8 @@ def numeric(host: str, port: int) -> list[AddrInfo] | None:
 
 
 async def dial_addresses(
-    infos: Sequence[AddrInfo], *, host: str, delay: float = NEXT_ADDRESS_DELAY
+    infos: Sequence[AddrInfo], *, host: str, delay: float = NEXT_ADDRESS_DELAY,
+    waiting: Waiting = None,
 ) -> socket.socket:
     """:func:`dial` on addresses already resolved (``getaddrinfo`` tuples).
 
@@ -280,6 +293,8 @@ async def dial_addresses(
         sock = _open(infos[0])
         try:
             if not _writable_now(sock):  # (a connect on this host or LAN often is, at once)
+                if waiting is not None:
+                    waiting()
                 await anyio.wait_writable(sock)
             error = _outcome(sock)
             if error is not None:
@@ -288,6 +303,8 @@ async def dial_addresses(
             sock.close()
             raise
         return sock
+    if waiting is not None:
+        waiting()
     return await _AsyncDial(Dial(infos, family=_family, host=host, now=anyio.current_time(),
                                  delay=delay)).run()
 
@@ -418,6 +435,7 @@ class SelectorDial:
         lookup: Lookup | None = None,
         reuse: bool = False,
         limit: float = math.inf,
+        waiting: Waiting = None,
     ) -> SelectorDial:
         """Find *host*'s addresses (:meth:`Lookup.resolve_blocking`: the one
         call that waits), then start as the constructor does, at ``clock()``
@@ -425,7 +443,7 @@ class SelectorDial:
         :attr:`done`, its :attr:`error` the :class:`socket.gaierror`."""
         try:
             infos = (lookup if lookup is not None else Lookup()).resolve_blocking(
-                host, port, reuse=reuse, limit=limit)
+                host, port, reuse=reuse, limit=limit, waiting=waiting)
         except OSError as exc:
             failed = cls((), selector, host=host, now=clock(), delay=delay)
             failed._lookup_error = exc

@@ -20,7 +20,11 @@ running feed is the same whichever driver runs it, so it lives here, once:
 * the guard that feeds a transport error to the core only while the core
   still has that transport (:meth:`Session.lost`);
 * the observer (log lines, ``on_event``, history) and the waiters behind
-  ``wait_for`` / ``wait_connected``;
+  ``wait_for`` / ``wait_connected``; when a connection breaks and the core
+  retries at once, the events are held (:attr:`Session.held`) until the
+  driver has started the new connection and is about to wait
+  (:meth:`Session.release`): a log line costs as much as a connect on this
+  host, and the break is not the time to spend it;
 * the end of a feed whose driver stops before the core did
   (:meth:`Session.settle`): the socket is gone, so the core is taken to
   ``STOPPED`` and its last events are logged.
@@ -92,7 +96,7 @@ class Session:
     """The core, the queue, the observer and the waiters of one feed."""
 
     __slots__ = ("core", "options", "buffer", "observer", "waiters", "reads",
-                 "consumer_seen", "consumer_waiting", "stash")
+                 "consumer_seen", "consumer_waiting", "stash", "held")
 
     def __init__(self, core: FeedCore, options: DriverOptions) -> None:
         self.core = core
@@ -108,6 +112,9 @@ class Session:
         #: Events a read outside the loop's task left for it, in order (the
         #: speed-ups' sink): messages among them are not delivered yet.
         self.stash: list[Event] = []
+        #: Lifecycle events not observed yet, in order: from a break the
+        #: core retries at once until :meth:`release` (``None``: none held).
+        self.held: list[AppEvent] | None = None
 
     def new_reads(self) -> ReadSize:
         """Read sizing for a new connection (it starts small again)."""
@@ -123,7 +130,28 @@ class Session:
             self.core.reconnect(now, reason=Reason.SLOW_CONSUMER)
 
     def observe(self, event: AppEvent) -> None:
-        """A lifecycle event: log it, tell ``on_event``, end matching waits."""
+        """A lifecycle event: log it, tell ``on_event``, end matching waits;
+        held instead, after the break of a connection the core retries at
+        once, until :meth:`release`."""
+        held = self.held
+        if held is not None:
+            held.append(event)
+        elif type(event) is Disconnected and event.retry_in == 0.0:
+            self.held = [event]
+        else:
+            self._observe(event)
+
+    def release(self) -> None:
+        """Observe the held events, in order.  The driver calls this once
+        the new connection is under way, before anything that waits (a
+        lookup, a connect that is not over at once, a TLS handshake, a
+        read), and when it ends."""
+        held, self.held = self.held, None
+        if held is not None:
+            for event in held:
+                self._observe(event)
+
+    def _observe(self, event: AppEvent) -> None:
         self.observer.observe(event)
         for waiter in self.waiters:
             if not waiter.box and waiter.match(event):
@@ -187,6 +215,7 @@ class Session:
         ``feed.state`` must not stay ``OPEN`` -- and let the log and
         ``on_event`` see its last events (``Disconnected``, ``Stopped``).
         Messages still in the core are dropped with the feed."""
+        self.release()
         core = self.core
         if core.state is State.STOPPED:
             return
@@ -225,9 +254,11 @@ class Feed:
 
     def _lookup_rules(self, now: float) -> dict[str, Any]:
         """How this attempt looks its host up: may the last connection's
-        address stand in (the core decides), and how long a lookup may take."""
+        address stand in (the core decides), how long a lookup may take, and
+        what to do before the dial waits (observe the held events)."""
         return {"lookup": self._lookup, "reuse": self._core.may_reuse_address(now),
-                "limit": lookup_limit(self._core.config.connect_timeout)}
+                "limit": lookup_limit(self._core.config.connect_timeout),
+                "waiting": self._session.release}
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:

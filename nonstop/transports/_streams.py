@@ -380,10 +380,14 @@ async def open_stream(
 
     *reads* sizes the stream's reads; the driver counts the messages each
     read brought into it.  *lookup*: how to look the host up (the keyword
-    arguments of :func:`._dial.dial`).  *session*: the TLS session to
-    offer (:mod:`._tls`).
+    arguments of :func:`._dial.dial`; its ``waiting`` is called before the
+    TLS handshake too).  *session*: the TLS session to offer (:mod:`._tls`).
     """
-    sock = await dial(host, port, **(lookup or {}))
+    lookup = lookup or {}
+    sock = await dial(host, port, **lookup)
+    waiting = lookup.get("waiting")
+    if tls and waiting is not None:
+        waiting()
     if on_asyncio():
         loop = asyncio.get_running_loop()
         try:

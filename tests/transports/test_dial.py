@@ -261,6 +261,37 @@ async def test_dial_cancelled_during_the_lookup(no_leak: None) -> None:
 
 
 @pytest.mark.anyio
+async def test_dial_calls_waiting_before_each_step_that_waits(ports: Ports, no_leak: None) -> None:
+    """The driver's work that can wait (the events held since a break) goes
+    before a lookup and before a connect that is not over at once."""
+    calls: list[str] = []
+    sock = await dial("localhost", ports.accepting(V4), waiting=lambda: calls.append("lookup"))
+    sock.close()
+    assert calls[:1] == ["lookup"]
+    calls.clear()
+    with anyio.move_on_after(0.05):
+        await dial_addresses([info(V4, ports.slow())], host="h", waiting=lambda: calls.append("one"))
+    assert calls == ["one"]
+    calls.clear()
+    with anyio.move_on_after(0.05):
+        await dial_addresses([info(V4, ports.slow()), info(V4, ports.slow())], host="h",
+                             waiting=lambda: calls.append("race"))
+    assert calls == ["race"]
+
+
+def test_selector_dial_calls_waiting_before_a_lookup(ports: Ports, selector: selectors.BaseSelector,
+                                                     no_leak: None) -> None:
+    calls: list[str] = []
+    port = ports.accepting()
+    d = SelectorDial.open("127.0.0.1", port, selector, waiting=lambda: calls.append("ip"))
+    d.close()
+    assert calls == []  # an IP address: no lookup
+    d = SelectorDial.open("localhost", port, selector, waiting=lambda: calls.append("name"))
+    d.close()
+    assert calls == ["name"]
+
+
+@pytest.mark.anyio
 async def test_dial_localhost_on_both_families(ports: Ports, no_leak: None) -> None:
     probe = ports.accepting(V4)
     if localhost_families(probe) != {V4, V6}:
