@@ -185,7 +185,10 @@ def options(
     ping_timeout
         Seconds after a ping within which some byte must arrive.
     silence_timeout
-        Seconds without any byte after which the connection is dropped.
+        Seconds without a data message after which the connection is
+        dropped (pongs and other control frames do not count: a server
+        that answers pings but stopped sending data is a zombie too).
+        ``None``: off, for feeds that may be quiet for long.
     app_ping
         A :class:`~nonstop.AppPing` for servers that want an application ping.
     connect_timeout

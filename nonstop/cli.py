@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ping-timeout", metavar="S", type=_positive_seconds, default=10.0,
         help="a connection with nothing received this long after a ping is dead (default: %(default)g)")
     add("--silence-timeout", metavar="S", type=_seconds, default=60.0,
-        help="a connection with no byte at all for this long is a zombie; 0 disables "
+        help="a connection with no data message for this long (pongs do not count) is a zombie; 0 disables "
         "(default: %(default)g)")
     add("--backoff-cap", metavar="S", type=_positive_seconds, default=60.0,
         help="longest wait between reconnect attempts (default: %(default)g)")

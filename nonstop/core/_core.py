@@ -436,6 +436,9 @@ class FeedCore:
             self._disconnect(now, Verdict(reason=Reason.CALLBACK_ERROR, detail=detail,
                                           code=INTERNAL_ERROR), abort=False, close_sent=True)
         self._callback_failed = None
+        health = self._health
+        if health is not None and health.last_data != now and framing.mid_message:
+            health.last_data = now  # a data message still arriving is data too
         self._flush()
 
     def _fail_protocol(self, item: Failed, now: float) -> None:
@@ -772,6 +775,9 @@ class FeedCore:
         ``Messages`` event when it belongs to the same connection and input."""
         self._messages += len(payloads)
         self._last_message_at = now
+        health = self._health
+        if health is not None:  # data: the silence watchdog's clock
+            health.last_data = now
         events = self._events
         if events:
             last = events[-1]

@@ -239,6 +239,15 @@ class Framing:
         the close frame is not sent yet)."""
         return self._accepted and self._ws.state is ConnectionState.OPEN
 
+    @property
+    def mid_message(self) -> bool:
+        """Part of a data message has come and the rest has not (a big
+        frame still arriving, a fragmented message, an incomplete data
+        frame held back): data is flowing, if slowly."""
+        tail = self._tail
+        return bool(self._big_need or self._parts or self._fragmented or self._owed
+                    or (tail and tail[0] & 0x0F < 3))
+
     # -- receiving --------------------------------------------------------
     def feed(self, data: bytes) -> list[Item]:
         """Parse *data*; return messages and control events in wire order.

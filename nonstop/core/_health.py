@@ -13,8 +13,12 @@ nothing.  One :class:`Health` object per open connection keeps four clocks:
 * **application ping** (optional): the ``AppPing`` message goes out every
   ``interval``; only a message its ``is_pong`` accepts satisfies it, within
   ``timeout``.  This checks the server's application, not just its socket.
-* **silence**: no byte for ``silence_timeout`` since the connection opened or
-  since the last byte.  Armed from the first moment, before any message.
+* **silence**: no data message for ``silence_timeout`` since the connection
+  opened or since the last one.  Armed from the first moment, before any
+  message.  Only text and binary messages count: pongs and other control
+  frames keep the keep-alive satisfied, not this watchdog, so a server that
+  answers pings but stopped sending data (a zombie subscription) is left; an
+  application pong the core swallows counts for neither.
 
 :meth:`Health.next_deadline` is a pure query; :meth:`Health.poll` does what is
 due and says what the core must do: send pings, or fail with a reason.
@@ -47,6 +51,7 @@ class Health:
         "paused",
         "app_next",
         "app_pong_due",
+        "last_data",
         "last_rx",
         "next_ping",
         "ping_count",
@@ -60,6 +65,7 @@ class Health:
         self._config = config
         self._app: AppPing | None = config.app_ping
         self.last_rx = now
+        self.last_data = now  # the core sets it as it hands messages out
         self.next_ping = None if config.ping_interval is None else after(now, config.ping_interval)
         self.pong_due: float | None = None
         self.ping_payload = b""
@@ -71,7 +77,7 @@ class Health:
         self.paused = False
 
     def on_bytes(self, now: float) -> None:
-        """Any received byte: the socket is alive."""
+        """Any received byte: the socket is alive (not yet the data)."""
         self.last_rx = now
         self.pong_due = None
 
@@ -94,11 +100,12 @@ class Health:
         """Reading again: every liveness clock restarts from *now*."""
         self.paused = False
         self.on_bytes(now)
+        self.last_data = now
         self.app_pong_due = None
 
     def silence_deadline(self) -> float | None:
         timeout = self._config.silence_timeout
-        return None if timeout is None else after(self.last_rx, timeout)
+        return None if timeout is None else after(self.last_data, timeout)
 
     def next_deadline(self) -> float | None:
         # The earliest set time, without a list (the driver asks after every read).
@@ -122,7 +129,8 @@ class Health:
             return Reason.PING_TIMEOUT, f"no application pong within {self._app.timeout}s"
         silence = self.silence_deadline()
         if silence is not None and now >= silence:
-            return Reason.SILENCE, f"no data for {config.silence_timeout}s"
+            alive = "; bytes came (pongs, control frames)" if self.last_rx > self.last_data else ""
+            return Reason.SILENCE, f"no data message for {config.silence_timeout}s{alive}"
         return None
 
     def poll(self, now: float) -> tuple[list[bytes | None], tuple[Reason, str] | None]:

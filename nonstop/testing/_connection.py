@@ -123,6 +123,7 @@ class Connection:
         if self.wire.tls:
             self.record.phase = "tls"
         self.silent = False
+        self.muted = False  # MUTE: no data messages, control frames as usual
         self.closing = False  # a frame fault is under way: no more spontaneous frames
         self.end: Fault | None = None  # Fault.CLOSE or Fault.RESET once ending
         self.scope = anyio.CancelScope()
@@ -219,6 +220,11 @@ class Connection:
                 return False
             self.silent = True
             return True
+        if fault is Fault.MUTE:
+            if self.muted or self.record.phase not in ("tls", "handshake", "open"):
+                return False
+            self.muted = True
+            return True
         # frame faults
         if self.record.phase != "open" or self.closing or self.tg is None or self.ws.state is not _OPEN:
             return False
@@ -272,7 +278,7 @@ class Connection:
         return self.ws.send(event)
 
     def _data(self, message: str | bytes) -> bytes | None:
-        if self.silent or self.closing or self.ws.state is not _OPEN:
+        if self.silent or self.muted or self.closing or self.ws.state is not _OPEN:
             return None
         if isinstance(message, str):
             return self.ws.send(TextMessage(data=message))
@@ -447,7 +453,7 @@ class Connection:
     def _next_message(self) -> tuple[bytes, Callable[[], None]] | None:
         # Decided at the moment of writing: once pause_streaming() has
         # returned, no further numbered message is committed.
-        if self.silent or self.closing or self.ws.state is not _OPEN or self.server._paused:
+        if self.silent or self.muted or self.closing or self.ws.state is not _OPEN or self.server._paused:
             return None
         server = self.server
         seq = server._seq + 1

@@ -75,6 +75,10 @@ class Fault(enum.Enum):
       under way still completes); TCP stays open and the server keeps
       reading, until the client hangs up.  A zombie.  Explicit frame faults
       (GARBAGE, HALF_FRAME, CLOSE_CODE) still write.
+    * ``MUTE``: from now on send no data message on the connection (no
+      numbered message, no broadcast, no subscription ACK) while pings are
+      still answered and a close is still echoed.  A zombie subscription:
+      the WebSocket layer alive, the data gone.
     * ``GARBAGE`` (``data=`` bytes, default :data:`DEFAULT_GARBAGE`): write
       bytes that are not a valid frame, stop streaming, and close TCP when the
       client closes or after ``close_timeout``.
@@ -109,6 +113,7 @@ class Fault(enum.Enum):
     CLOSE = "close"
     RESET = "reset"
     SILENT = "silent"
+    MUTE = "mute"
     GARBAGE = "garbage"
     HALF_FRAME = "half_frame"
     CLOSE_CODE = "close_code"
@@ -123,6 +128,7 @@ _PARAMS: Final[Mapping[Fault, frozenset[str]]] = {
     Fault.CLOSE: frozenset({"connection"}),
     Fault.RESET: frozenset({"connection"}),
     Fault.SILENT: frozenset({"connection"}),
+    Fault.MUTE: frozenset({"connection"}),
     Fault.GARBAGE: frozenset({"connection", "data"}),
     Fault.HALF_FRAME: frozenset({"connection"}),
     Fault.CLOSE_CODE: frozenset({"connection", "code", "reason"}),

@@ -267,27 +267,59 @@ def test_silence_is_reset_by_every_message() -> None:
     assert only(Disconnected, pair.events).reason is Reason.SILENCE
 
 
-def test_silence_is_reset_by_a_partial_frame() -> None:
-    """Any byte counts as liveness, not only complete messages."""
+def test_silence_is_reset_by_a_data_message_still_arriving() -> None:
+    """A data frame that has begun to come is data, if slow: the bytes of a
+    big message count before it is whole."""
     pair = open_pair(ping_interval=None, silence_timeout=60)
     pair.advance(45)
     pair.feed(frame(0x1, b"slow")[:2])
     assert pair.core.next_deadline() == T0 + 105
     assert pair.messages() == []
+    pair.advance(50)
+    pair.feed(frame(0x1, b"slow")[2:])
+    pair.pump()
+    assert pair.messages() == ["slow"] and pair.core.next_deadline() == T0 + 155
 
 
-def test_silence_is_reset_by_a_pong() -> None:
+@pytest.mark.parametrize("fragment", [b"", b"ab"], ids=["first-fragment-empty", "first-fragment"])
+def test_silence_is_reset_by_a_fragmented_message_in_progress(fragment: bytes) -> None:
+    pair = open_pair(ping_interval=None, silence_timeout=60)
+    pair.advance(45)
+    pair.feed(frame(0x1, fragment, fin=False))
+    assert pair.core.next_deadline() == T0 + 105
+
+
+def test_a_pong_does_not_reset_the_silence_watchdog() -> None:
+    """Pongs keep the keep-alive satisfied; the watchdog counts data."""
     pair = open_pair(ping_interval=None, silence_timeout=60)
     pair.advance(20)
     pair.server_pong(b"")
-    assert pair.core.next_deadline() == T0 + 80
+    assert pair.core.next_deadline() == T0 + 60
 
 
-def test_silence_is_reset_by_a_server_ping() -> None:
+def test_a_server_ping_does_not_reset_the_silence_watchdog() -> None:
     pair = open_pair(ping_interval=None, silence_timeout=60)
     pair.advance(20)
     pair.feed(frame(0x9, b"are you there"))
-    assert pair.core.next_deadline() == T0 + 80
+    assert pair.core.next_deadline() == T0 + 60
+    pair.advance(20)
+    pair.feed(frame(0x9, b"are you there")[:3])  # a control frame arriving: not data either
+    assert pair.core.next_deadline() == T0 + 60
+
+
+def test_a_server_that_answers_pings_but_sends_no_data_is_dropped() -> None:
+    """The zombie subscription: the socket and the server's WebSocket layer
+    are alive, the data stopped.  Dropped at ``silence_timeout`` after the
+    last message, and the detail says the bytes still came."""
+    pair = open_pair(ping_interval=20, ping_timeout=10, silence_timeout=90)
+    pair.advance(30)
+    pair.send_text("last")
+    pair.advance(89.999)  # to T0 + 119.999
+    assert pair.core.state is State.OPEN and len(pair.server_pings) == 5
+    pair.advance(0.001)
+    gone = only(Disconnected, pair.events)
+    assert (gone.reason, gone.uptime) == (Reason.SILENCE, 120.0)
+    assert gone.detail == "no data message for 90s; bytes came (pongs, control frames)"
 
 
 def test_silence_none_never_fires() -> None:
@@ -298,9 +330,11 @@ def test_silence_none_never_fires() -> None:
 
 
 def test_silence_and_pings_together_keep_a_healthy_link_open() -> None:
-    """Pings answered by pongs are traffic: the silence timer never fires."""
+    """Data every 25 s and pings answered: neither watchdog fires."""
     pair = open_pair(ping_interval=20, ping_timeout=10, silence_timeout=30)
-    pair.advance(200)
+    for _ in range(8):
+        pair.advance(25)
+        pair.send_text("tick")
     assert pair.core.state is State.OPEN
     assert len(pair.server_pings) == 10
     assert pair.core.next_deadline() == T0 + 220
@@ -358,6 +392,20 @@ def test_app_pong_is_swallowed_by_default() -> None:
     pair.send_text("data")
     assert pair.messages() == ["data"]
     assert pair.core.metrics(pair.now).messages_received == 1
+
+
+def test_a_swallowed_app_pong_is_not_data_for_the_silence_watchdog() -> None:
+    """It answers the application ping; it is not data the feed delivers."""
+    app = AppPing(message=PING, is_pong=is_pong, interval=20, timeout=10)
+    pair = open_pair(ping_interval=None, silence_timeout=60, app_ping=app)
+    pair.fire_next()  # the app ping at T0 + 20
+    pair.send_text(PONG)
+    assert pair.core.next_deadline() == T0 + 40  # the next app ping
+    pair.fire_next()
+    pair.send_text(PONG)
+    assert pair.core.next_deadline() == T0 + 60  # silence: set by no message since the 101
+    pair.fire_next()
+    assert only(Disconnected, pair.events).reason is Reason.SILENCE
 
 
 def test_app_pong_is_delivered_when_deliver_pongs() -> None:

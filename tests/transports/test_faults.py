@@ -69,6 +69,7 @@ SCENARIOS = [
     Scenario("silent zombie", [(Fault.SILENT, {})], Reason.PING_TIMEOUT, code=1006),
     Scenario("silent zombie, no pings", [(Fault.SILENT, {})], Reason.SILENCE, code=1006,
              client=dict(ping_interval=None)),
+    Scenario("muted subscription, pings answered", [(Fault.MUTE, {})], Reason.SILENCE, code=1006),
     Scenario("refused for 1.5 s", [(Fault.REFUSE, {"duration": 1.5}), (Fault.CLOSE, {})],
              Reason.REFUSED),
     Scenario("garbage bytes", [(Fault.GARBAGE, {})], Reason.PROTOCOL_ERROR, code=1002),
@@ -198,6 +199,32 @@ async def test_driver_recovers(scenario: Scenario, backend: Backend) -> None:
                                 break
                 metrics = feed.metrics()
     check(scenario, rec, t0, metrics, flowing, backend.name)
+
+
+@pytest.mark.anyio
+async def test_a_server_that_answers_pings_but_sends_no_data_is_left(backend: Backend) -> None:
+    """The zombie subscription: pongs keep coming, data does not.  The
+    silence watchdog counts data messages only, so the feed leaves within
+    ``silence_timeout`` (1 s) + 0.5 s of the data's end, and says why."""
+    rec = Recorder()
+    async with FeedServer(interval=0.01) as server:
+        with anyio.fail_after(30):
+            async with backend.connect(server.url, on_event=rec, **CLIENT) as feed:
+                await rec.acked(timeout=10)
+                async for message in feed:
+                    if numbered(message):
+                        break
+                t0 = time.monotonic()
+                server.inject(Fault.MUTE)
+                gone = await feed.wait_for(Disconnected, lambda e: e.reason is Reason.SILENCE,
+                                           timeout=10)
+                t_gone = time.monotonic()
+    assert t_gone - t0 < 1.0 + 0.5, t_gone - t0
+    assert gone.detail == "no data message for 1.0s; bytes came (pongs, control frames)"
+    pongs = [t for t, _ in rec.after(t0, nonstop.Pong) if t < t_gone]
+    assert len(pongs) >= 2  # the server kept answering pings all along
+    print(f"\nMUTE {backend.name:8} left {t_gone - t0:5.3f}s after the data stopped, "
+          f"{len(pongs)} pongs in between")
 
 
 @pytest.mark.anyio
