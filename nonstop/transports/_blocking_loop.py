@@ -221,7 +221,6 @@ class BlockingLoop(Feed):
         if self._pending_open is not None:
             self._begin_connect(self._pending_open)
             return
-        self._release()
         self._watch(not held)
         now = time.monotonic()
         timeout = None if deadline is None else max(0.0, deadline - now)
@@ -230,6 +229,8 @@ class BlockingLoop(Feed):
         for until in (dial_at, None if limit is None else now + limit):
             if until is not None:
                 timeout = max(0.0, until - now) if timeout is None else min(timeout, max(0.0, until - now))
+        if timeout is None or timeout > 0:  # this thread is about to wait (not: a retry due now)
+            self._release()
         ready = self._selector.select(timeout)
         woken = False
         for key, _mask in ready:
@@ -284,7 +285,16 @@ class BlockingLoop(Feed):
         with self._cond:
             rules = self._lookup_rules(time.monotonic())
         rules["waiting"] = self._release  # (a lookup waits in this thread)
-        self._dial = SelectorDial.open(effect.host, effect.port, self._selector, **rules)
+        self._dial = dial = SelectorDial.open(effect.host, effect.port, self._selector, **rules)
+        if not dial.done:
+            # A connect on this host or LAN is often over at once: take it
+            # now (the request goes out before the held events are written)
+            # instead of after a turn of the loop.  Other keys stay ready
+            # for that turn (the selector reports them again).
+            for key, _mask in self._selector.select(0):
+                if key.data is dial:
+                    dial.on_ready(key.fileobj, time.monotonic())
+                    break
         self._dial_step()
 
     def _dial_step(self) -> None:
