@@ -1,0 +1,289 @@
+"""Merging redundant legs: every message once, and every possible loss reported.
+
+Theory of operation
+-------------------
+A feed run over N connections ("legs") to the same data gets each message
+up to N times.  :class:`Merge` takes every leg's messages as they arrive and
+decides, message by message, what the application sees: the first arrival
+of each message, in an order that keeps each leg's own order, and a
+:class:`Gap` record wherever messages may have been lost.  It is sans-IO
+like the rest of the core: the caller gives it ``now`` and asks for its
+next deadline.
+
+Two ways to tell messages apart:
+
+* **Sequence numbers** (``sequence=fn``: the feed's own number of a
+  message).  A message numbered above the last one delivered is new; at or
+  below it, a duplicate (dropped, counted).  A number that jumps leaves a
+  hole another leg may still fill: while another leg is subscribed, what
+  came after the hole is held for ``reorder_window`` seconds from its
+  arrival; filled in time, everything goes out in order; not, the hole is a
+  gap (its numbers reported) and the held messages go out.  With no other
+  leg up nothing can fill the hole, so it is a gap at once.  A message whose
+  number cannot be read (the function raised or gave something that is not
+  an ``int``) is delivered as it is and counted by kind; it moves nothing.
+  Gaps come from the numbers alone: a window with no leg up that lost no
+  number is no gap.
+* **Keys** (``dedupe=fn``; by default the payload itself).  The first
+  arrival of a key is delivered; later ones within ``dedupe_window``
+  seconds, among the last ``dedupe_count`` keys, are dropped.  Memory is
+  bounded by ``dedupe_count`` keys.  Keys cannot show a hole, so gaps come
+  from coverage: each leg says when it is subscribed (:meth:`leg_up`) and
+  when it stops (:meth:`leg_down`); from the moment the last leg went down
+  until one is up again is a gap, reported before the first message after
+  it.  (Before the first leg was ever up nothing was promised: no gap.)
+
+Every method returns what to hand out now, in order: payloads and
+:class:`Gap` records.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Final, Union, final
+
+from ._config import Payload
+from ._errors import ConfigError
+
+__all__ = ["Gap", "Merge", "Out"]
+
+#: How long numbers after a hole wait for another leg to fill it, by default.
+REORDER_WINDOW: Final = 0.05
+#: How long a key is remembered, and how many at most, by default.
+DEDUPE_WINDOW: Final = 60.0
+DEDUPE_COUNT: Final = 100_000
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gap:
+    """Messages may have been lost between ``start`` and ``end``."""
+
+    start: float
+    """When the loss may have begun: the last leg went down, or the last
+    message before the missing numbers arrived."""
+    end: float
+    """When it ended: a leg was up again, or the first message after the
+    missing numbers arrived."""
+    reason: str
+    """``no_leg`` (no leg was subscribed) or ``sequence`` (numbers never came)."""
+    first_missing: int | None = None
+    """With sequence numbers: the first number that never came."""
+    last_missing: int | None = None
+    """With sequence numbers: the last number that never came."""
+    legs_down: tuple[int, ...] = ()
+    """The legs that were not subscribed when the gap was found."""
+
+    @property
+    def missing(self) -> int | None:
+        """How many numbers never came (``None`` without sequence numbers)."""
+        if self.first_missing is None or self.last_missing is None:
+            return None
+        return self.last_missing - self.first_missing + 1
+
+
+Out = Union[Payload, Gap]
+
+
+class Merge:
+    """The arbitration of *legs* legs' messages into one stream."""
+
+    __slots__ = ("_dedupe", "_dedupe_count", "_dedupe_window", "_down_since", "_held",
+                 "_last", "_last_at", "_legs", "_reorder", "_seen", "_sequence", "_up",
+                 "delivered", "duplicates", "gap_seconds", "gaps", "missing", "unreadable")
+
+    def __init__(
+        self,
+        legs: int,
+        *,
+        sequence: Callable[[Payload], int] | None = None,
+        dedupe: Callable[[Payload], Hashable] | None = None,
+        reorder_window: float = REORDER_WINDOW,
+        dedupe_window: float = DEDUPE_WINDOW,
+        dedupe_count: int = DEDUPE_COUNT,
+    ) -> None:
+        if type(legs) is not int or legs < 1:
+            raise ConfigError(f"legs must be an int >= 1, got {legs!r}")
+        if sequence is not None and dedupe is not None:
+            raise ConfigError("give sequence= or dedupe=, not both: sequence numbers already "
+                              "tell duplicates apart")
+        for name, value in (("reorder_window", reorder_window), ("dedupe_window", dedupe_window)):
+            if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        if type(dedupe_count) is not int or dedupe_count < 1:
+            raise ConfigError(f"dedupe_count must be an int >= 1, got {dedupe_count!r}")
+        self._legs = legs
+        self._sequence = sequence
+        self._dedupe = dedupe
+        self._reorder = float(reorder_window)
+        self._dedupe_window = float(dedupe_window)
+        self._dedupe_count = dedupe_count
+        self._up: set[int] = set()
+        self._down_since: float | None = None  # no leg up since then (after one was)
+        self._last: int | None = None  # the last number delivered
+        self._last_at = 0.0  # when it arrived
+        self._held: dict[int, tuple[Payload, float]] = {}  # number -> (payload, arrival), after a hole
+        self._seen: collections.OrderedDict[Hashable, float] = collections.OrderedDict()
+        #: Messages handed out, duplicates dropped, gaps reported, their
+        #: seconds, the numbers they miss, unreadable numbers by kind.
+        self.delivered = 0
+        self.duplicates = 0
+        self.gaps = 0
+        self.gap_seconds = 0.0
+        self.missing = 0
+        self.unreadable: dict[str, int] = {}
+
+    # -- legs ------------------------------------------------------------
+    def leg_up(self, leg: int, now: float) -> list[Out]:
+        """Leg *leg* is subscribed (its subscriptions sent and acknowledged):
+        a gap of coverage ends here."""
+        self._check_leg(leg)
+        self._up.add(leg)
+        since, self._down_since = self._down_since, None
+        if since is None or self._sequence is not None:
+            return []
+        return [self._gap(Gap(start=since, end=now, reason="no_leg",
+                              legs_down=tuple(i for i in range(self._legs) if i != leg)))]
+
+    def leg_down(self, leg: int, now: float) -> list[Out]:
+        """Leg *leg* stopped (broken, closing, or not subscribed any more).
+        With no other leg up, held messages can no longer be completed:
+        their holes are gaps now."""
+        self._check_leg(leg)
+        if leg not in self._up:
+            return []
+        self._up.discard(leg)
+        if self._up:
+            return []
+        self._down_since = now
+        out: list[Out] = []
+        self._release(now, out, force=True)
+        return out
+
+    def _check_leg(self, leg: int) -> None:
+        if type(leg) is not int or not 0 <= leg < self._legs:
+            raise ValueError(f"leg must be an int in 0..{self._legs - 1}, got {leg!r}")
+
+    # -- messages ----------------------------------------------------------
+    def offer(self, leg: int, payloads: list[Payload], now: float) -> list[Out]:
+        """Messages of leg *leg*, in its order: what to hand out now."""
+        out: list[Out] = []
+        if self._sequence is None:
+            self._by_key(payloads, now, out)
+        else:
+            for payload in payloads:
+                self._by_number(leg, payload, now, out)
+        return out
+
+    def _by_key(self, payloads: list[Payload], now: float, out: list[Out]) -> None:
+        seen = self._seen
+        key_of = self._dedupe
+        oldest = now - self._dedupe_window
+        while seen:  # forget what is older than the window
+            first = next(iter(seen.values()))
+            if first >= oldest:
+                break
+            seen.popitem(last=False)
+        for payload in payloads:
+            key = payload if key_of is None else key_of(payload)
+            if key in seen:
+                self.duplicates += 1
+                continue
+            seen[key] = now
+            if len(seen) > self._dedupe_count:
+                seen.popitem(last=False)
+            out.append(payload)
+            self.delivered += 1
+
+    def _by_number(self, leg: int, payload: Payload, now: float, out: list[Out]) -> None:
+        assert self._sequence is not None
+        try:
+            number = self._sequence(payload)
+        except Exception as exc:
+            self._unreadable(f"raised {type(exc).__name__}", payload, out)
+            return
+        if type(number) is not int:
+            self._unreadable(f"returned {type(number).__name__}", payload, out)
+            return
+        last = self._last
+        if (last is not None and number <= last) or number in self._held:
+            self.duplicates += 1
+            return
+        if last is None or number == last + 1:
+            self._deliver(number, payload, now, out)
+            self._drain(out)
+            return
+        self._held[number] = (payload, now)
+        if not self._up - {leg}:  # nobody else can fill the hole
+            self._release(now, out, force=True)
+
+    def _unreadable(self, kind: str, payload: Payload, out: list[Out]) -> None:
+        self.unreadable[kind] = self.unreadable.get(kind, 0) + 1
+        out.append(payload)
+        self.delivered += 1
+
+    def _deliver(self, number: int, payload: Payload, arrived: float, out: list[Out]) -> None:
+        self._last, self._last_at = number, arrived
+        out.append(payload)
+        self.delivered += 1
+
+    def _drain(self, out: list[Out]) -> None:
+        """Deliver what was held and now follows the last number."""
+        held = self._held
+        while held:
+            assert self._last is not None
+            entry = held.pop(self._last + 1, None)
+            if entry is None:
+                return
+            self._deliver(self._last + 1, entry[0], entry[1], out)
+
+    def _release(self, now: float, out: list[Out], *, force: bool) -> None:
+        """Give up on the holes whose wait is over (all of them if *force*):
+        report each as a gap, deliver what follows it."""
+        held = self._held
+        while held:
+            first = min(held)
+            payload, arrived = held[first]
+            if not force and min(at for _, at in held.values()) + self._reorder > now:
+                return
+            del held[first]
+            assert self._last is not None
+            self._gap(Gap(start=self._last_at, end=arrived, reason="sequence",
+                          first_missing=self._last + 1, last_missing=first - 1,
+                          legs_down=tuple(i for i in range(self._legs) if i not in self._up)),
+                      out)
+            self._deliver(first, payload, arrived, out)
+            self._drain(out)
+
+    def _gap(self, gap: Gap, out: list[Out] | None = None) -> Gap:
+        self.gaps += 1
+        self.gap_seconds += max(0.0, gap.end - gap.start)
+        self.missing += gap.missing or 0
+        if out is not None:
+            out.append(gap)
+        return gap
+
+    # -- time --------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        """When held messages stop waiting for their hole to be filled."""
+        if not self._held:
+            return None
+        return min(at for _, at in self._held.values()) + self._reorder
+
+    def handle_timer(self, now: float) -> list[Out]:
+        """The reorder window of a hole passed: what to hand out now."""
+        out: list[Out] = []
+        self._release(now, out, force=False)
+        return out
+
+    @property
+    def held(self) -> int:
+        """Messages waiting for a hole before them to be filled."""
+        return len(self._held)
+
+    @property
+    def keys(self) -> int:
+        """Keys remembered for de-duplication."""
+        return len(self._seen)
