@@ -26,6 +26,7 @@ from .core import (
     Connecting,
     Disconnected,
     FeedCore,
+    Gap,
     Message,
     Messages,
     Metrics,
@@ -83,6 +84,7 @@ __all__ = [
     "Messages",
     "Pong",
     "Disconnected",
+    "Gap",
     "Alert",
     "Stopped",
     # errors (also in nonstop.errors)

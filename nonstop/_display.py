@@ -69,6 +69,7 @@ _STYLES = {
     "[CONNECTING]": "cyan",
     "[RECONNECTING]": "cyan",
     "[DISCONNECTED]": "yellow",
+    "[GAP]": "yellow",
     "[ALERT]": "bold red",
     "[STOPPED]": "magenta",
 }

@@ -304,6 +304,9 @@ class Exporter(Collector):
         yield counter("connections_opened", "Connections opened (handshakes completed).",
                       lambda m: m.connection)
         yield counter("reconnects", "Connections opened after the first one.", lambda m: m.reconnects)
+        yield counter("gaps", "Windows in which messages may have been lost (a break until the "
+                      "next connection delivered).", lambda m: m.gaps)
+        yield counter("gap_seconds", "Seconds of those windows, all together.", lambda m: m.gap_seconds)
         yield counter("connected_seconds", "Seconds spent connected, all connections together.",
                       lambda m: m.total_uptime)
         yield counter("running_seconds", "Seconds since the feed started.", lambda m: m.running_time)

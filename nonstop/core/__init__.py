@@ -27,6 +27,7 @@ from ._events import (
     Disconnected,
     Effect,
     Event,
+    Gap,
     Message,
     Messages,
     OpenTransport,
@@ -36,7 +37,7 @@ from ._events import (
 )
 from ._guard import ERROR, INFO, WARNING, AlertKind, AlertPolicy, Reason, classify_error, level_for
 from ._logfmt import KEYWORDS, format_event, redact_text
-from ._merge import Gap, Merge
+from ._merge import Merge
 from ._metrics import Metrics
 from ._state import TRANSITIONS, Input, State
 from ._url import Endpoint, parse_url, redact_url

@@ -73,6 +73,7 @@ from ._events import (
     Connecting,
     Disconnected,
     Event,
+    Gap,
     Messages,
     OpenTransport,
     Pong,
@@ -172,6 +173,13 @@ class FeedCore:
         self._bytes = 0
         self._last_message_at: float | None = None
         self._last_rtt: float | None = None
+        # A window of possible loss: since a connection that was open broke,
+        # until the next one delivers (see _end_gap); and the totals.
+        self._gap_since: float | None = None
+        self._gap_reason = ""
+        self._gap_connection = 0  # the connection that broke (its last messages end no gap)
+        self._gaps = 0
+        self._gap_seconds = 0.0
         self._disconnects: dict[str, int] = {}
         self._last_reason: str | None = None
         self._alerts = AlertTracker(config.alerts)
@@ -274,6 +282,8 @@ class FeedCore:
             subscriptions=len(self._subs),
             disconnects=dict(self._disconnects),
             last_disconnect_reason=self._last_reason,
+            gaps=self._gaps,
+            gap_seconds=self._gap_seconds,
             alerts_active=tuple(sorted(k.value for k in self._alerts.active)),
             reading_paused=self._paused_at is not None,
         )
@@ -719,6 +729,18 @@ class FeedCore:
         self._alert(self._alerts.on_connected(now, reconnect=self._connections > 1))
         for sub in self._subs.replay(now):
             self._send_subscription(sub)
+        if self._gap_since is not None and not self._subs.pending:  # nothing to wait for
+            self._end_gap(now)
+
+    def _end_gap(self, now: float) -> None:
+        """The window since the break ends: queue its ``Gap`` (before the
+        messages that follow it) and count it."""
+        since, self._gap_since = self._gap_since, None
+        assert since is not None
+        self._gaps += 1
+        self._gap_seconds += now - since
+        self._events.append(Gap(start=since, end=now, reason=self._gap_reason,
+                                connection=self._connections))
 
     def _send_subscription(self, sub: Subscription) -> None:
         """Send *sub*; one without an ACK matcher is subscribed once sent."""
@@ -767,12 +789,16 @@ class FeedCore:
                         kept = []
                     self._events.append(Subscribed(subscription=sub, connection=self._connections,
                                                    acked=True))
+                    if self._gap_since is not None and not self._subs.pending:
+                        self._end_gap(now)
             kept.append(data)
         return kept
 
     def _emit_messages(self, payloads: list[Payload], now: float) -> None:
         """Queue *payloads* (a list the core owns), extending the last queued
         ``Messages`` event when it belongs to the same connection and input."""
+        if self._gap_since is not None and self._connections != self._gap_connection:
+            self._end_gap(now)  # the first message of the next connection
         self._messages += len(payloads)
         self._last_message_at = now
         health = self._health
@@ -877,6 +903,9 @@ class FeedCore:
         if was_open:
             assert self._opened_at is not None
             self._uptime_total += now - self._opened_at
+            if self._gap_since is None and retry_in is not None:  # messages may be lost now
+                self._gap_since, self._gap_reason = now, verdict.reason.value
+                self._gap_connection = self._connections
         self._events.append(
             Disconnected(
                 reason=verdict.reason,

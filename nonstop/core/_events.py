@@ -35,6 +35,7 @@ __all__ = [
     "Messages",
     "Pong",
     "Disconnected",
+    "Gap",
     "Alert",
     "Stopped",
     "Effect",
@@ -193,6 +194,53 @@ class Disconnected:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Gap:
+    """Messages may have been lost between ``start`` and ``end`` (``[GAP]``).
+
+    From the core of one connection: a connection that was open broke, and
+    the window runs from the break to the next connection's first message,
+    or to the moment all its subscriptions were acknowledged (or, with none
+    to acknowledge, to its 101), whichever came first.  From a
+    :class:`~nonstop.core.Merge` of several legs: numbers that never came,
+    or a time with no leg subscribed.  Emitted before the first message
+    after it.
+    """
+
+    start: float
+    """When the loss may have begun (the core's clock): the break, the last
+    leg going down, or the last message before the missing numbers."""
+    end: float
+    """When it ended: the new connection's first message (or its
+    subscriptions acknowledged), a leg up again, or the first message after
+    the missing numbers."""
+    reason: str
+    """Why: the break's reason (``reset``, ``silence``, ...: the value of its
+    :class:`~nonstop.Reason`), ``no_leg`` (no leg was subscribed) or
+    ``sequence`` (numbers never came)."""
+    connection: int | None = None
+    """The connection after the gap (from the core of one connection)."""
+    first_missing: int | None = None
+    """With sequence numbers: the first number that never came."""
+    last_missing: int | None = None
+    """With sequence numbers: the last number that never came."""
+    legs_down: tuple[int, ...] = ()
+    """The legs that were not subscribed when the gap was found."""
+
+    @property
+    def seconds(self) -> float:
+        """How long the gap lasted."""
+        return self.end - self.start
+
+    @property
+    def missing(self) -> int | None:
+        """How many numbers never came (``None`` without sequence numbers)."""
+        if self.first_missing is None or self.last_missing is None:
+            return None
+        return self.last_missing - self.first_missing + 1
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Alert:
     """An operator alert started (``active``) or cleared (``[ALERT]``)."""
 
@@ -213,6 +261,7 @@ class Stopped:
 
 
 Effect = Union[OpenTransport, CloseTransport]
-AppEvent = Union[Connecting, Connected, Subscribed, Messages, Pong, Disconnected, Alert, Stopped]
+AppEvent = Union[Connecting, Connected, Subscribed, Messages, Pong, Disconnected, Gap, Alert,
+                 Stopped]
 Event = Union[OpenTransport, CloseTransport, Connecting, Connected, Subscribed, Messages, Pong,
-              Disconnected, Alert, Stopped]
+              Disconnected, Gap, Alert, Stopped]

@@ -11,6 +11,7 @@ grep-able keyword and carry ``key=value`` fields::
     [SUBSCRIBED] feed=prices connection=1 subscription="trades" acked=true
     [DISCONNECTED] feed=prices reason=ping_timeout code=1006 connection=1 uptime=63.200s
                    failures=1 retry_in=0.310s detail="no pong or data within 10.0s of a ping"
+    [GAP] feed=prices reason=ping_timeout seconds=0.412s connection=2
     [RECONNECTING] feed=prices url=wss://feed.example/ws?token=*** attempt=2 total=2
     [ALERT] feed=prices kind=down active=true detail="no connection for 60.0s"
     [STOPPED] feed=prices reason=stopped detail="stop requested"
@@ -32,6 +33,7 @@ from ._events import (
     Connecting,
     Disconnected,
     Event,
+    Gap,
     Message,
     Messages,
     OpenTransport,
@@ -39,7 +41,7 @@ from ._events import (
     Stopped,
     Subscribed,
 )
-from ._guard import ERROR, INFO, Reason
+from ._guard import ERROR, INFO, WARNING, Reason
 from ._url import REDACTED, SECRET_WORDS
 
 __all__ = ["format_event", "redact_text", "KEYWORDS"]
@@ -49,6 +51,7 @@ KEYWORDS = (
     "[CONNECTED]",
     "[SUBSCRIBED]",
     "[DISCONNECTED]",
+    "[GAP]",
     "[RECONNECTING]",
     "[ALERT]",
     "[STOPPED]",
@@ -116,6 +119,11 @@ def format_event(event: Event | Message, feed: str | None = None) -> tuple[int, 
             failures=event.failures, retry_in=event.retry_in,
             detail=redact_text(event.detail),
         )
+    if isinstance(event, Gap):
+        return WARNING, _line("[GAP]", feed, reason=event.reason, seconds=event.seconds,
+                              connection=event.connection, first_missing=event.first_missing,
+                              last_missing=event.last_missing, missing=event.missing,
+                              legs_down=",".join(map(str, event.legs_down)) or None)
     if isinstance(event, Alert):
         return event.level, _line("[ALERT]", feed, kind=event.kind.value, active=event.active,
                                   detail=redact_text(event.detail))

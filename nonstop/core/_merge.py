@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Final, Union, final
+from typing import Final, Union
 
 from ._config import Payload
 from ._errors import ConfigError
+from ._events import Gap
 
 __all__ = ["Gap", "Merge", "Out"]
 
@@ -54,34 +54,6 @@ REORDER_WINDOW: Final = 0.05
 #: How long a key is remembered, and how many at most, by default.
 DEDUPE_WINDOW: Final = 60.0
 DEDUPE_COUNT: Final = 100_000
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Gap:
-    """Messages may have been lost between ``start`` and ``end``."""
-
-    start: float
-    """When the loss may have begun: the last leg went down, or the last
-    message before the missing numbers arrived."""
-    end: float
-    """When it ended: a leg was up again, or the first message after the
-    missing numbers arrived."""
-    reason: str
-    """``no_leg`` (no leg was subscribed) or ``sequence`` (numbers never came)."""
-    first_missing: int | None = None
-    """With sequence numbers: the first number that never came."""
-    last_missing: int | None = None
-    """With sequence numbers: the last number that never came."""
-    legs_down: tuple[int, ...] = ()
-    """The legs that were not subscribed when the gap was found."""
-
-    @property
-    def missing(self) -> int | None:
-        """How many numbers never came (``None`` without sequence numbers)."""
-        if self.first_missing is None or self.last_missing is None:
-            return None
-        return self.last_missing - self.first_missing + 1
 
 
 Out = Union[Payload, Gap]

@@ -58,6 +58,10 @@ class Metrics:
     """Disconnects so far, by reason (a graceful stop is not counted)."""
     last_disconnect_reason: str | None
     alerts_active: tuple[str, ...]
+    gaps: int = 0
+    """Windows in which messages may have been lost (``Gap`` events)."""
+    gap_seconds: float = 0.0
+    """Their length, all together."""
     reading_paused: bool = False
     """The driver stopped reading because the application fell behind."""
     # Filled in by the drivers (the core has no queue of its own):

@@ -20,6 +20,7 @@ from nonstop.core import (
     CloseTransport,
     Connected,
     Disconnected,
+    Gap,
     Reason,
     State,
     Stopped,
@@ -261,7 +262,7 @@ def test_reconnect_rate_alerts_when_more_than_r_reconnects_in_a_minute() -> None
     pair.fire_next()  # 1003
     pair.open()
     events = pair.accept()  # third reconnect
-    assert [type(e) for e in events] == [Connected, Alert]
+    assert [type(e) for e in events] == [Connected, Alert, Gap]
     assert events[1] == on(AlertKind.RECONNECT_RATE, "3 reconnects in the last 60s (threshold 2)")
     assert pair.core.metrics(pair.now).reconnects_last_minute == 3
 

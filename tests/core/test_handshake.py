@@ -22,6 +22,7 @@ from nonstop.core import (
     Connected,
     Connecting,
     Disconnected,
+    Gap,
     Message,
     NotConnected,
     OpenTransport,
@@ -271,7 +272,8 @@ def test_handshake_time_and_downtime_after_a_reconnect() -> None:
     pair.advance(0.25)
     assert pair.accept() == [
         Connected(connection=2, attempt=2, subprotocol=None, handshake_time=0.375,
-                  downtime=2.375)
+                  downtime=2.375),
+        Gap(start=1003.0, end=1005.375, reason="eof", connection=2),  # no ACK to wait for
     ]
 
 

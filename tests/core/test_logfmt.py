@@ -8,6 +8,7 @@ from nonstop.core import (
     ERROR,
     INFO,
     KEYWORDS,
+    WARNING,
     Alert,
     AlertKind,
     AlertPolicy,
@@ -45,7 +46,7 @@ def disconnected(**overrides: object) -> Disconnected:
 
 def test_keywords() -> None:
     assert KEYWORDS == ("[CONNECTING]", "[CONNECTED]", "[SUBSCRIBED]", "[DISCONNECTED]",
-                        "[RECONNECTING]", "[ALERT]", "[STOPPED]")
+                        "[GAP]", "[RECONNECTING]", "[ALERT]", "[STOPPED]")
 
 
 def test_first_attempt_is_connecting() -> None:
@@ -241,6 +242,7 @@ def test_lifecycle_lines() -> None:
         (INFO, "[RECONNECTING] feed=prices url=ws://feed.example/stream attempt=3 total=3"),
         (INFO, "[CONNECTED] feed=prices connection=2 attempt=3 handshake=0.000s downtime=3.000s"),
         (INFO, "[SUBSCRIBED] feed=prices connection=2 subscription=trades acked=false"),
+        (WARNING, "[GAP] feed=prices reason=server_closed seconds=3.000s connection=2"),
         (INFO, "[DISCONNECTED] feed=prices reason=stopped code=1000 connection=2 uptime=0.000s "
                'failures=2 detail="stop requested"'),
         (INFO, '[ALERT] feed=prices kind=consecutive_failures active=false '

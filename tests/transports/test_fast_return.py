@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from nonstop import Backoff, Disconnected, Reason, Subscribed, Subscription
+from nonstop import Backoff, Disconnected, Gap, Reason, Subscribed, Subscription
 from nonstop.testing import Fault, FeedServer
 
 from .conftest import Backend
@@ -74,9 +74,14 @@ async def test_a_stable_feed_that_breaks_is_subscribed_again_within_100_ms(
           f"{(t_back - t_break) * 1000:5.1f} ms after the break was seen")
     assert t_back - t_break < 0.1
     # The events of the break are held until the new connection is under
-    # way, then handed out in order, none lost.
-    kinds = [type(e).__name__ for t, e in rec.events if t >= t0 and type(e).__name__ != "Pong"]
-    assert kinds[:4] == ["Disconnected", "Connecting", "Connected", "Subscribed"], kinds
+    # way, then handed out in order, none lost; the window is reported as a
+    # Gap, from the break to the new connection's first message or ACK.
+    after = [e for t, e in rec.events if t >= t0 and type(e).__name__ != "Pong"]
+    kinds = [type(e).__name__ for e in after]
+    assert kinds[:3] == ["Disconnected", "Connecting", "Connected"], kinds
+    assert "Subscribed" in kinds[3:5] and "Gap" in kinds[3:5], kinds
+    gap = next(e for e in after if isinstance(e, Gap))
+    assert (gap.reason, gap.connection) == (reason.value, 2) and 0 < gap.seconds < 0.1, gap
 
 
 @pytest.mark.anyio
