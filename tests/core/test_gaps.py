@@ -34,6 +34,18 @@ def acked_pair(**options: object) -> Pair:
                 **options)
 
 
+def broken_then_reopened(pair: Pair) -> None:
+    """Subscribed and acknowledged, a break at T0 + 2 (retried at once),
+    the new connection's 101: its subscription awaits the ACK."""
+    pair.connect()
+    pair.send_text("ack")
+    pair.advance(2.0)
+    pair.eof()
+    pair.fire_next()
+    pair.open()
+    pair.accept()
+
+
 def test_no_gap_on_the_first_connection() -> None:
     pair = acked_pair()
     pair.connect()
@@ -63,13 +75,7 @@ def test_a_break_is_a_gap_until_the_next_subscription_is_acknowledged() -> None:
 
 def test_a_message_before_the_ack_ends_the_gap_first() -> None:
     pair = acked_pair()
-    pair.connect()
-    pair.send_text("ack")
-    pair.advance(2.0)
-    pair.eof()
-    pair.fire_next()
-    pair.open()
-    pair.accept()
+    broken_then_reopened(pair)
     pair.advance(0.1)
     events = pair.send_text("tick")
     assert [type(e) for e in events] == [Gap, Message]

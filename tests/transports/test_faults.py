@@ -169,6 +169,14 @@ def numbered(message: str | bytes) -> dict[str, Any] | None:
     return None
 
 
+async def until_flowing(feed: Any, rec: Recorder) -> None:
+    """Until the subscription is acknowledged and a numbered message came."""
+    await rec.acked(timeout=10)
+    async for message in feed:
+        if numbered(message):
+            return
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 @pytest.mark.anyio
 async def test_driver_recovers(scenario: Scenario, backend: Backend) -> None:
@@ -177,10 +185,7 @@ async def test_driver_recovers(scenario: Scenario, backend: Backend) -> None:
     async with FeedServer(interval=0.01) as server:
         with anyio.fail_after(60):
             async with backend.connect(server.url, on_event=rec, **options) as feed:
-                await rec.acked(timeout=10)
-                async for message in feed:
-                    if numbered(message):
-                        break
+                await until_flowing(feed, rec)
                 t0 = time.monotonic()
                 inject_all(server, scenario)
                 if scenario.reason is Reason.ACK_TIMEOUT:
@@ -210,10 +215,7 @@ async def test_a_server_that_answers_pings_but_sends_no_data_is_left(backend: Ba
     async with FeedServer(interval=0.01) as server:
         with anyio.fail_after(30):
             async with backend.connect(server.url, on_event=rec, **CLIENT) as feed:
-                await rec.acked(timeout=10)
-                async for message in feed:
-                    if numbered(message):
-                        break
+                await until_flowing(feed, rec)
                 t0 = time.monotonic()
                 server.inject(Fault.MUTE)
                 gone = await feed.wait_for(Disconnected, lambda e: e.reason is Reason.SILENCE,
