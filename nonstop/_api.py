@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._options import Options, options, with_options
 from .transports._anyio import AsyncFeed
 from .transports._anyio_fast import FastAsyncFeed
+from .transports._anyio_merged import MergedAsyncFeed
 
 __all__ = ["connect"]
 
@@ -23,5 +24,7 @@ def connect(chosen: Options) -> AsyncFeed:
     Bad options and URLs raise :class:`~nonstop.ConfigError` /
     :class:`~nonstop.InvalidURL` here, before anything connects.
     """
+    if chosen.new_merge is not None:
+        return MergedAsyncFeed(chosen.leg_cores(), chosen.new_merge(), chosen.driver)
     kind = FastAsyncFeed if chosen.driver.fast else AsyncFeed
     return kind(chosen.new_core(), chosen.driver)

@@ -62,6 +62,7 @@ from .core import (
     AppEvent,
     Backoff,
     Disconnected,
+    Gap,
     Metrics,
     Reason,
     Subscribed,
@@ -196,6 +197,7 @@ class _Demo:
         self.events: list[tuple[float, AppEvent]] = []
         self._changed: anyio.Event | None = None
         self.got: list[tuple[int, int, int]] = []  # (seq, server conn, client connection)
+        self.gap_records: list[Gap] = []  # what records() reported
         self.unique: set[int] = set()
         self.rows = [_Row(step) for step in self.steps]
         self.phase = "starting"
@@ -232,6 +234,9 @@ class _Demo:
 
     async def consume(self, feed: AsyncFeed) -> None:
         async for record in feed.records():
+            if type(record) is Gap:
+                self.gap_records.append(record)
+                continue
             data = record.data
             if isinstance(data, str) and data.startswith('{"seq"'):
                 item = json.loads(data)

@@ -35,18 +35,20 @@ compares that table's names and defaults with this signature).
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import logging
 import os
 import random
 import ssl as _ssl
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from .core import AlertPolicy, AppEvent, AppPing, Backoff, Config, ConfigError, FeedCore
-from .core._config import HeaderProvider, HeadersLike
+from .core import AlertPolicy, AppEvent, AppPing, Backoff, Config, ConfigError, FeedCore, Merge
+from .core._config import HeaderProvider, HeadersLike, Payload
+from .core._merge import DEDUPE_COUNT, DEDUPE_WINDOW, REORDER_WINDOW
 
 __all__ = [
     "options",
@@ -118,16 +120,34 @@ class Options:
     """The driver's part: how bytes move."""
     rng: random.Random
     """The jitter source the core draws from."""
+    legs: tuple[Config, ...] = ()
+    """A redundant feed's legs, one core's config each (empty: one
+    connection, :attr:`config`)."""
+    new_merge: Callable[[], Merge] | None = None
+    """Makes the :class:`~nonstop.core.Merge` of the legs' messages
+    (``None``: one connection, no merge)."""
 
     def new_core(self) -> FeedCore:
         """A fresh :class:`~nonstop.core.FeedCore` for these options; hand it,
         with :attr:`driver`, to the driver's feed."""
         return FeedCore(self.config, rng=self.rng)
 
+    def leg_cores(self) -> list[FeedCore]:
+        """One fresh core per leg, each with a jitter source of its own
+        (drawn from :attr:`rng`), so the legs never retry in step."""
+        return [FeedCore(leg, rng=random.Random(self.rng.getrandbits(64))) for leg in self.legs]
+
 
 def options(
-    url: str,
+    url: str | None = None,
     *,
+    urls: Sequence[str] = (),
+    redundancy: int | None = None,
+    sequence: Callable[[Payload], int] | None = None,
+    dedupe: Callable[[Payload], Hashable] | None = None,
+    reorder_window: float = REORDER_WINDOW,
+    dedupe_window: float = DEDUPE_WINDOW,
+    dedupe_count: int = DEDUPE_COUNT,
     subscribe: Iterable[object] = (),
     headers: HeadersLike | HeaderProvider | None = None,
     subprotocols: Sequence[str] = (),
@@ -169,7 +189,29 @@ def options(
     Options
     -------
     url
-        The feed's ``ws://`` or ``wss://`` URL.
+        The feed's ``ws://`` or ``wss://`` URL (or give ``urls``).
+    urls
+        Several endpoints of the same feed, instead of ``url``: the legs
+        (``redundancy``) go to them in turn.
+    redundancy
+        Connections ("legs") kept to the feed at once, merged into one
+        stream in which each message appears once; ``None``: one, or one
+        per entry of ``urls``.
+    sequence
+        The feed's own sequence number of a message, ``fn(message) -> int``:
+        duplicates are told apart by it, and numbers that never came are
+        reported as gaps.
+    dedupe
+        Without ``sequence``, a message's key, ``fn(message) -> hashable``:
+        a key seen within ``dedupe_window`` is a duplicate; ``None``: the
+        message itself (with ``redundancy`` above one).
+    reorder_window
+        Seconds messages after a missing number wait for another leg to
+        bring it, before the number is reported missing.
+    dedupe_window
+        Seconds a key is remembered.
+    dedupe_count
+        Keys remembered at most (the memory bound).
     subscribe
         Messages sent after every connect, in order: ``str``, ``bytes``,
         JSON-able objects or :class:`~nonstop.Subscription`.
@@ -246,8 +288,9 @@ def options(
         fails or is slow right after a connection worked, that connection's
         address is dialed instead (see the usage guide).
     """
+    endpoints = _endpoints(url, urls)
     config = Config(
-        url=url,
+        url=endpoints[0],
         name=name,
         subscriptions=_messages("subscribe", subscribe),
         headers=headers,
@@ -282,7 +325,65 @@ def options(
         logger=logger,
         resolver=resolver,
     )
-    return Options(config, driver, rng if rng is not None else random.Random())
+    rng = rng if rng is not None else random.Random()
+    legs = _legs(endpoints, redundancy)
+    if legs == 1 and sequence is None and dedupe is None:
+        return Options(config, driver, rng)
+    for option, function in (("sequence", sequence), ("dedupe", dedupe)):
+        if function is not None and not callable(function):
+            raise ConfigError(f"{option} must be a function of a message, got {function!r}")
+    new_merge = functools.partial(Merge, legs, sequence=sequence, dedupe=dedupe,
+                                  reorder_window=reorder_window, dedupe_window=dedupe_window,
+                                  dedupe_count=dedupe_count)
+    new_merge()  # its checks, now
+    return Options(config, driver, rng, legs=_leg_configs(config, endpoints, legs),
+                   new_merge=new_merge)
+
+
+#: The ceiling of the wait before a leg after the first one comes back from
+#: a break of a stable connection, when ``Backoff.first`` is 0: the first
+#: leg returns at once, the others spread over this, so that a server that
+#: drops every leg at once does not get them back in one burst.
+LEG_SPREAD = 0.5
+
+
+def _endpoints(url: object, urls: object) -> list[str]:
+    """The feed's URLs: ``url`` or ``urls``, exactly one of them."""
+    if url is not None and urls:
+        raise ConfigError("give url or urls=[...], not both")
+    if url is not None:
+        if not isinstance(url, str):
+            raise ConfigError(f"url must be a ws:// or wss:// URL string, got {url!r}")
+        return [url]
+    found = _items("urls", urls, "URLs")
+    if not found:
+        raise ConfigError("no URL: give the feed's ws:// or wss:// URL, or urls=[...]")
+    for item in found:
+        if not isinstance(item, str):
+            raise ConfigError(f"urls must contain URL strings, got {item!r}")
+    return found
+
+
+def _legs(endpoints: list[str], redundancy: object) -> int:
+    if redundancy is None:
+        return len(endpoints)
+    if isinstance(redundancy, bool) or not isinstance(redundancy, int) or redundancy < 1:
+        raise ConfigError(f"redundancy must be an integer >= 1 (connections kept at once), "
+                          f"got {redundancy!r}")
+    return redundancy
+
+
+def _leg_configs(config: Config, endpoints: list[str], legs: int) -> tuple[Config, ...]:
+    """Leg *i*'s config: the *i*-th endpoint in turn, the label with
+    ``#i``, and (after the first leg) a spread before the first retry."""
+    out = []
+    for i in range(legs):
+        backoff = config.backoff
+        if i and not backoff.first:
+            backoff = replace(backoff, first=min(LEG_SPREAD, backoff.cap))
+        out.append(replace(config, url=endpoints[i % len(endpoints)],
+                           name=f"{config.label}#{i}", backoff=backoff))
+    return tuple(out)
 
 
 def _items(option: str, value: object, what: str) -> list[Any]:

@@ -56,7 +56,7 @@ from . import __version__
 from ._api import connect
 from ._demo import main as demo_main
 from ._display import Display, Rate, UsageError, status_text
-from .core import Backoff, Config, ConfigError, InvalidURL, Message, Metrics
+from .core import Backoff, Config, ConfigError, Gap, InvalidURL, Message, Metrics
 from .errors import FeedGaveUp
 from .transports._anyio import AsyncFeed
 
@@ -373,6 +373,9 @@ class _Runner:
                             tg.start_soon(self._status)
                         try:
                             async for record in feed.records():
+                                if type(record) is Gap:
+                                    continue  # its [GAP] line is on stderr already
+                                assert type(record) is Message
                                 out.write(record)
                                 if out.broken:
                                     feed.stop()

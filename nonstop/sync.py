@@ -15,6 +15,7 @@ from __future__ import annotations
 from ._options import Options, options, with_options
 from .transports._blocking import SyncFeed
 from .transports._blocking_fast import FastSyncFeed
+from .transports._blocking_merged import MergedSyncFeed
 
 __all__ = ["connect"]
 
@@ -30,5 +31,7 @@ def connect(chosen: Options) -> SyncFeed:
     URLs raise :class:`~nonstop.ConfigError` / :class:`~nonstop.InvalidURL`
     here, before anything connects.
     """
+    if chosen.new_merge is not None:
+        return MergedSyncFeed(chosen.leg_cores(), chosen.new_merge(), chosen.driver)
     kind = FastSyncFeed if chosen.driver.fast else SyncFeed
     return kind(chosen.new_core(), chosen.driver)

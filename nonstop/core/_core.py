@@ -176,8 +176,8 @@ class FeedCore:
         # A window of possible loss: since a connection that was open broke,
         # until the next one delivers (see _end_gap); and the totals.
         self._gap_since: float | None = None
+        self._live = 0  # the latest connection known to deliver (see delivering)
         self._gap_reason = ""
-        self._gap_connection = 0  # the connection that broke (its last messages end no gap)
         self._gaps = 0
         self._gap_seconds = 0.0
         self._disconnects: dict[str, int] = {}
@@ -286,6 +286,7 @@ class FeedCore:
             gap_seconds=self._gap_seconds,
             alerts_active=tuple(sorted(k.value for k in self._alerts.active)),
             reading_paused=self._paused_at is not None,
+            legs_live=1 if self.delivering else 0,
         )
 
     # ------------------------------------------------------------------
@@ -729,7 +730,20 @@ class FeedCore:
         self._alert(self._alerts.on_connected(now, reconnect=self._connections > 1))
         for sub in self._subs.replay(now):
             self._send_subscription(sub)
-        if self._gap_since is not None and not self._subs.pending:  # nothing to wait for
+        if not self._subs.pending:  # nothing to wait for
+            self._went_live(now)
+
+    @property
+    def delivering(self) -> bool:
+        """The open connection delivers: a message came on it, or every
+        subscription it replayed is acknowledged (at once when none waits
+        for an ACK).  What a redundant feed counts as a leg that covers."""
+        return self._state is State.OPEN and self._live == self._connections
+
+    def _went_live(self, now: float) -> None:
+        """The current connection delivers: a gap since the last break ends."""
+        self._live = self._connections
+        if self._gap_since is not None:
             self._end_gap(now)
 
     def _end_gap(self, now: float) -> None:
@@ -789,16 +803,16 @@ class FeedCore:
                         kept = []
                     self._events.append(Subscribed(subscription=sub, connection=self._connections,
                                                    acked=True))
-                    if self._gap_since is not None and not self._subs.pending:
-                        self._end_gap(now)
+                    if not self._subs.pending:
+                        self._went_live(now)
             kept.append(data)
         return kept
 
     def _emit_messages(self, payloads: list[Payload], now: float) -> None:
         """Queue *payloads* (a list the core owns), extending the last queued
         ``Messages`` event when it belongs to the same connection and input."""
-        if self._gap_since is not None and self._connections != self._gap_connection:
-            self._end_gap(now)  # the first message of the next connection
+        if self._live != self._connections and self._state is State.OPEN:
+            self._went_live(now)  # the connection's first message (not a broken one's last)
         self._messages += len(payloads)
         self._last_message_at = now
         health = self._health
@@ -905,7 +919,6 @@ class FeedCore:
             self._uptime_total += now - self._opened_at
             if self._gap_since is None and retry_in is not None:  # messages may be lost now
                 self._gap_since, self._gap_reason = now, verdict.reason.value
-                self._gap_connection = self._connections
         self._events.append(
             Disconnected(
                 reason=verdict.reason,

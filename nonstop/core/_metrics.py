@@ -64,6 +64,17 @@ class Metrics:
     """Their length, all together."""
     reading_paused: bool = False
     """The driver stopped reading because the application fell behind."""
+    legs: int = 1
+    """Connections the feed keeps at once (``redundancy``)."""
+    legs_live: int = 0
+    """Of those, the ones delivering now (a message came on the connection,
+    or its subscriptions are acknowledged)."""
+    duplicates: int = 0
+    """Messages dropped because another leg had delivered them already."""
+    missing: int = 0
+    """Sequence numbers reported missing in gaps (``sequence=``)."""
+    leg_metrics: tuple[Metrics, ...] = ()
+    """Each leg's own metrics, of a redundant feed (empty: one connection)."""
     # Filled in by the drivers (the core has no queue of its own):
     queued: int = 0
     """Messages waiting for the application."""

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import anyio
 
-from ..core import AppEvent, Connected, Message, Metrics, State, Subscription
+from ..core import AppEvent, Connected, Gap, Message, Metrics, State, Subscription
 from ._anyio_loop import AnyioLoop
 from ._common import take_pending
 from ._session import Waiter, confirms, matcher
@@ -128,8 +128,10 @@ class AsyncFeed(AnyioLoop):
             self._made_room()
             yield batch
 
-    async def records(self) -> AsyncIterator[Message]:
-        """Iterate messages with their metadata (connection number, receive time).
+    async def records(self) -> AsyncIterator[Message | Gap]:
+        """Iterate messages with their metadata (connection number, receive
+        time), and a :class:`~nonstop.Gap` record wherever messages may have
+        been lost, before the first message after it.
 
         Don't mix with plain iteration or :meth:`batches` on one feed: the
         messages those took and did not hand out yet have no metadata left,

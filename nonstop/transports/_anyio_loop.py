@@ -326,7 +326,7 @@ class AnyioLoop(Feed):
             # connection): no trip through the event loop.  Other due
             # timers still wait below, which yields once (a deferred
             # failure lets the consumer take what came before it).
-            core.handle_timer(now)
+            self._session.handle_timer(now)
             return
         if self._pending_open is None:  # (a connect releases them once under way)
             self._session.release()
@@ -350,7 +350,7 @@ class AnyioLoop(Feed):
                 self._wait_scope = None
         now = self._clock()
         if deadline is not None and now >= deadline:
-            core.handle_timer(max(deadline, now))
+            self._session.handle_timer(max(deadline, now))
 
     async def _open(self, effect: OpenTransport) -> None:
         self._pending_open = None

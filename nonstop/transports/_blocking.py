@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TypeVar
 
-from ..core import AppEvent, Connected, Message, Metrics, State, Subscription
+from ..core import AppEvent, Connected, Gap, Message, Metrics, State, Subscription
 from ._blocking_loop import BlockingLoop
 from ._common import take_pending
 from ._session import Waiter, confirms, matcher
@@ -112,8 +112,10 @@ class SyncFeed(BlockingLoop):
             except StopIteration:
                 return
 
-    def records(self) -> Iterator[Message]:
-        """Iterate messages with metadata (connection number, receive time).
+    def records(self) -> Iterator[Message | Gap]:
+        """Iterate messages with metadata (connection number, receive time),
+        and a :class:`~nonstop.Gap` record wherever messages may have been
+        lost, before the first message after it.
 
         Don't mix with plain iteration or :meth:`batches` on one feed: the
         messages those took and did not hand out yet have no metadata left,

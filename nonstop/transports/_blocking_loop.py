@@ -257,7 +257,7 @@ class BlockingLoop(Feed):
             self._dial_step()
         elif deadline is not None and now >= deadline:
             with self._cond:
-                core.handle_timer(max(deadline, now))
+                self._session.handle_timer(max(deadline, now))
 
     def _release(self) -> None:
         """Observe the events held since a break (:meth:`Session.release`),

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 from .._options import DriverOptions, Overflow, prepare  # defined with the options of connect
 from ..core import (
     AppEvent,
+    Gap,
     Message,
     Messages,
     Metrics,
@@ -145,6 +146,10 @@ class MessageBuffer:
     once pushed (the core never touches a run it has handed out) and the
     consumer's once taken.
 
+    A :class:`~nonstop.core.Gap` takes its place among the runs
+    (:meth:`push_gap`, an empty run): :meth:`take_records` hands it out
+    there, :meth:`take` passes over it, and it counts as no message.
+
     ``push`` returns what the driver must do: ``"ok"``, ``"full"`` (under
     ``backpressure``: the rest of the run is held and reading stops) or
     ``"disconnect"``.  Held runs -- at most one read's worth, since the
@@ -154,10 +159,11 @@ class MessageBuffer:
     __slots__ = ("_runs", "_count", "_held", "size", "policy", "dropped", "overflows")
 
     def __init__(self, size: int, policy: Overflow) -> None:
-        # [messages, index of the first not taken, connection, received_at]
+        # [messages, index of the first not taken, connection, received_at];
+        # a gap: [[], 0, the Gap, its end]
         self._runs: collections.deque[list[Any]] = collections.deque()
         self._count = 0  # messages in _runs, not taken
-        self._held: collections.deque[Messages] = collections.deque()
+        self._held: collections.deque[Messages | Gap] = collections.deque()
         self.size = size
         self.policy = policy
         self.dropped = 0
@@ -174,6 +180,13 @@ class MessageBuffer:
     def _append(self, data: list[Payload], connection: int, received_at: float) -> None:
         self._runs.append([data, 0, connection, received_at])
         self._count += len(data)
+
+    def push_gap(self, gap: Gap) -> None:
+        """Mark *gap* here, before the messages pushed after it."""
+        if self._held:
+            self._held.append(gap)
+        else:
+            self._runs.append([[], 0, gap, gap.end])
 
     def push(self, batch: Messages) -> str:
         if self._held:
@@ -237,21 +250,28 @@ class MessageBuffer:
             self._refill()
         return out if out is not None else []
 
-    def take_records(self, limit: int) -> list[Message]:
-        """Like :meth:`take`, with each message's connection and receive time."""
-        out: list[Message] = []
+    def take_records(self, limit: int) -> list[Message | Gap]:
+        """Like :meth:`take`, with each message's connection and receive
+        time, and the gaps among them."""
+        out: list[Message | Gap] = []
         runs = self._runs
-        while runs and len(out) < limit:
+        taken = 0
+        while runs and taken < limit:
             first = runs[0]
             data, start, connection, received_at = first
-            end = min(len(data), start + limit - len(out))
+            if type(connection) is Gap:
+                runs.popleft()
+                out.append(connection)
+                continue
+            end = min(len(data), start + limit - taken)
             out += [Message(data=item, connection=connection, received_at=received_at)
                     for item in data[start:end]]
+            taken += end - start
             if end == len(data):
                 runs.popleft()
             else:
                 first[1] = end
-        self._count -= len(out)
+        self._count -= taken
         if self._held:
             self._refill()
         return out
@@ -263,6 +283,11 @@ class MessageBuffer:
             if room <= 0:
                 return
             batch = held[0]
+            if type(batch) is Gap:
+                held.popleft()
+                self._runs.append([[], 0, batch, batch.end])
+                continue
+            assert type(batch) is Messages
             if len(batch.data) <= room:
                 held.popleft()
                 self._append(batch.data, batch.connection, batch.received_at)
@@ -275,7 +300,7 @@ class MessageBuffer:
     def add_driver_metrics(self, metrics: Metrics) -> Metrics:
         return replace(
             metrics,
-            queued=self._count + sum(len(b.data) for b in self._held),
+            queued=self._count + sum(len(b.data) for b in self._held if type(b) is Messages),
             messages_dropped=self.dropped,
             overflows=self.overflows,
         )

@@ -45,6 +45,7 @@ from ..core import (
     Disconnected,
     Event,
     FeedCore,
+    Gap,
     Messages,
     Metrics,
     OpenTransport,
@@ -59,7 +60,7 @@ from ._common import DriverOptions, MessageBuffer, Observer, ReadSize
 from ._dial import Lookup
 from ._tls import TlsSessions
 
-__all__ = ["Session", "Waiter", "Feed", "matcher", "confirms"]
+__all__ = ["Session", "Waiter", "Feed", "matcher", "confirms", "notify"]
 
 E = TypeVar("E", bound=AppEvent)
 
@@ -80,6 +81,15 @@ def matcher(kind: type[E], predicate: Callable[[E], bool] | None) -> Callable[[A
         return isinstance(event, kind) and (predicate is None or predicate(event))
 
     return match
+
+
+def notify(observer: Observer, waiters: list[Waiter], event: AppEvent) -> None:
+    """Log *event*, tell ``on_event``, end the waits it matches."""
+    observer.observe(event)
+    for waiter in waiters:
+        if not waiter.box and waiter.match(event):
+            waiter.box.append(event)
+            waiter.wake()
 
 
 def confirms(sub: Subscription) -> Callable[[AppEvent], bool]:
@@ -132,7 +142,10 @@ class Session:
     def observe(self, event: AppEvent) -> None:
         """A lifecycle event: log it, tell ``on_event``, end matching waits;
         held instead, after the break of a connection the core retries at
-        once, until :meth:`release`."""
+        once, until :meth:`release`.  A :class:`Gap` also takes its place
+        in the queue, for ``records()``."""
+        if type(event) is Gap:
+            self.buffer.push_gap(event)
         held = self.held
         if held is not None:
             held.append(event)
@@ -152,11 +165,11 @@ class Session:
                 self._observe(event)
 
     def _observe(self, event: AppEvent) -> None:
-        self.observer.observe(event)
-        for waiter in self.waiters:
-            if not waiter.box and waiter.match(event):
-                waiter.box.append(event)
-                waiter.wake()
+        notify(self.observer, self.waiters, event)
+
+    def handle_timer(self, now: float) -> None:
+        """A deadline of :meth:`prepare_wait`'s passed: the jobs due."""
+        self.core.handle_timer(now)
 
     def effect(self, now: float) -> OpenTransport | CloseTransport | None:
         """Drain the core's events up to the next effect for the driver:
@@ -239,13 +252,17 @@ class Feed:
     def __init__(self, core: FeedCore, options: DriverOptions) -> None:
         self._core = core
         self._opts = options
-        self._session = Session(core, options)
+        self._session = self._new_session(core, options)
         self._buffer = self._session.buffer
         self._lookup = Lookup(options.resolver)
         self._tls_sessions = TlsSessions()
         #: Messages taken from the queue and not handed out yet, the oldest
         #: last (``pop()`` is O(1)).
         self._local: list[Payload] = []
+
+    def _new_session(self, core: FeedCore, options: DriverOptions) -> Session:
+        """The session of this feed (a redundant feed's leg has its own kind)."""
+        return Session(core, options)
 
     @property
     def state(self) -> State:

@@ -152,6 +152,7 @@ def test_metrics_first_connection() -> None:
     assert snap.reconnects_last_minute == 0
     assert snap.last_time_to_reconnect is None  # the first connection is not a reconnect
     assert snap.pending_acks == 1
+    assert snap.legs_live == 0  # not delivering: its subscription is not acknowledged yet
     assert snap.messages_received == 0
     assert snap.bytes_received == fed["connected"] > 0  # the 101 response
 
@@ -160,6 +161,7 @@ def test_metrics_ack_is_a_message_and_clears_pending() -> None:
     _, m, fed = snapshots()
     snap = m["acked"]
     assert snap.pending_acks == 0
+    assert snap.legs_live == 1
     assert snap.messages_received == 1
     assert snap.last_message_age == 0.0
     assert snap.bytes_received == fed["acked"]
@@ -189,7 +191,7 @@ def test_metrics_while_open() -> None:
         reconnects_last_minute=0, last_time_to_reconnect=None, consecutive_failures=0,
         messages_received=2, bytes_received=fed["message"], last_message_age=0.0,
         last_ping_rtt=0.25, pending_acks=0, subscriptions=2, disconnects={"refused": 1},
-        last_disconnect_reason="refused", alerts_active=(),
+        last_disconnect_reason="refused", alerts_active=(), legs_live=1,
     )
 
 

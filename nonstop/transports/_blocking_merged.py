@@ -1,0 +1,207 @@
+"""The blocking driver's redundant feed: several legs, one stream.
+
+Theory of operation
+-------------------
+:class:`MergedSyncFeed` is what ``nonstop.sync.connect(..., redundancy=N)``
+returns.  Each leg is a whole :class:`~._blocking.SyncFeed` on the plain
+loop, with its own I/O thread, core and connection; all of them share the
+feed's one condition variable, so the one queue the
+:class:`~._merged.Merger` fills is guarded as a one-connection feed's is,
+and a consumer waiting on the condition wakes for any leg.  The
+application's side is :class:`~._blocking.SyncFeed`'s, over that queue;
+the calls that act on a connection act on every leg.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ..core import AppEvent, FeedCore, Merge, Metrics, NotConnected, State, Subscription
+from ._blocking import SyncFeed
+from ._common import DriverOptions
+from ._merged import Head, LegSession, Merger, merged_metrics
+from ._session import Session, confirms
+
+__all__ = ["MergedSyncFeed"]
+
+
+class _Leg(SyncFeed):
+    """One leg: its session hands messages to the merger; it shares the
+    owner's condition; its end is the owner's to count."""
+
+    def __init__(self, owner: MergedSyncFeed, leg: int, core: FeedCore,
+                 options: DriverOptions) -> None:
+        self._owner, self._leg = owner, leg
+        super().__init__(core, options)
+        self._cond = owner._cond
+
+    def _new_session(self, core: FeedCore, options: DriverOptions) -> Session:
+        return LegSession(core, options, self._owner._merger, self._leg, time.monotonic)
+
+    def _run(self) -> None:
+        try:
+            super()._run()
+        finally:
+            with self._cond:
+                self._owner._leg_ended()
+
+
+class MergedSyncFeed(SyncFeed):
+    """A running redundant feed for blocking code: iterate it for
+    messages, each once; see :func:`nonstop.sync.connect`."""
+
+    def __init__(self, cores: list[FeedCore], merge: Merge, options: DriverOptions) -> None:
+        self._merger = Merger(merge, options, cores[0].config.label.rpartition("#")[0]
+                              or cores[0].config.label)
+        self._head = Head(self._merger)
+        super().__init__(cores[0], options)
+        self._close_wake()  # this feed has no loop of its own
+        self._legs: list[SyncFeed] = [_Leg(self, i, core, options) for i, core in enumerate(cores)]
+        self._ended = 0
+
+    @property
+    def _session(self) -> Any:
+        return self._head
+
+    @_session.setter
+    def _session(self, session: Any) -> None:
+        """The legs have the sessions; the feed answers through its head."""
+
+    # -- the legs ---------------------------------------------------------
+    def start(self) -> MergedSyncFeed:
+        """Start every leg's I/O thread (``with`` does this for you)."""
+        if self._thread is not None:
+            raise RuntimeError("this feed was already started; call nonstop.sync.connect() again")
+        self._thread = threading.current_thread()  # started (the legs have the threads)
+        for leg in self._legs:
+            leg.start()
+        return self
+
+    def _leg_ended(self) -> None:
+        """With the condition held: a leg's thread ends."""
+        self._ended += 1
+        if self._ended < len(self._legs):
+            return
+        for leg in self._legs:
+            if leg._crash is not None and self._crash is None:
+                self._crash = leg._crash
+        self._done.set()
+        self._cond.notify_all()
+
+    def _in_loop(self) -> bool:
+        return any(leg._in_loop() for leg in self._legs)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop every leg gracefully; see :meth:`SyncFeed.stop`."""
+        for leg in self._legs:
+            leg._stop_requested = True
+            leg._wake()
+        for leg in self._legs:
+            leg.stop(timeout)
+
+    def _poke(self) -> None:
+        for leg in self._legs:
+            leg._poke()
+
+    # -- the consumer's side ------------------------------------------------
+    def _made_room(self) -> None:
+        if not self._buffer.held and any(leg._core.reading_paused for leg in self._legs):
+            self._poke()
+
+    def _await(self, take: Any, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sessions = [leg._session for leg in self._legs]
+        with self._cond:
+            for session in sessions:
+                session.consumer_seen = True
+            while not len(self._buffer):
+                self._check_waitable(timeout, deadline)
+                for leg, session in zip(self._legs, sessions):
+                    session.consumer_waiting = True
+                    if leg._core.failure_pending:
+                        leg._wake()  # its loop tells the core the application caught up
+                try:
+                    self._cond.wait(None if deadline is None else deadline - time.monotonic())
+                finally:
+                    for session in sessions:
+                        session.consumer_waiting = False
+            got = take()
+            self._made_room()
+            return got
+
+    # -- calls on every leg ---------------------------------------------------
+    def send(self, message: object) -> None:
+        """Send a message on every open leg (``str``: text, ``bytes``:
+        binary, else JSON); :class:`~nonstop.NotConnected` if none is open."""
+        with self._cond:
+            now = time.monotonic()
+            open_legs = [leg for leg in self._legs if leg._core.state is State.OPEN]
+            if not open_legs:
+                raise NotConnected("no leg of this feed is open; wait_connected() first")
+            for leg in open_legs:
+                leg._core.send(message, now)
+        self._poke()
+
+    def subscribe(self, subscription: object, *, timeout: float | None = None) -> Subscription:
+        """Add a subscription on every leg, replayed on each of their
+        connects; while a leg is connected, wait until one has it (or a
+        connection ends); :class:`TimeoutError` after *timeout* seconds."""
+        sub = Subscription.coerce(subscription)
+        with self._cond:
+            now = time.monotonic()
+            for leg in self._legs:
+                leg._core.subscribe(sub, now)
+            connected = self.state is State.OPEN
+        self._poke()
+        if connected and not self._in_loop():
+            self._wait_event(confirms(sub), timeout, f"no Subscribed event for {sub.label}")
+        return sub
+
+    def unsubscribe(self, subscription: object) -> Subscription:
+        """Remove a subscription from every leg (each sends its
+        ``unsubscribe`` message while connected)."""
+        with self._cond:
+            now = time.monotonic()
+            subs = [leg._core.unsubscribe(subscription, now) for leg in self._legs]
+        self._poke()
+        return subs[0]
+
+    def reconnect(self) -> bool:
+        """Close every leg's connection (1001) and reconnect it with
+        backoff; ``False`` if no leg was open."""
+        with self._cond:
+            now = time.monotonic()
+            started = [leg._core.reconnect(now) for leg in self._legs]
+        self._poke()
+        return any(started)
+
+    # -- what it says about itself --------------------------------------------
+    @property
+    def state(self) -> State:
+        """``OPEN`` while any leg is open; ``STOPPED`` once every leg is;
+        else the first leg's state."""
+        states = [leg._core.state for leg in self._legs]
+        if State.OPEN in states:
+            return State.OPEN
+        if all(state is State.STOPPED for state in states):
+            return State.STOPPED
+        return states[0]
+
+    def metrics(self) -> Metrics:
+        """The merged stream's figures, with each leg's own in ``leg_metrics``."""
+        with self._cond:
+            return merged_metrics(self._merger, [leg.metrics() for leg in self._legs])
+
+    @property
+    def history(self) -> list[AppEvent]:
+        """The last 256 lifecycle events of every leg and the merge, oldest first."""
+        with self._cond:
+            return self._merger.history
+
+    @property
+    def legs(self) -> tuple[SyncFeed, ...]:
+        """The legs, each a feed of its own (read their state and metrics;
+        don't iterate them)."""
+        return tuple(self._legs)
