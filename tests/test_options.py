@@ -294,3 +294,47 @@ def test_mypy_sees_every_option_on_both_entry_points(tmp_path: Path) -> None:
     assert found.keys() == expected.keys(), result.stdout + result.stderr
     for number, code in expected.items():
         assert code in found[number], (number, result.stdout)
+
+
+# ----------------------------------------------------------------------
+# redundant feeds
+
+
+@pytest.mark.parametrize(("arguments", "says"), [
+    (dict(url=URL, redundancy=0), "redundancy must be an integer >= 1"),
+    (dict(url=URL, redundancy=True), "redundancy must be an integer >= 1"),
+    (dict(url=URL, redundancy=1.5), "redundancy must be an integer >= 1"),
+    (dict(url=URL, urls=[URL]), "give url or urls"),
+    (dict(), "no URL"),
+    (dict(urls=[]), "no URL"),
+    (dict(urls=URL), "urls must be a list of URLs"),
+    (dict(urls=[URL, 3]), "urls must contain URL strings"),
+    (dict(urls=[URL, "http://x/"]), "ws://"),
+    (dict(url=URL, redundancy=2, sequence=3), "sequence must be a function"),
+    (dict(url=URL, dedupe="payload"), "dedupe must be a function"),
+    (dict(url=URL, sequence=len, dedupe=len), "not both"),
+    (dict(url=URL, redundancy=2, reorder_window=-1), "reorder_window"),
+    (dict(url=URL, redundancy=2, dedupe_count=0), "dedupe_count"),
+])
+@pytest.mark.parametrize("connect", CONNECTS, ids=["async", "sync"])
+def test_bad_redundancy_options_are_refused_up_front(
+        connect: Callable[..., object], arguments: dict[str, Any], says: str) -> None:
+    with pytest.raises(nonstop.ConfigError, match=says):
+        connect(**arguments)
+
+
+def test_legs_get_the_urls_in_turn_their_labels_and_a_spread_after_the_first() -> None:
+    chosen = options(urls=["ws://a.test/", "ws://b.test/"], redundancy=3, name="book")
+    assert [leg.url for leg in chosen.legs] == ["ws://a.test/", "ws://b.test/", "ws://a.test/"]
+    assert [leg.label for leg in chosen.legs] == ["book#0", "book#1", "book#2"]
+    assert [leg.backoff.first for leg in chosen.legs] == [0.0, _options.LEG_SPREAD, _options.LEG_SPREAD]
+    cores = chosen.leg_cores()
+    assert len({id(core) for core in cores}) == 3
+    assert chosen.new_merge is not None and chosen.new_merge().held == 0
+    assert options(urls=["ws://a.test/", "ws://b.test/"]).legs[1].url == "ws://b.test/"
+
+
+def test_one_connection_without_sequence_is_no_merged_feed() -> None:
+    chosen = options(URL)
+    assert chosen.legs == () and chosen.new_merge is None
+    assert options(URL, sequence=len).new_merge is not None  # gaps by number, one leg

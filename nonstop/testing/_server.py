@@ -334,7 +334,7 @@ class FeedServer(FeedLedger):
     def broadcast(self, message: str | bytes) -> int:
         """Send ``message`` (unnumbered) on every open connection; return how many.
 
-        Silent, muted and closing connections are skipped.  The sends happen as soon
+        Silent, muted, closing and ending connections are skipped.  The sends happen as soon
         as the connection tasks run.
         """
         self._check_thread()
@@ -343,8 +343,8 @@ class FeedServer(FeedLedger):
         count = 0
         for conn in list(self._conns):
             tg = conn.tg
-            if conn.phase == "open" and not conn.silent and not conn.muted and not conn.closing \
-                    and tg is not None:
+            if conn.phase == "open" and conn.end is None and not conn.silent and not conn.muted \
+                    and not conn.closing and tg is not None:
                 tg.start_soon(conn._guard, functools.partial(conn.send_message, message), False)
                 count += 1
         return count

@@ -142,7 +142,7 @@ class MergedAsyncFeed(AsyncFeed):
             if self._has_data.is_set():
                 self._has_data = self._new_event()
             now = self._clock()
-            for leg, session in zip(legs, sessions):
+            for leg, session in zip(legs, sessions, strict=True):
                 session.consumer_waiting = True
                 if session.check_caught_up(now):
                     leg._kick(force=True)  # its deferred failure goes ahead now

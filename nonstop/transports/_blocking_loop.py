@@ -214,7 +214,6 @@ class BlockingLoop(Feed):
                 s.close()
 
     def _wait(self, limit: float | None = None) -> None:
-        core = self._core
         with self._cond:
             deadline = self._session.prepare_wait(time.monotonic())
             held = self._buffer.held

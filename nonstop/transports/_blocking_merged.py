@@ -118,7 +118,7 @@ class MergedSyncFeed(SyncFeed):
                 session.consumer_seen = True
             while not len(self._buffer):
                 self._check_waitable(timeout, deadline)
-                for leg, session in zip(self._legs, sessions):
+                for leg, session in zip(self._legs, sessions, strict=True):
                     session.consumer_waiting = True
                     if leg._core.failure_pending:
                         leg._wake()  # its loop tells the core the application caught up

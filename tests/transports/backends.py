@@ -137,7 +137,7 @@ class Backend:
     blocking: bool = False
 
     @asynccontextmanager
-    async def connect(self, url: str, **options: Any) -> AsyncIterator[Feed]:
+    async def connect(self, url: str | None, **options: Any) -> AsyncIterator[Feed]:
         """Open and start a feed (``async with``); stop it on the way out."""
         if not self.blocking:
             async with nonstop.connect(url, **options) as feed:

@@ -1,0 +1,203 @@
+"""Redundant feeds on real sockets: every message once, every loss reported.
+
+On every back end, a testing server broadcasts one numbered stream to every
+connection at a steady rate (the same numbers on each, as an exchange's
+public feed does), and a fault script resets one connection at a time:
+
+* with ``redundancy=2`` nothing is missing and nothing is delivered twice,
+  by sequence number and by key (the payload itself), with no gap reported;
+* legs spread over two servers (``urls=``) cover a server that goes away;
+* with one connection, every number missing from the stream lies between a
+  ``Gap`` record and the message before it, in ``records()``; with
+  ``sequence=`` each gap names exactly the numbers that never came.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from nonstop import Backoff, Gap
+from nonstop.testing import Fault, FeedServer
+
+from .conftest import Backend
+
+pytestmark = pytest.mark.timeout(90)
+
+#: Quick returns, no keep-alive traffic: only the stream on the wire.
+CLIENT: dict[str, Any] = dict(backoff=Backoff(initial=0.05, cap=0.2), stable_after=0.2,
+                              ping_interval=None, silence_timeout=None)
+#: Seconds between two numbers of the stream.
+EVERY = 0.002
+
+
+def number(message: str | bytes) -> int:
+    value: int = json.loads(message)["n"]
+    return value
+
+
+@asynccontextmanager
+async def broadcasting(*servers: FeedServer) -> AsyncIterator[Callable[[], int]]:
+    """Broadcast ``{"n": N}`` to every open connection of *servers* every
+    :data:`EVERY` seconds, N = 1, 2, ...; yields a function returning the
+    last N sent."""
+    sent = 0
+
+    async def run() -> None:
+        nonlocal sent
+        while True:
+            sent += 1
+            for server in servers:
+                server.broadcast(json.dumps({"n": sent}))
+            await anyio.sleep(EVERY)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        yield lambda: sent
+        tg.cancel_scope.cancel()
+
+
+def open_connections(server: FeedServer) -> list[int]:
+    return sorted(c.number for c in server.history if c.phase == "open" and c.number)
+
+
+class Stream:
+    """What ``records()`` handed out: numbers and gap records, in order."""
+
+    def __init__(self) -> None:
+        self.items: list[int | Gap] = []
+
+    async def consume(self, feed: Any) -> None:
+        async for record in feed.records():
+            self.items.append(record if isinstance(record, Gap) else number(record.data))
+
+    @property
+    def numbers(self) -> list[int]:
+        return [item for item in self.items if not isinstance(item, Gap)]
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return [item for item in self.items if isinstance(item, Gap)]
+
+    async def until(self, count: int, timeout: float = 10) -> None:
+        with anyio.fail_after(timeout):
+            while len(self.numbers) < count:
+                await anyio.sleep(0.01)
+
+    def unreported(self) -> list[int]:
+        """Numbers missing from the stream with no gap record where they
+        should have been (between the message before and the one after)."""
+        out: list[int] = []
+        last: int | None = None
+        gap_since_last = False
+        for item in self.items:
+            if isinstance(item, Gap):
+                gap_since_last = True
+                continue
+            if last is not None and item > last + 1 and not gap_since_last:
+                out.extend(range(last + 1, item))
+            last, gap_since_last = item, False
+        return out
+
+
+def check_whole(stream: Stream) -> None:
+    numbers = stream.numbers
+    assert numbers, "nothing came"
+    assert len(numbers) == len(set(numbers)), "a number was delivered twice"
+    assert numbers == sorted(numbers), "the merged stream is out of order"
+    missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    assert missing == [], f"{len(missing)} numbers missing: {missing[:20]}"
+    assert stream.gaps == []
+
+
+async def reset_one_leg_at_a_time(server: FeedServer, stream: Stream, resets: int) -> None:
+    """Reset the oldest open connection, *resets* times, each once the
+    stream has moved on past the new connection."""
+    for _ in range(resets):
+        with anyio.fail_after(10):
+            while len(open_connections(server)) < 2:
+                await anyio.sleep(0.01)
+        server.inject(Fault.RESET, connection=open_connections(server)[0])
+        await stream.until(len(stream.numbers) + 100)
+        await anyio.sleep(0.1)
+
+
+@pytest.mark.parametrize("by", ["sequence", "key"])
+@pytest.mark.anyio
+async def test_two_legs_lose_nothing_while_one_leg_at_a_time_is_reset(by: str,
+                                                                      backend: Backend) -> None:
+    options = dict(CLIENT, redundancy=2)
+    if by == "sequence":
+        options["sequence"] = number
+    stream = Stream()
+    async with FeedServer(interval=None) as server, broadcasting(server):
+        async with backend.connect(server.url, **options) as feed, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(stream.consume, feed)
+            await stream.until(50)
+            await reset_one_leg_at_a_time(server, stream, resets=6)
+            metrics = feed.metrics()
+            tg.cancel_scope.cancel()
+    check_whole(stream)
+    assert metrics.legs == 2 and len(metrics.leg_metrics) == 2
+    assert metrics.duplicates > 0
+    assert metrics.gaps == 0 and metrics.missing == 0
+    assert sum(m.reconnects for m in metrics.leg_metrics) >= 6
+    assert server.connections >= 8
+
+
+@pytest.mark.anyio
+async def test_legs_over_two_servers_cover_a_server_that_goes_away(backend: Backend) -> None:
+    stream = Stream()
+    async with FeedServer(interval=None) as one, FeedServer(interval=None) as two, \
+            broadcasting(one, two):
+        async with backend.connect(None, urls=[one.url, two.url], **CLIENT, sequence=number,
+                                   name="pair") as feed, anyio.create_task_group() as tg:
+            tg.start_soon(stream.consume, feed)
+            await stream.until(50)
+            assert (one.connections, two.connections) == (1, 1)  # a leg on each ...
+            one.inject(Fault.REFUSE)
+            one.inject(Fault.RESET)  # ... gone, and not coming back for a while
+            await stream.until(len(stream.numbers) + 300)
+            one.restore()
+            metrics = feed.metrics()
+            tg.cancel_scope.cancel()
+    check_whole(stream)
+    assert metrics.legs == 2
+    assert metrics.leg_metrics[0].consecutive_failures >= 1  # the first leg kept trying
+
+
+@pytest.mark.parametrize("by", ["connection", "sequence"])
+@pytest.mark.anyio
+async def test_one_connection_reports_every_loss_in_a_gap_record(by: str, backend: Backend) -> None:
+    options = dict(CLIENT)
+    if by == "sequence":
+        options["sequence"] = number
+    stream = Stream()
+    async with FeedServer(interval=None) as server, broadcasting(server):
+        async with backend.connect(server.url, **options) as feed, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(stream.consume, feed)
+            await stream.until(50)
+            for _ in range(5):
+                server.inject(Fault.RESET)
+                await stream.until(len(stream.numbers) + 100)
+            tg.cancel_scope.cancel()
+    numbers = stream.numbers
+    assert len(numbers) == len(set(numbers)) and numbers == sorted(numbers)
+    missing = set(range(numbers[0], numbers[-1] + 1)) - set(numbers)
+    assert missing, "the resets lost nothing: the test shows nothing"
+    assert stream.unreported() == []
+    if by == "sequence":  # each gap names exactly the numbers that never came
+        named = {n for gap in stream.gaps
+                 for n in range(gap.first_missing or 0, (gap.last_missing or -1) + 1)}
+        assert named == missing
+        assert all(gap.reason == "sequence" for gap in stream.gaps)
+    else:
+        assert len(stream.gaps) == 5
+        assert all(gap.reason == "reset" for gap in stream.gaps)
