@@ -33,6 +33,7 @@ from .core import (
     Payload,
     Pong,
     Reason,
+    Rotating,
     State,
     Stopped,
     Subscribed,
@@ -85,6 +86,7 @@ __all__ = [
     "Pong",
     "Disconnected",
     "Gap",
+    "Rotating",
     "Alert",
     "Stopped",
     # errors (also in nonstop.errors)

@@ -25,6 +25,7 @@ def connect(chosen: Options) -> AsyncFeed:
     :class:`~nonstop.InvalidURL` here, before anything connects.
     """
     if chosen.new_merge is not None:
-        return MergedAsyncFeed(chosen.leg_cores(), chosen.new_merge(), chosen.driver)
+        return MergedAsyncFeed(chosen.leg_cores(), chosen.new_merge(), chosen.driver,
+                              chosen.new_leg_core)
     kind = FastAsyncFeed if chosen.driver.fast else AsyncFeed
     return kind(chosen.new_core(), chosen.driver)

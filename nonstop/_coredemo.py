@@ -7,7 +7,8 @@ number plays the clock, and every lifecycle step the core decides is printed
 as the log line any driver would write.  It shows the strategy at work:
 subscriptions replayed after each reconnect, a zombie connection caught by
 the silence watchdog, a 503 with ``Retry-After`` honoured, garbage bytes
-answered with close 1002, backoff growing and resetting, a graceful stop.
+answered with close 1002, backoff growing and resetting, a connection's
+replacement asked for before its lifetime, a graceful stop.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class _Demo:
             ping_timeout=3.0,
             silence_timeout=8.0,
             stable_after=10.0,
+            connect_timeout=2.0,
+            handshake_timeout=2.0,
+            max_lifetime=20.0,  # a replacement is asked for 9 s before (connect, upgrade, ACK)
             backoff=Backoff(initial=1.0, factor=2.0, cap=8.0),
             alerts=AlertPolicy(consecutive_failures=3, down_for=20.0),
         )

@@ -133,9 +133,14 @@ class Options:
         return FeedCore(self.config, rng=self.rng)
 
     def leg_cores(self) -> list[FeedCore]:
-        """One fresh core per leg, each with a jitter source of its own
-        (drawn from :attr:`rng`), so the legs never retry in step."""
-        return [FeedCore(leg, rng=random.Random(self.rng.getrandbits(64))) for leg in self.legs]
+        """One fresh core per leg (see :meth:`new_leg_core`)."""
+        return [self.new_leg_core(i) for i in range(len(self.legs))]
+
+    def new_leg_core(self, leg: int) -> FeedCore:
+        """A fresh core for leg *leg* (or its replacement: *leg* modulo the
+        legs), with a jitter source of its own drawn from :attr:`rng`, so
+        the legs never retry in step."""
+        return FeedCore(self.legs[leg % len(self.legs)], rng=random.Random(self.rng.getrandbits(64)))
 
 
 def options(
@@ -148,6 +153,7 @@ def options(
     reorder_window: float = REORDER_WINDOW,
     dedupe_window: float = DEDUPE_WINDOW,
     dedupe_count: int = DEDUPE_COUNT,
+    max_lifetime: float | None = None,
     subscribe: Iterable[object] = (),
     headers: HeadersLike | HeaderProvider | None = None,
     subprotocols: Sequence[str] = (),
@@ -212,6 +218,12 @@ def options(
         Seconds a key is remembered.
     dedupe_count
         Keys remembered at most (the memory bound).
+    max_lifetime
+        Seconds a connection may live (a server's limit, e.g. 24 hours):
+        before a leg reaches it, its replacement is opened and subscribed,
+        and the old leg is closed once the two overlap (make-before-break,
+        with one connection too).  A server's close 1001 at a younger age
+        shortens it.  ``None``: no rotation.
     subscribe
         Messages sent after every connect, in order: ``str``, ``bytes``,
         JSON-able objects or :class:`~nonstop.Subscription`.
@@ -312,6 +324,7 @@ def options(
         fatal_close_codes=_codes("fatal_close_codes", fatal_close_codes),
         max_message_size=max_message_size,
         alerts=AlertPolicy() if alerts is None else alerts,
+        max_lifetime=max_lifetime,
     )
     driver = build_driver_options(
         config,
@@ -327,12 +340,13 @@ def options(
     )
     rng = rng if rng is not None else random.Random()
     legs = _legs(endpoints, redundancy)
-    if legs == 1 and sequence is None and dedupe is None:
+    if legs == 1 and sequence is None and dedupe is None and max_lifetime is None:
         return Options(config, driver, rng)
     for option, function in (("sequence", sequence), ("dedupe", dedupe)):
         if function is not None and not callable(function):
             raise ConfigError(f"{option} must be a function of a message, got {function!r}")
-    new_merge = functools.partial(Merge, legs, sequence=sequence, dedupe=dedupe,
+    slots = legs if max_lifetime is None else 2 * legs  # a replacement's slot beside each leg
+    new_merge = functools.partial(Merge, slots, sequence=sequence, dedupe=dedupe,
                                   reorder_window=reorder_window, dedupe_window=dedupe_window,
                                   dedupe_count=dedupe_count)
     new_merge()  # its checks, now

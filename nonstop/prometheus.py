@@ -307,6 +307,11 @@ class Exporter(Collector):
         yield counter("gaps", "Windows in which messages may have been lost (a break until the "
                       "next connection delivered).", lambda m: m.gaps)
         yield counter("gap_seconds", "Seconds of those windows, all together.", lambda m: m.gap_seconds)
+        yield counter("duplicates", "Messages dropped because another leg had delivered them first.",
+                      lambda m: m.duplicates)
+        yield counter("missing", "Sequence numbers reported missing in gaps.", lambda m: m.missing)
+        yield counter("rotations", "Connections replaced before their lifetime (max_lifetime).",
+                      lambda m: m.rotations)
         yield counter("connected_seconds", "Seconds spent connected, all connections together.",
                       lambda m: m.total_uptime)
         yield counter("running_seconds", "Seconds since the feed started.", lambda m: m.running_time)
@@ -352,6 +357,18 @@ class Exporter(Collector):
                     lambda m: m.pending_acks)
         yield gauge("subscriptions", "Subscriptions replayed on every connect.", lambda m: m.subscriptions)
         yield gauge("queued_messages", "Messages waiting for the application.", lambda m: m.queued)
+        yield gauge("legs", "Connections the feed keeps at once (redundancy).", lambda m: m.legs)
+        yield gauge("legs_live", "Connections delivering now.", lambda m: m.legs_live)
+        leg_up = GaugeMetricFamily(f"{p}_leg_up", "1 while this leg of a redundant feed is open.",
+                                   labels=["feed", "leg"])
+        leg_reconnects = CounterMetricFamily(f"{p}_leg_reconnects", "Reconnects of this leg.",
+                                             labels=["feed", "leg"])
+        for feed, m in snapshots:
+            for i, leg in enumerate(m.leg_metrics):
+                leg_up.add_metric([feed, str(i)], 1.0 if leg.state is State.OPEN else 0.0)
+                leg_reconnects.add_metric([feed, str(i)], float(leg.reconnects))
+        yield leg_up
+        yield leg_reconnects
         yield gauge("reading_paused", "1 while the driver stopped reading (the application is behind).",
                     lambda m: 1.0 if m.reading_paused else 0.0)
         alert = GaugeMetricFamily(f"{p}_alert_active", "1 while an alert of this kind is active.",

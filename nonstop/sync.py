@@ -32,6 +32,7 @@ def connect(chosen: Options) -> SyncFeed:
     here, before anything connects.
     """
     if chosen.new_merge is not None:
-        return MergedSyncFeed(chosen.leg_cores(), chosen.new_merge(), chosen.driver)
+        return MergedSyncFeed(chosen.leg_cores(), chosen.new_merge(), chosen.driver,
+                              chosen.new_leg_core)
     kind = FastSyncFeed if chosen.driver.fast else SyncFeed
     return kind(chosen.new_core(), chosen.driver)

@@ -32,6 +32,7 @@ from ._events import (
     Messages,
     OpenTransport,
     Pong,
+    Rotating,
     Stopped,
     Subscribed,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "FeedCore",
     "Merge",
     "Gap",
+    "Rotating",
     "Config",
     "Backoff",
     "Subscription",

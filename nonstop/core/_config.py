@@ -274,8 +274,20 @@ class Config:
     max_message_size: int | None = 1 << 20
     """Bytes (text: UTF-8 bytes) a message may have; bigger closes with 1009."""
     alerts: AlertPolicy = field(default_factory=AlertPolicy)
+    max_lifetime: float | None = None
+    """Seconds a connection may live: ``rotation_lead`` seconds before, a
+    ``Rotating`` event asks a redundant feed for its replacement; a server
+    close 1001 ("going away") after a shorter life shortens it (``None``:
+    no rotation)."""
     endpoint: Endpoint = field(init=False, repr=False, compare=False)
     subscription_list: tuple[Subscription, ...] = field(init=False, repr=False, compare=False)
+
+    @property
+    def rotation_lead(self) -> float:
+        """How long before ``max_lifetime`` a replacement is opened: time
+        for its connect, its upgrade and its slowest acknowledgement."""
+        acks = [s.ack_timeout for s in self.subscription_list if s.ack is not None]
+        return self.connect_timeout + self.handshake_timeout + max(acks, default=0.0)
 
     @property
     def label(self) -> str:
@@ -313,6 +325,13 @@ class Config:
             _check_optional(name, getattr(self, name))
         if self.max_attempts is not None:
             check_positive("max_attempts", self.max_attempts, integer=True)
+        if self.max_lifetime is not None:
+            check_positive("max_lifetime", self.max_lifetime)
+            if self.max_lifetime <= self.rotation_lead:
+                raise ConfigError(
+                    f"max_lifetime ({self.max_lifetime!r}s) must be longer than a connect, an "
+                    f"upgrade and an ACK may take ({self.rotation_lead!r}s: connect_timeout + "
+                    f"handshake_timeout + the longest ack_timeout); lower those or raise it")
         if self.max_message_size is not None:
             check_positive("max_message_size", self.max_message_size, integer=True)
         if not isinstance(self.backoff, Backoff):

@@ -77,6 +77,7 @@ from ._events import (
     Messages,
     OpenTransport,
     Pong,
+    Rotating,
     Stopped,
     Subscribed,
 )
@@ -177,6 +178,10 @@ class FeedCore:
         # until the next one delivers (see _end_gap); and the totals.
         self._gap_since: float | None = None
         self._live = 0  # the latest connection known to deliver (see delivering)
+        # Rotation: when the open connection asks for its replacement, and
+        # the lifetime a server's close 1001 taught (see lifetime).
+        self._rotate_at: float | None = None
+        self._learned_lifetime: float | None = None
         self._gap_reason = ""
         self._gaps = 0
         self._gap_seconds = 0.0
@@ -240,6 +245,9 @@ class FeedCore:
                 if t is not None and (best is None or t < best):
                     best = t
                 t = self._subs.next_deadline()
+                if t is not None and (best is None or t < best):
+                    best = t
+                t = self._rotate_at
                 if t is not None and (best is None or t < best):
                     best = t
                 t = self._stable_at
@@ -671,6 +679,7 @@ class FeedCore:
         self._health = None
         self._opened_at = None
         self._stable_at = None
+        self._rotate_at = None
         self._subs.connection_ended()
         self._deadline = after(now, self.config.connect_timeout)
         ep = self.config.endpoint
@@ -711,6 +720,9 @@ class FeedCore:
         self._connections += 1
         self._opened_at = now
         self._stable_at = after(now, self.config.stable_after)
+        lifetime = self.lifetime
+        if lifetime is not None:
+            self._rotate_at = now + lifetime - self.config.rotation_lead
         self._deadline = None
         self._health = Health(self.config, now)
         if self._paused_at is not None:
@@ -732,6 +744,17 @@ class FeedCore:
             self._send_subscription(sub)
         if not self._subs.pending:  # nothing to wait for
             self._went_live(now)
+
+    @property
+    def lifetime(self) -> float | None:
+        """The lifetime connections are rotated before: ``max_lifetime``,
+        or less if the server closed one with 1001 ("going away") at a
+        younger age (``None``: no rotation)."""
+        configured = self.config.max_lifetime
+        learned = self._learned_lifetime
+        if configured is None or learned is None:
+            return configured
+        return min(configured, learned)
 
     @property
     def delivering(self) -> bool:
@@ -893,6 +916,7 @@ class FeedCore:
         self._subs.connection_ended()
         self._health = None
         self._stable_at = None
+        self._rotate_at = None
         if give_up:
             why = "fatal" if fatal else f"{self._failures} failures in a row (max_attempts)"
             self._stop_reason = (Reason.GAVE_UP, f"{reason.value}: {why}")
@@ -917,6 +941,7 @@ class FeedCore:
         if was_open:
             assert self._opened_at is not None
             self._uptime_total += now - self._opened_at
+            self._learn_lifetime(verdict, now - self._opened_at)
             if self._gap_since is None and retry_in is not None:  # messages may be lost now
                 self._gap_since, self._gap_reason = now, verdict.reason.value
         self._events.append(
@@ -933,6 +958,25 @@ class FeedCore:
                 retry_at=None if retry_in is None else now + retry_in,
             )
         )
+
+    def _learn_lifetime(self, verdict: Verdict, age: float) -> None:
+        """A server that closes with 1001 at an age past the rotation lead
+        announced its limit: later connections are rotated before it."""
+        if verdict.code == GOING_AWAY and verdict.reason is Reason.SERVER_CLOSED:
+            self.limit_lifetime(age)
+
+    def limit_lifetime(self, seconds: float) -> None:
+        """Rotate connections before *seconds* of age from now on (the open
+        one too), if that is shorter than the lifetime so far and longer
+        than the rotation lead; what another connection to the same server
+        learned (see :attr:`lifetime`).  Without ``max_lifetime``, nothing."""
+        lifetime = self.lifetime
+        if lifetime is None or not self.config.rotation_lead < seconds < lifetime:
+            return
+        self._learned_lifetime = seconds
+        if self._rotate_at is not None and self._opened_at is not None:
+            self._rotate_at = min(self._rotate_at,
+                                  self._opened_at + seconds - self.config.rotation_lead)
 
     def _close_done(self, *, abort: bool) -> None:
         """The close handshake is over (EOF, error or timeout)."""
@@ -1016,6 +1060,11 @@ class FeedCore:
                 detail=f"{sub.label} not acknowledged within {sub.ack_timeout}s"),
                 abort=False, close_sent=True)
             return
+        if self._rotate_at is not None and now >= self._rotate_at:
+            self._rotate_at = None
+            assert self._opened_at is not None and self.lifetime is not None
+            self._events.append(Rotating(connection=self._connections, age=now - self._opened_at,
+                                         lifetime=self.lifetime))
         if self._stable_at is not None and now >= self._stable_at:
             self._become_stable()
 

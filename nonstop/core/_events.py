@@ -36,6 +36,7 @@ __all__ = [
     "Pong",
     "Disconnected",
     "Gap",
+    "Rotating",
     "Alert",
     "Stopped",
     "Effect",
@@ -241,6 +242,20 @@ class Gap:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Rotating:
+    """The open connection nears its lifetime (``max_lifetime``, or what the
+    server's close 1001 taught): a redundant feed opens its replacement now
+    and closes this one once the new one delivers (``[ROTATING]``)."""
+
+    connection: int
+    age: float
+    """Seconds the connection has been open."""
+    lifetime: float
+    """The lifetime it is rotated before."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Alert:
     """An operator alert started (``active``) or cleared (``[ALERT]``)."""
 
@@ -261,7 +276,7 @@ class Stopped:
 
 
 Effect = Union[OpenTransport, CloseTransport]
-AppEvent = Union[Connecting, Connected, Subscribed, Messages, Pong, Disconnected, Gap, Alert,
-                 Stopped]
+AppEvent = Union[Connecting, Connected, Subscribed, Messages, Pong, Disconnected, Gap, Rotating,
+                 Alert, Stopped]
 Event = Union[OpenTransport, CloseTransport, Connecting, Connected, Subscribed, Messages, Pong,
-              Disconnected, Gap, Alert, Stopped]
+              Disconnected, Gap, Rotating, Alert, Stopped]

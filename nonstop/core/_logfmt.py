@@ -38,6 +38,7 @@ from ._events import (
     Messages,
     OpenTransport,
     Pong,
+    Rotating,
     Stopped,
     Subscribed,
 )
@@ -52,6 +53,7 @@ KEYWORDS = (
     "[SUBSCRIBED]",
     "[DISCONNECTED]",
     "[GAP]",
+    "[ROTATING]",
     "[RECONNECTING]",
     "[ALERT]",
     "[STOPPED]",
@@ -124,6 +126,9 @@ def format_event(event: Event | Message, feed: str | None = None) -> tuple[int, 
                               connection=event.connection, first_missing=event.first_missing,
                               last_missing=event.last_missing, missing=event.missing,
                               legs_down=",".join(map(str, event.legs_down)) or None)
+    if isinstance(event, Rotating):
+        return INFO, _line("[ROTATING]", feed, connection=event.connection, age=event.age,
+                           lifetime=event.lifetime)
     if isinstance(event, Alert):
         return event.level, _line("[ALERT]", feed, kind=event.kind.value, active=event.active,
                                   detail=redact_text(event.detail))

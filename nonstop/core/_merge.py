@@ -64,7 +64,8 @@ class Merge:
 
     __slots__ = ("_dedupe", "_dedupe_count", "_dedupe_window", "_down_since", "_held",
                  "_last", "_last_at", "_legs", "_reorder", "_seen", "_sequence", "_up",
-                 "delivered", "duplicates", "gap_seconds", "gaps", "missing", "unreadable")
+                 "delivered", "duplicates", "gap_seconds", "gaps", "leg_duplicates", "missing",
+                 "unreadable")
 
     def __init__(
         self,
@@ -102,6 +103,9 @@ class Merge:
         #: seconds, the numbers they miss, unreadable numbers by kind.
         self.delivered = 0
         self.duplicates = 0
+        #: Duplicates by the leg that brought them: a leg whose messages the
+        #: others delivered first overlaps them (or lags).
+        self.leg_duplicates = [0] * legs
         self.gaps = 0
         self.gap_seconds = 0.0
         self.missing = 0
@@ -143,13 +147,13 @@ class Merge:
         """Messages of leg *leg*, in its order: what to hand out now."""
         out: list[Out] = []
         if self._sequence is None:
-            self._by_key(payloads, now, out)
+            self._by_key(leg, payloads, now, out)
         else:
             for payload in payloads:
                 self._by_number(leg, payload, now, out)
         return out
 
-    def _by_key(self, payloads: list[Payload], now: float, out: list[Out]) -> None:
+    def _by_key(self, leg: int, payloads: list[Payload], now: float, out: list[Out]) -> None:
         seen = self._seen
         key_of = self._dedupe
         oldest = now - self._dedupe_window
@@ -162,6 +166,7 @@ class Merge:
             key = payload if key_of is None else key_of(payload)
             if key in seen:
                 self.duplicates += 1
+                self.leg_duplicates[leg] += 1
                 continue
             seen[key] = now
             if len(seen) > self._dedupe_count:
@@ -182,6 +187,7 @@ class Merge:
         last = self._last
         if (last is not None and number <= last) or number in self._held:
             self.duplicates += 1
+            self.leg_duplicates[leg] += 1
             return
         if last is None or number == last + 1:
             self._deliver(number, payload, now, out)

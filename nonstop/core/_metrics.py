@@ -73,6 +73,8 @@ class Metrics:
     """Messages dropped because another leg had delivered them already."""
     missing: int = 0
     """Sequence numbers reported missing in gaps (``sequence=``)."""
+    rotations: int = 0
+    """Connections replaced before their lifetime (``max_lifetime``)."""
     leg_metrics: tuple[Metrics, ...] = ()
     """Each leg's own metrics, of a redundant feed (empty: one connection)."""
     # Filled in by the drivers (the core has no queue of its own):

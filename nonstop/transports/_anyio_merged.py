@@ -75,14 +75,20 @@ class MergedAsyncFeed(AsyncFeed):
     """A running redundant feed: iterate it for messages, each once; see
     :func:`nonstop.connect` (``redundancy``, ``urls``, ``sequence``)."""
 
-    def __init__(self, cores: list[FeedCore], merge: Merge, options: DriverOptions) -> None:
-        self._merger = Merger(merge, options, _label(cores[0]))
-        kind = _FastLeg if options.fast else _PlainLeg
-        self._legs: list[AsyncFeed] = [kind(self, i, core, options) for i, core in enumerate(cores)]
-        self._head = Head(self._merger)
+    def __init__(self, cores: list[FeedCore], merge: Merge, options: DriverOptions,
+                 new_core: Callable[[int], FeedCore]) -> None:
+        self._merger = merger = Merger(merge, options, _label(cores[0]), len(cores))
+        self._kind = _FastLeg if options.fast else _PlainLeg
+        self._new_core = new_core
+        self._legs: list[AsyncFeed] = [self._kind(self, i, core, options)
+                                       for i, core in enumerate(cores)]
+        #: Legs replaced (rotation) and still closing.
+        self._retiring: list[AsyncFeed] = []
+        self._head = Head(merger)
         super().__init__(cores[0], options)
-        self._merger.wake = lambda: self._has_data.set()
-        self._ended = 0  # legs whose loop ended
+        merger.wake = lambda: self._has_data.set()
+        merger.start_leg = self._start_leg
+        merger.retire_leg = self._retire_leg
 
     # -- the legs ---------------------------------------------------------
     async def __aenter__(self) -> MergedAsyncFeed:
@@ -101,9 +107,30 @@ class MergedAsyncFeed(AsyncFeed):
             raise
         return self
 
+    def _start_leg(self, slot: int) -> None:
+        """Open a replacement for the leg of *slot* (it takes that leg's
+        place; the old one closes once the two overlap)."""
+        assert self._tg is not None
+        leg = self._kind(self, slot, self._new_core(slot), self._opts)
+        place = slot % len(self._legs)
+        self._retiring.append(self._legs[place])
+        self._legs[place] = leg
+        leg._setup()
+        leg._tg = self._tg
+        self._tg.start_soon(leg._run)
+
+    def _retire_leg(self, session: Session) -> None:
+        """Close a replaced leg for good (1000)."""
+        for leg in self._retiring:
+            if leg._session is session:
+                leg.stop()
+
+    def _all(self) -> list[AsyncFeed]:
+        return self._legs + self._retiring
+
     def _leg_ended(self) -> None:
-        self._ended += 1
-        if self._ended < len(self._legs):
+        self._retiring = [leg for leg in self._retiring if not leg._finished]
+        if self._retiring or not all(leg._finished for leg in self._legs):
             return
         for leg in self._legs:
             if leg._crash is not None and self._crash is None:
@@ -114,26 +141,24 @@ class MergedAsyncFeed(AsyncFeed):
 
     def stop(self) -> None:
         """Ask for a graceful stop of every leg without waiting (safe from callbacks)."""
-        for leg in self._legs:
+        for leg in self._all():
             leg.stop()
 
     def _kick(self, force: bool = False) -> None:
-        for leg in self._legs:
+        for leg in self._all():
             leg._kick(force)
 
     # -- the consumer's side ------------------------------------------------
     def _made_room(self) -> None:
         if self._buffer.held:
             return
-        for leg in self._legs:
+        for leg in self._all():
             if leg._core.reading_paused:
                 leg._space.set()
 
     async def _wait_messages(self) -> None:
-        legs = self._legs
-        sessions = [leg._session for leg in legs]
-        for session in sessions:
-            session.consumer_seen = True
+        for leg in self._all():
+            leg._session.consumer_seen = True
         while not len(self._buffer):
             if self._finished:
                 self._merger.ended().end(self._crash, StopAsyncIteration)
@@ -142,7 +167,10 @@ class MergedAsyncFeed(AsyncFeed):
             if self._has_data.is_set():
                 self._has_data = self._new_event()
             now = self._clock()
+            legs = self._all()  # (a rotation may have replaced one)
+            sessions = [leg._session for leg in legs]
             for leg, session in zip(legs, sessions, strict=True):
+                session.consumer_seen = True
                 session.consumer_waiting = True
                 if session.check_caught_up(now):
                     leg._kick(force=True)  # its deferred failure goes ahead now
@@ -166,7 +194,7 @@ class MergedAsyncFeed(AsyncFeed):
         await self._write_all()
 
     async def _write_all(self) -> None:
-        for leg in self._legs:
+        for leg in self._all():
             if not await leg._write():
                 leg._kick()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..core import AppEvent, FeedCore, Merge, Metrics, NotConnected, State, Subscription
@@ -52,14 +53,19 @@ class MergedSyncFeed(SyncFeed):
     """A running redundant feed for blocking code: iterate it for
     messages, each once; see :func:`nonstop.sync.connect`."""
 
-    def __init__(self, cores: list[FeedCore], merge: Merge, options: DriverOptions) -> None:
-        self._merger = Merger(merge, options, cores[0].config.label.rpartition("#")[0]
-                              or cores[0].config.label)
-        self._head = Head(self._merger)
+    def __init__(self, cores: list[FeedCore], merge: Merge, options: DriverOptions,
+                 new_core: Callable[[int], FeedCore]) -> None:
+        self._merger = merger = Merger(merge, options, cores[0].config.label.rpartition("#")[0]
+                                       or cores[0].config.label, len(cores))
+        self._head = Head(merger)
         super().__init__(cores[0], options)
         self._close_wake()  # this feed has no loop of its own
+        self._new_core = new_core
         self._legs: list[SyncFeed] = [_Leg(self, i, core, options) for i, core in enumerate(cores)]
-        self._ended = 0
+        #: Legs replaced (rotation) and still closing.
+        self._retiring: list[SyncFeed] = []
+        merger.start_leg = self._start_leg
+        merger.retire_leg = self._retire_leg
 
     @property
     def _session(self) -> Any:
@@ -79,10 +85,30 @@ class MergedSyncFeed(SyncFeed):
             leg.start()
         return self
 
+    def _start_leg(self, slot: int) -> None:
+        """With the condition held: open a replacement for the leg of
+        *slot* (it takes that leg's place; the old one closes once the two
+        overlap)."""
+        leg = _Leg(self, slot, self._new_core(slot), self._opts)
+        place = slot % len(self._legs)
+        self._retiring.append(self._legs[place])
+        self._legs[place] = leg
+        leg.start()
+
+    def _retire_leg(self, session: Session) -> None:
+        """Close a replaced leg for good (1000), without waiting for it."""
+        for leg in self._retiring:
+            if leg._session is session:
+                leg._stop_requested = True
+                leg._wake()
+
+    def _all(self) -> list[SyncFeed]:
+        return self._legs + self._retiring
+
     def _leg_ended(self) -> None:
         """With the condition held: a leg's thread ends."""
-        self._ended += 1
-        if self._ended < len(self._legs):
+        self._retiring = [leg for leg in self._retiring if not leg._done.is_set()]
+        if self._retiring or not all(leg._done.is_set() for leg in self._legs):
             return
         for leg in self._legs:
             if leg._crash is not None and self._crash is None:
@@ -91,34 +117,38 @@ class MergedSyncFeed(SyncFeed):
         self._cond.notify_all()
 
     def _in_loop(self) -> bool:
-        return any(leg._in_loop() for leg in self._legs)
+        return any(leg._in_loop() for leg in self._all())
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop every leg gracefully; see :meth:`SyncFeed.stop`."""
-        for leg in self._legs:
+        with self._cond:
+            legs = self._all()
+        for leg in legs:
             leg._stop_requested = True
             leg._wake()
-        for leg in self._legs:
+        for leg in legs:
             leg.stop(timeout)
 
     def _poke(self) -> None:
-        for leg in self._legs:
+        for leg in self._all():
             leg._poke()
 
     # -- the consumer's side ------------------------------------------------
     def _made_room(self) -> None:
-        if not self._buffer.held and any(leg._core.reading_paused for leg in self._legs):
+        if not self._buffer.held and any(leg._core.reading_paused for leg in self._all()):
             self._poke()
 
     def _await(self, take: Any, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
-        sessions = [leg._session for leg in self._legs]
         with self._cond:
-            for session in sessions:
-                session.consumer_seen = True
+            for leg in self._all():
+                leg._session.consumer_seen = True
             while not len(self._buffer):
                 self._check_waitable(timeout, deadline)
-                for leg, session in zip(self._legs, sessions, strict=True):
+                legs = self._all()  # (a rotation may have replaced one)
+                sessions = [leg._session for leg in legs]
+                for leg, session in zip(legs, sessions, strict=True):
+                    session.consumer_seen = True
                     session.consumer_waiting = True
                     if leg._core.failure_pending:
                         leg._wake()  # its loop tells the core the application caught up

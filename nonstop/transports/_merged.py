@@ -31,6 +31,7 @@ messages is the core's :class:`~nonstop.core.Merge`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..core import (
     AppEvent,
@@ -42,22 +43,57 @@ from ..core import (
     Messages,
     Metrics,
     Reason,
+    Rotating,
     Subscribed,
 )
 from ..core._merge import Out
 from ._common import DriverOptions, MessageBuffer, Observer
 from ._session import Session, Waiter, notify
 
-__all__ = ["Merger", "LegSession", "Head", "merged_metrics"]
+__all__ = ["Merger", "LegSession", "Head", "merged_metrics", "OVERLAP_TIMEOUT"]
+
+#: How long a replacement may deliver, after it is up, without a message
+#: the old leg also brought, before the old leg is closed anyway (and the
+#: rotation reported as unconfirmed).
+OVERLAP_TIMEOUT = 5.0
+
+
+@dataclass(slots=True, eq=False)
+class Rotation:
+    """A leg being replaced (make-before-break): the old leg's session, and
+    what the new one has shown so far."""
+
+    old: LegSession
+    new_dups: int  # the merge's duplicates by each leg when it began
+    old_dups: int
+    up_at: float | None = None  # when the new leg came up
+    old_down: bool = False  # the old leg broke meanwhile
 
 
 class Merger:
     """The merge between a redundant feed's legs and its one queue."""
 
-    __slots__ = ("merge", "buffer", "observer", "waiters", "wake", "legs")
+    __slots__ = ("merge", "buffer", "observer", "waiters", "wake", "legs", "slots", "rotations",
+                 "rotated", "unconfirmed", "start_leg", "retire_leg", "lifetime", "_logger",
+                 "_label")
 
-    def __init__(self, merge: Merge, options: DriverOptions, label: str) -> None:
+    def __init__(self, merge: Merge, options: DriverOptions, label: str, slots: int) -> None:
         self.merge = merge
+        #: Legs kept at once; a leg in slot *s* is replaced in slot
+        #: ``(s + slots) % (2 * slots)`` (the merge has twice as many slots
+        #: when connections are rotated).
+        self.slots = slots
+        #: Replacements under way, by the new leg's slot.
+        self.rotations: dict[int, Rotation] = {}
+        self.rotated = 0
+        self.unconfirmed = 0
+        #: The shortest lifetime a leg learned (``None``: none learned).
+        self.lifetime: float | None = None
+        #: The driver's: open a leg in a slot; close a leg for good.
+        self.start_leg: Callable[[int], None] = lambda slot: None
+        self.retire_leg: Callable[[LegSession], None] = lambda session: None
+        self._logger = options.logger
+        self._label = label
         self.buffer = MessageBuffer(options.queue_size, options.overflow)
         #: The feed's own events (its gaps), with its label.
         self.observer = Observer(label, options.logger, options.on_event)
@@ -82,15 +118,85 @@ class Merger:
 
     def leg_up(self, leg: int, now: float) -> None:
         self._queue(self.merge.leg_up(leg, now), 0, now, wake=True)
+        rotation = self.rotations.get(leg)
+        if rotation is not None:
+            rotation.up_at = now
+            self.check_rotations()
 
-    def leg_down(self, leg: int, now: float) -> None:
-        self._queue(self.merge.leg_down(leg, now), 0, now, wake=True)
+    def leg_down(self, session: LegSession, now: float) -> None:
+        self._queue(self.merge.leg_down(session.leg, now), 0, now, wake=True)
+        for rotation in self.rotations.values():
+            if rotation.old is session:
+                rotation.old_down = True
+                self.retire_leg(session)  # replaced: it does not come back itself
+        self.check_rotations()
+
+    # -- rotation (make-before-break) ---------------------------------------
+    def share_lifetime(self, lifetime: float | None) -> None:
+        """A leg's core learned a shorter lifetime (a server's close 1001):
+        every leg, and every replacement to come, rotates before it."""
+        if lifetime is None or (self.lifetime is not None and lifetime >= self.lifetime):
+            return
+        self.lifetime = lifetime
+        for leg in self.legs:
+            leg.core.limit_lifetime(lifetime)
+
+    def rotate(self, session: LegSession) -> None:
+        """*session*'s connection nears its lifetime: open its replacement
+        (once); the old leg is closed when :meth:`check_rotations` sees the
+        two overlap."""
+        if any(rotation.old is session for rotation in self.rotations.values()):
+            return
+        new = (session.leg + self.slots) % len(self.merge.leg_duplicates)
+        if new in self.rotations or new == session.leg:
+            return  # (no spare slot: the merge was made without rotation)
+        dups = self.merge.leg_duplicates
+        self.rotations[new] = Rotation(session, new_dups=dups[new], old_dups=dups[session.leg])
+        self.start_leg(new)
+
+    def check_rotations(self) -> None:
+        """Close each old leg whose replacement is up and overlaps it: one
+        of the two brought a message the other had delivered first (or the
+        old one broke meanwhile)."""
+        dups = self.merge.leg_duplicates
+        for new, rotation in list(self.rotations.items()):
+            if rotation.up_at is None:
+                continue
+            if (rotation.old_down or dups[new] > rotation.new_dups
+                    or dups[rotation.old.leg] > rotation.old_dups):
+                self._rotated(new, confirmed=True)
+
+    def _rotated(self, new: int, *, confirmed: bool) -> None:
+        rotation = self.rotations.pop(new)
+        self.rotated += 1
+        if not confirmed:
+            self.unconfirmed += 1
+            self._logger.warning(
+                "[ROTATING] feed=%s leg=%d replaced without an overlap seen within %.1fs: "
+                "the old connection is closed anyway", self._label, rotation.old.leg % self.slots,
+                OVERLAP_TIMEOUT)
+        self.retire_leg(rotation.old)
+
+    # -- time ----------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        """The merge's reorder window, or a replacement's overlap timeout."""
+        best = self.merge.next_deadline()
+        for rotation in self.rotations.values():
+            if rotation.up_at is not None:
+                t = rotation.up_at + OVERLAP_TIMEOUT
+                if best is None or t < best:
+                    best = t
+        return best
 
     def handle_timer(self, now: float) -> None:
-        """The merge's reorder window may be over: what it lets out now."""
+        """The merge's reorder window may be over: what it lets out now; a
+        replacement that showed no overlap in time takes over anyway."""
         deadline = self.merge.next_deadline()
         if deadline is not None and deadline <= now:
             self._queue(self.merge.handle_timer(now), 0, now, wake=True)
+        for new, rotation in list(self.rotations.items()):
+            if rotation.up_at is not None and now >= rotation.up_at + OVERLAP_TIMEOUT:
+                self._rotated(new, confirmed=False)
 
     def _queue(self, out: list[Out], connection: int, received_at: float, *,
                wake: bool = False) -> str:
@@ -141,6 +247,8 @@ class LegSession(Session):
     def __init__(self, core: FeedCore, options: DriverOptions, merger: Merger, leg: int,
                  clock: Callable[[], float]) -> None:
         super().__init__(core, options)
+        if merger.lifetime is not None:  # what the legs before it learned
+            core.limit_lifetime(merger.lifetime)
         self.merger = merger
         self.leg = leg
         self.up = False  # the merge counts this leg as covering the feed
@@ -158,6 +266,8 @@ class LegSession(Session):
             merger.leg_up(self.leg, now)
         if merger.offer(self.leg, batch, now) == "disconnect":
             self.core.reconnect(now, reason=Reason.SLOW_CONSUMER)
+        if merger.rotations:
+            merger.check_rotations()
 
     def observe(self, event: AppEvent) -> None:
         kind = type(event)
@@ -166,7 +276,10 @@ class LegSession(Session):
         if kind is Disconnected:
             if self.up:
                 self.up = False
-                self.merger.leg_down(self.leg, self.clock())
+                self.merger.leg_down(self, self.clock())
+            self.merger.share_lifetime(self.core.lifetime)
+        elif kind is Rotating:
+            self.merger.rotate(self)
         elif (kind is Connected or kind is Subscribed) and not self.up and self.core.delivering:
             self.up = True
             self.merger.leg_up(self.leg, self.clock())
@@ -174,7 +287,7 @@ class LegSession(Session):
 
     def prepare_wait(self, now: float) -> float | None:
         deadline = super().prepare_wait(now)
-        merged = self.merger.merge.next_deadline()
+        merged = self.merger.next_deadline()
         if merged is None or (deadline is not None and deadline <= merged):
             return deadline
         return merged
@@ -217,6 +330,7 @@ def merged_metrics(merger: Merger, legs: list[Metrics]) -> Metrics:
         gap_seconds=merge.gap_seconds,
         legs=len(legs),
         legs_live=sum(1 for leg in merger.legs if leg.up),
+        rotations=merger.rotated,
         duplicates=merge.duplicates,
         missing=merge.missing,
         leg_metrics=tuple(legs),

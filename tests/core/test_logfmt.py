@@ -46,7 +46,7 @@ def disconnected(**overrides: object) -> Disconnected:
 
 def test_keywords() -> None:
     assert KEYWORDS == ("[CONNECTING]", "[CONNECTED]", "[SUBSCRIBED]", "[DISCONNECTED]",
-                        "[GAP]", "[RECONNECTING]", "[ALERT]", "[STOPPED]")
+                        "[GAP]", "[ROTATING]", "[RECONNECTING]", "[ALERT]", "[STOPPED]")
 
 
 def test_first_attempt_is_connecting() -> None:

@@ -45,6 +45,7 @@ def test_first_arrival_wins_and_duplicates_are_counted() -> None:
     assert m.offer(1, [msg(1), msg(2), msg(3)], T0) == [msg(3)]
     assert m.offer(0, [msg(3)], T0) == []
     assert (m.delivered, m.duplicates, m.gaps) == (3, 3, 0)
+    assert m.leg_duplicates == [1, 2]  # by the leg that brought them late
 
 
 def test_a_hole_another_leg_fills_in_time_is_no_gap() -> None:
@@ -126,6 +127,7 @@ def test_keys_first_arrival_wins_in_each_legs_order() -> None:
     assert m.offer(0, ["a", "b"], T0) == ["a", "b"]
     assert m.offer(1, ["a", "c", "b", "d"], T0) == ["c", "d"]
     assert m.duplicates == 2
+    assert m.leg_duplicates == [0, 2]
 
 
 def test_a_key_function_picks_what_counts_as_the_same_message() -> None:

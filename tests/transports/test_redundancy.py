@@ -201,3 +201,76 @@ async def test_one_connection_reports_every_loss_in_a_gap_record(by: str, backen
     else:
         assert len(stream.gaps) == 5
         assert all(gap.reason == "reset" for gap in stream.gaps)
+
+
+class Lifetime:
+    """Closes every connection of *server* with 1001 once it is *age*
+    seconds old, as servers with a maximum connection lifetime do."""
+
+    def __init__(self, server: FeedServer, age: float) -> None:
+        self.server = server
+        self.age = age
+        self.closed: list[int] = []  # connections it had to close
+
+    async def run(self) -> None:
+        first_seen: dict[int, float] = {}
+        while True:
+            now = anyio.current_time()
+            for number in open_connections(self.server):
+                if now - first_seen.setdefault(number, now) >= self.age \
+                        and number not in self.closed:
+                    self.closed.append(number)
+                    self.server.inject(Fault.CLOSE_CODE, code=1001, connection=number)
+            await anyio.sleep(0.01)
+
+
+#: Rotation in a test's time: a replacement is opened rotation_lead = 0.4 s
+#: before max_lifetime.
+ROTATION: dict[str, Any] = dict(CLIENT, connect_timeout=0.2, handshake_timeout=0.2)
+
+
+@pytest.mark.parametrize("by", ["sequence", "key"])
+@pytest.mark.anyio
+async def test_one_connection_rotated_before_the_servers_limit_loses_nothing(
+        by: str, backend: Backend) -> None:
+    options = dict(ROTATION, max_lifetime=1.5)
+    if by == "sequence":
+        options["sequence"] = number
+    stream = Stream()
+    async with FeedServer(interval=None) as server, broadcasting(server):
+        limit = Lifetime(server, age=2.0)
+        async with backend.connect(server.url, **options) as feed, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(limit.run)
+            tg.start_soon(stream.consume, feed)
+            await stream.until(50)
+            with anyio.fail_after(20):
+                while feed.metrics().rotations < 4:
+                    await anyio.sleep(0.05)
+            await stream.until(len(stream.numbers) + 50)
+            metrics = feed.metrics()
+            tg.cancel_scope.cancel()
+    check_whole(stream)
+    assert limit.closed == []  # every connection was replaced before the server's limit
+    assert metrics.legs == 1 and metrics.rotations >= 4
+    assert metrics.gaps == 0
+
+
+@pytest.mark.anyio
+async def test_a_servers_close_1001_teaches_the_lifetime(backend: Backend) -> None:
+    options = dict(ROTATION, max_lifetime=30.0, sequence=number)
+    stream = Stream()
+    async with FeedServer(interval=None) as server, broadcasting(server):
+        limit = Lifetime(server, age=1.5)
+        async with backend.connect(server.url, **options) as feed, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(limit.run)
+            tg.start_soon(stream.consume, feed)
+            with anyio.fail_after(20):
+                while feed.metrics().rotations < 3:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    assert limit.closed == [1]  # the first connection taught it; the others were rotated
+    numbers = stream.numbers
+    assert len(numbers) == len(set(numbers)) and numbers == sorted(numbers)
+    assert stream.unreported() == []
