@@ -29,7 +29,7 @@ import anyio
 
 import nonstop
 from nonstop import Metrics, State, Subscription
-from nonstop.core import AppEvent, Message
+from nonstop.core import AppEvent, Gap, Message
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -85,7 +85,7 @@ class ThreadedFeed:
     def batches(self, limit: int | None = None) -> AsyncIterator[list[str | bytes]]:
         return _each(self.raw.batches() if limit is None else self.raw.batches(limit))
 
-    def records(self) -> AsyncIterator[Message]:
+    def records(self) -> AsyncIterator[Message | Gap]:
         return _each(self.raw.records())
 
     # -- commands -------------------------------------------------------------
