@@ -16,6 +16,12 @@ picks the mode:
     frames are encoded once into a block of about 1 MiB and written with
     ``sendall`` block after block: the kernel copy is all it costs.  Then it
     waits (at most 10 s) for the client's close frame or EOF.
+``/stream?...&numbered=1``
+    the same, but each frame's payload starts with its number (ten digits,
+    from 1), so every message is distinct and a connection's *n*-th message
+    is the same on every connection: the stream of a feed several clients,
+    or several connections of one client (``bench/merge.py``), receive.  The
+    frames are encoded once per (kind, size, count) and shared.
 ``/echo`` (also ``/idle``)
     reads the client's masked frames and sends each data frame back unmasked
     with the same opcode; answers pings with pongs and a close with a close.
@@ -56,6 +62,7 @@ CLOSE_1000 = encode_frame(OP_CLOSE, (1000).to_bytes(2, "big"))
 
 _blocks: dict[tuple[str, int], tuple[bytes, int]] = {}
 _blocks_lock = threading.Lock()
+_numbered: dict[tuple[str, int, int], bytes] = {}
 
 
 def _block(kind: str, size: int) -> tuple[bytes, int]:
@@ -66,6 +73,19 @@ def _block(kind: str, size: int) -> tuple[bytes, int]:
             frame = encode_frame(OP_TEXT if kind == "text" else OP_BINARY, payload_for(kind, size))
             per_block = max(1, BLOCK_BYTES // len(frame))
             cached = _blocks[(kind, size)] = (frame * per_block, per_block)
+        return cached
+
+
+def _numbered_frames(kind: str, size: int, count: int) -> bytes:
+    """*count* frames of (*kind*, *size*), each payload starting with its
+    number in ten digits (a payload under ten bytes is the number cut short)."""
+    with _blocks_lock:
+        cached = _numbered.get((kind, size, count))
+        if cached is None:
+            opcode = OP_TEXT if kind == "text" else OP_BINARY
+            tail = payload_for(kind, size)[10:]
+            cached = _numbered[(kind, size, count)] = b"".join(
+                encode_frame(opcode, (b"%010d" % i + tail)[:size]) for i in range(1, count + 1))
         return cached
 
 
@@ -127,17 +147,23 @@ class _Conn:
                     self.sock.sendall(encode_frame(OP_CLOSE, payload[:2]))
                     return False
 
-    def stream(self, kind: str, size: int, count: int) -> None:
+    def stream(self, kind: str, size: int, count: int, numbered: bool = False) -> None:
+        frames = _numbered_frames(kind, size, count) if numbered else b""
         if not self.wait_for_data_frame():
             return
-        block, per_block = _block(kind, size)
         sock = self.sock
-        full, rest = divmod(count, per_block)
-        for _ in range(full):
-            sock.sendall(block)
-        if rest:
-            frame_len = len(block) // per_block
-            sock.sendall(block[: rest * frame_len])
+        if numbered:
+            view = memoryview(frames)
+            for start in range(0, len(frames), BLOCK_BYTES):
+                sock.sendall(view[start:start + BLOCK_BYTES])
+        else:
+            block, per_block = _block(kind, size)
+            full, rest = divmod(count, per_block)
+            for _ in range(full):
+                sock.sendall(block)
+            if rest:
+                frame_len = len(block) // per_block
+                sock.sendall(block[: rest * frame_len])
         sock.sendall(CLOSE_1000)
         # Wait for the client's close frame or EOF; don't hang on a silent client.
         sock.settimeout(10.0)
@@ -199,7 +225,7 @@ def _serve(sock: socket.socket) -> None:
             conn = _Conn(sock)
             conn.reader.feed(rest)
             if url.path == "/stream":
-                conn.stream(kind, size, count)
+                conn.stream(kind, size, count, query.get("numbered") == "1")
             else:
                 conn.echo()
     except (OSError, ConnectionError):

@@ -25,7 +25,7 @@ import sys
 import traceback
 from typing import Any
 
-from clients import CLIENTS
+from clients import CLIENTS, MERGED
 
 
 def run_case(module: Any, options: dict[str, str], port: int, case: dict[str, Any]) -> dict[str, float]:
@@ -39,11 +39,12 @@ def run_case(module: Any, options: dict[str, str], port: int, case: dict[str, An
             "rounds": float(len(times)),
         }
     warmup = case.get("warmup", 0)
+    numbered = "&numbered=1" if case.get("numbered") else ""
     if warmup:  # untimed: the same stream, shorter
-        url = f"{base}/stream?kind={case['kind']}&size={case['size']}&count={warmup}"
+        url = f"{base}/stream?kind={case['kind']}&size={case['size']}&count={warmup}{numbered}"
         module.receive(url, warmup, case["size"], **options)
         gc.collect()
-    url = f"{base}/stream?kind={case['kind']}&size={case['size']}&count={case['count']}"
+    url = f"{base}/stream?kind={case['kind']}&size={case['size']}&count={case['count']}{numbered}"
     seconds = module.receive(url, case["count"], case["size"], **options)
     return {
         "seconds": seconds,
@@ -54,11 +55,11 @@ def run_case(module: Any, options: dict[str, str], port: int, case: dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="run benchmark cases for one client")
-    parser.add_argument("--client", required=True, choices=sorted(CLIENTS))
+    parser.add_argument("--client", required=True, choices=sorted({**CLIENTS, **MERGED}))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--plan", required=True, help="JSON: {'cases': [...]} as built by run.py")
     args = parser.parse_args(argv)
-    module_name, _needs, options = CLIENTS[args.client]
+    module_name, _needs, options = {**CLIENTS, **MERGED}[args.client]
     options = dict(options)
     fast = options.pop("fast", None)
     if fast is not None:  # read by nonstop.connect when its fast option is left at None

@@ -175,6 +175,7 @@ class _Row:
     sent: int = 0
     delivered: int = 0
     duplicates: int = 0
+    gaps: int = 0  # Gap records the client's records() reported in the step
 
     @property
     def detect(self) -> float | None:
@@ -197,7 +198,7 @@ class _Demo:
         self.events: list[tuple[float, AppEvent]] = []
         self._changed: anyio.Event | None = None
         self.got: list[tuple[int, int, int]] = []  # (seq, server conn, client connection)
-        self.gap_records: list[Gap] = []  # what records() reported
+        self.gap_records: list[tuple[float, Gap]] = []  # what records() reported, and when
         self.unique: set[int] = set()
         self.rows = [_Row(step) for step in self.steps]
         self.phase = "starting"
@@ -235,7 +236,7 @@ class _Demo:
     async def consume(self, feed: AsyncFeed) -> None:
         async for record in feed.records():
             if type(record) is Gap:
-                self.gap_records.append(record)
+                self.gap_records.append((self.now(), record))
                 continue
             data = record.data
             if isinstance(data, str) and data.startswith('{"seq"'):
@@ -440,6 +441,8 @@ class _Demo:
                 row.problems.append(f"{row.duplicates} duplicates")
         if misrouted:
             self.rows[last].problems.append(f"{misrouted} messages on the wrong connection")
+        for t, _gap in self.gap_records:
+            self.rows[row_of(t)].gaps += 1
 
     def table(self, metrics: Metrics, ok: bool) -> None:
         def secs(value: float | None) -> str:
@@ -449,7 +452,7 @@ class _Demo:
         title = max(len(row.step.title) for row in self.rows) + 3
         lines = [
             f"{'fault':<{title}}  {'client saw':<{width}}  {'detect':>7}  {'recover':>8}"
-            f"  {'sent':>6}  {'delivered':>9}  {'dups':>4}  result",
+            f"  {'sent':>6}  {'delivered':>9}  {'dups':>4}  {'gaps':>4}  result",
         ]
         for i, row in enumerate(self.rows, 1):
             star = "*" if row.fixed is not None else " "
@@ -457,13 +460,14 @@ class _Demo:
             lines.append(
                 f"{f'{i}. {row.step.title}':<{title}}  {row.saw:<{width}}  {secs(row.detect):>7}"
                 f"  {secs(row.recover):>7}{star}  {row.sent:>6}  {row.delivered:>9}"
-                f"  {row.duplicates:>4}  {result}"
+                f"  {row.duplicates:>4}  {row.gaps:>4}  {result}"
             )
         sent = sum(row.sent for row in self.rows)
         delivered = sum(row.delivered for row in self.rows)
         dups = sum(row.duplicates for row in self.rows)
+        gaps = sum(row.gaps for row in self.rows)
         lines.append(f"{'total':<{title}}  {'':<{width}}  {'':>7}  {'':>8}  {sent:>6}  {delivered:>9}"
-                     f"  {dups:>4}")
+                     f"  {dups:>4}  {gaps:>4}")
         rule = "-" * max(len(line) for line in lines)
         lines.insert(1, rule)
         lines.insert(len(lines) - 1, rule)
@@ -477,7 +481,8 @@ class _Demo:
             "lasting faults: server healthy again) -> subscription acknowledged on a new connection.",
             "sent/delivered: numbered messages the server sent on the connections that ended in "
             "that step / the client delivered from them (the stream is paused before each fault, "
-            "so nothing is in flight).",
+            "so nothing is in flight); gaps: Gap records the client reported (a window in which "
+            "messages may have been lost: every reconnect of a working connection is one).",
             "result: every fault detected and recovered from; nothing lost in-process, no duplicates."
             if ok else "result: FAILED (see the rows above).",
         ]

@@ -48,7 +48,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from .core import AlertPolicy, AppEvent, AppPing, Backoff, Config, ConfigError, FeedCore, Merge
 from .core._config import HeaderProvider, HeadersLike, Payload
-from .core._merge import DEDUPE_COUNT, DEDUPE_WINDOW, REORDER_WINDOW
+from .core._merge import DEDUPE_COUNT, DEDUPE_WINDOW, LEG_LAG, REORDER_WINDOW
 
 __all__ = [
     "options",
@@ -153,6 +153,7 @@ def options(
     reorder_window: float = REORDER_WINDOW,
     dedupe_window: float = DEDUPE_WINDOW,
     dedupe_count: int = DEDUPE_COUNT,
+    leg_lag: float | None = LEG_LAG,
     max_lifetime: float | None = None,
     subscribe: Iterable[object] = (),
     headers: HeadersLike | HeaderProvider | None = None,
@@ -218,6 +219,11 @@ def options(
         Seconds a key is remembered.
     dedupe_count
         Keys remembered at most (the memory bound).
+    leg_lag
+        Seconds a leg of a redundant feed may go without a fresh message
+        (a new one, or a duplicate at most this late) while another leg
+        delivers, before it is replaced as a zombie (reason ``lagging``);
+        ``None``: not watched.
     max_lifetime
         Seconds a connection may live (a server's limit, e.g. 24 hours):
         before a leg reaches it, its replacement is opened and subscribed,
@@ -348,7 +354,7 @@ def options(
     slots = legs if max_lifetime is None else 2 * legs  # a replacement's slot beside each leg
     new_merge = functools.partial(Merge, slots, sequence=sequence, dedupe=dedupe,
                                   reorder_window=reorder_window, dedupe_window=dedupe_window,
-                                  dedupe_count=dedupe_count)
+                                  dedupe_count=dedupe_count, lag=leg_lag if legs > 1 else None)
     new_merge()  # its checks, now
     return Options(config, driver, rng, legs=_leg_configs(config, endpoints, legs),
                    new_merge=new_merge)

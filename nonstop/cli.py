@@ -46,7 +46,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, NoReturn
 
 import anyio
@@ -99,6 +99,39 @@ def _port(text: str) -> int:
     return value
 
 
+def _legs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of connections") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more connections")
+    return value
+
+
+def _field_path(text: str) -> list[str]:
+    path = text.split(".")
+    if not all(path):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a JSON field path (names joined by dots: seq, data.u)")
+    return path
+
+
+def sequence_of(path: list[str]) -> Callable[[str | bytes], int]:
+    """The ``sequence`` function of ``--sequence a.b``: the integer at that
+    path of a JSON message.  It raises for a message that is not JSON or
+    has no integer there: the feed delivers that message and counts it."""
+    def sequence(message: str | bytes) -> int:
+        item: Any = json.loads(message)
+        for name in path:
+            item = item[name]
+        if type(item) is not int:
+            raise TypeError(f"{'.'.join(path)} is {type(item).__name__}, not an integer")
+        return item
+
+    return sequence
+
+
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     name, value = name.strip(), value.strip()
@@ -146,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--silence-timeout", metavar="S", type=_seconds, default=60.0,
         help="a connection with no data message for this long (pongs do not count) is a zombie; 0 disables "
         "(default: %(default)g)")
+    add("--redundancy", metavar="N", type=_legs, default=1,
+        help="connections kept to the feed at once, merged into one stream with each message once "
+        "(default: %(default)s)")
+    add("--sequence", metavar="FIELD", type=_field_path, default=None,
+        help="JSON field path of the feed's sequence number (e.g. seq, data.u): duplicates are "
+        "dropped by it and missing numbers reported as [GAP] lines (default: none; by payload)")
+    add("--max-lifetime", metavar="S", type=_positive_seconds, default=None,
+        help="replace each connection before it is this old (make-before-break), for servers "
+        "that cut connections at a fixed age (default: off)")
     add("--backoff-cap", metavar="S", type=_positive_seconds, default=60.0,
         help="longest wait between reconnect attempts (default: %(default)g)")
     add("--insecure", action="store_true",
@@ -269,6 +311,9 @@ def _connect(args: argparse.Namespace, label: str, context: ssl.SSLContext | Non
         ping_timeout=args.ping_timeout,
         silence_timeout=args.silence_timeout or None,
         backoff=Backoff(initial=min(0.5, cap), cap=cap),
+        redundancy=args.redundancy,
+        sequence=None if args.sequence is None else sequence_of(args.sequence),
+        max_lifetime=args.max_lifetime,
         ssl=context,
         on_event=None if exporter is None else exporter.on_event(label),
     )
@@ -286,7 +331,10 @@ def summary_line(label: str, m: Metrics) -> str:
         f"[SUMMARY] feed={name}"
         f" messages={m.messages_received} connections={m.connection} reconnects={m.reconnects}"
         f" connected={m.total_uptime:.3f}s running={m.running_time:.3f}s"
-        f" ratio={m.connected_ratio:.3f}"
+        f" ratio={m.connected_ratio:.3f} gaps={m.gaps}"
+        + (f" legs={m.legs} duplicates={m.duplicates}" if m.legs > 1 else "")
+        + (f" missing={m.missing}" if m.missing else "")
+        + (f" rotations={m.rotations}" if m.rotations else "")
     )
 
 

@@ -420,3 +420,50 @@ def test_demo_quiet_prints_only_the_table(capfd: pytest.CaptureFixture[str]) -> 
     out, err = capfd.readouterr()
     assert err == ""
     assert out.startswith("fault ") and "nothing lost in-process" in out
+
+
+# ----------------------------------------------------------------------
+# redundancy
+
+
+def test_two_connections_merged_by_sequence_number_print_each_number_once() -> None:
+    # The testing server numbers its messages across connections: each
+    # number goes to one connection, so only the merge of both legs, in
+    # sequence order, gives the whole stream.
+    with feed_server() as server, cli(server.url, "--redundancy", "2", "--sequence", "seq",
+                                      "--no-status") as proc:
+        server.wait_connected(n=2)
+        server.wait_for(lambda: server.sent >= 60)
+        proc.p.send_signal(signal.SIGINT)
+        assert proc.finish() == 0
+        sent = server.sent_log
+    printed = [seq for seq, _ in filter(None, map(numbered, proc.out))]
+    assert len(printed) >= 55
+    assert printed == sorted(set(printed))  # in order, each once
+    assert set(printed) <= {seq for seq, _ in sent}
+    assert {conn for _, conn in filter(None, map(numbered, proc.out))} == {1, 2}
+    summary = next(line for line in proc.err if "[SUMMARY]" in line)
+    assert "legs=2" in summary and "gaps=" in summary
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--redundancy", "0"), "'0' must be 1 or more connections"),
+    (("--redundancy", "two"), "'two' is not a number of connections"),
+    (("--sequence", "data..u"), "is not a JSON field path"),
+    (("--max-lifetime", "0"), "must be a number of seconds > 0"),
+    (("--max-lifetime", "5"), "max_lifetime (5.0s) must be longer than"),
+])
+def test_redundancy_options_that_make_no_sense_exit_2(args: tuple[str, ...], says: str) -> None:
+    result = run_cli("ws://127.0.0.1:9/", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert says in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_the_sequence_path_reads_an_integer_and_refuses_anything_else() -> None:
+    from nonstop.cli import sequence_of
+
+    sequence = sequence_of(["data", "u"])
+    assert sequence('{"data": {"u": 42}}') == 42
+    for bad in ('{"data": {"u": "42"}}', '{"data": {}}', "not json", '{"data": {"u": true}}'):
+        with pytest.raises((TypeError, KeyError, ValueError)):
+            sequence(bad)

@@ -27,7 +27,7 @@ iteration.
 
 from __future__ import annotations
 
-__all__ = ["CLIENTS", "RECEIVE_ONLY", "BASELINE"]
+__all__ = ["CLIENTS", "RECEIVE_ONLY", "BASELINE", "MERGED"]
 
 CLIENTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "nonstop-asyncio": ("nonstop_anyio", ("nonstop", "anyio"), {"backend": "asyncio"}),
@@ -60,6 +60,24 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
 #: batch consumers (their echo is the plain iteration's).
 RECEIVE_ONLY = frozenset({"raw-socket", "nonstop-asyncio-batches", "nonstop-blocking-batches",
                           "nonstop-asyncio-uvloop-batches"})
+
+#: Redundant feeds (``redundancy=2``; ``-seq``: merged by sequence number,
+#: else by the payload itself; ``nonstop-*-seq``: one connection through the
+#: merge), for ``bench/merge.py`` and its numbered stream only: on
+#: ``run.py``'s identical messages the merge keeps one.
+MERGED: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
+    f"nonstop-{driver}{legs}{seq}": (module, needs, dict(base, **({"legs": "2"} if legs else {}),
+                                                           **({"seq": "1"} if seq else {})))
+    for driver, module, needs, base in (
+        ("asyncio", "nonstop_anyio", ("nonstop", "anyio"), {"backend": "asyncio"}),
+        ("trio", "nonstop_anyio", ("nonstop", "anyio", "trio"), {"backend": "trio"}),
+        ("blocking", "nonstop_blocking", ("nonstop",), {}),
+    )
+    for legs in ("", "-2legs")
+    for seq in ("", "-seq")
+    if legs or seq
+}
+RECEIVE_ONLY |= frozenset(MERGED)
 
 #: The separator of a client run from another checkout (``run.py --baseline``).
 BASELINE = "@baseline"

@@ -23,21 +23,32 @@ QUEUE_SIZE = 4096
 MAX_MESSAGE = 1 << 20
 
 
-def _connect(url: str) -> nonstop.AsyncFeed:
+def _connect(url: str, legs: int = 1, seq: bool = False) -> nonstop.AsyncFeed:
     return nonstop.connect(
         url,
         ping_interval=None,
         silence_timeout=None,
         max_message_size=MAX_MESSAGE,
         queue_size=QUEUE_SIZE,
+        **({"redundancy": legs} if legs > 1 else {}),  # (an older checkout has no such option)
+        **({"sequence": number} if seq else {}),
     )
 
 
-async def _receive(url: str, count: int, size: int, mode: str) -> float:
+def number(message: str | bytes) -> int:
+    """The numbered stream's number: the first ten characters."""
+    return int(message[:10])
+
+
+async def _receive(url: str, count: int, size: int, mode: str, legs: int = 1,
+                   seq: bool = False) -> float:
     n = 0
     last: str | bytes = b""
-    async with _connect(url) as feed:
+    async with _connect(url, legs, seq) as feed:
         await feed.wait_connected(10)
+        with anyio.fail_after(10):
+            while legs > 1 and feed.metrics().legs_live < legs:
+                await anyio.sleep(0.001)  # every leg open: each must get the "go"
         t0 = time.perf_counter()
         await feed.send("go")
         if mode == "batches":
@@ -72,8 +83,10 @@ async def _echo(url: str, rounds: int, message: str) -> list[float]:
     return times
 
 
-def receive(url: str, count: int, size: int, backend: str = "asyncio", mode: str = "iterate") -> float:
-    return anyio.run(partial(_receive, url, count, size, mode), backend=backend)
+def receive(url: str, count: int, size: int, backend: str = "asyncio", mode: str = "iterate",
+            legs: str = "1", seq: str = "") -> float:
+    return anyio.run(partial(_receive, url, count, size, mode, int(legs), bool(seq)),
+                     backend=backend)
 
 
 def echo(url: str, rounds: int, message: str, backend: str = "asyncio", mode: str = "iterate") -> list[float]:

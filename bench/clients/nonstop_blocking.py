@@ -20,21 +20,32 @@ QUEUE_SIZE = 4096
 MAX_MESSAGE = 1 << 20
 
 
-def _connect(url: str) -> nonstop.SyncFeed:
+def _connect(url: str, legs: int = 1, seq: bool = False) -> nonstop.SyncFeed:
     return nonstop.sync.connect(
         url,
         ping_interval=None,
         silence_timeout=None,
         max_message_size=MAX_MESSAGE,
         queue_size=QUEUE_SIZE,
+        **({"redundancy": legs} if legs > 1 else {}),  # (an older checkout has no such option)
+        **({"sequence": number} if seq else {}),
     )
 
 
-def receive(url: str, count: int, size: int, mode: str = "iterate") -> float:
+def number(message: str | bytes) -> int:
+    """The numbered stream's number: the first ten characters."""
+    return int(message[:10])
+
+
+def receive(url: str, count: int, size: int, mode: str = "iterate", legs: str = "1",
+            seq: str = "") -> float:
     n = 0
     last: str | bytes = b""
-    with _connect(url) as feed:
+    with _connect(url, int(legs), bool(seq)) as feed:
         feed.wait_connected(10)
+        deadline = time.monotonic() + 10
+        while int(legs) > 1 and feed.metrics().legs_live < int(legs) and time.monotonic() < deadline:
+            time.sleep(0.001)  # every leg open: each must get the "go"
         t0 = time.perf_counter()
         feed.send("go")
         if mode == "batches":

@@ -619,8 +619,10 @@ class FeedCore:
     def reading_paused(self) -> bool:
         return self._paused_at is not None
 
-    def reconnect(self, now: float, *, reason: Reason = Reason.CLIENT_RECONNECT) -> bool:
-        """Close the open connection (code 1001) and reconnect with backoff.
+    def reconnect(self, now: float, *, reason: Reason = Reason.CLIENT_RECONNECT,
+                  detail: str = "reconnect requested") -> bool:
+        """Close the open connection (code 1001) and reconnect with backoff;
+        *reason* and *detail* go in its ``Disconnected``.
 
         Returns ``False`` (and does nothing) when no connection is open.
         """
@@ -630,7 +632,7 @@ class FeedCore:
         self._now = now
         assert self._framing is not None
         self._framing.close(GOING_AWAY, "reconnecting")
-        self._disconnect(now, Verdict(reason=reason, detail="reconnect requested", code=GOING_AWAY),
+        self._disconnect(now, Verdict(reason=reason, detail=detail, code=GOING_AWAY),
                          abort=False, close_sent=True)
         self._flush()
         return True

@@ -105,6 +105,9 @@ class Reason(enum.Enum):
     """A user callback (header provider, ACK or pong matcher) raised."""
     SLOW_CONSUMER = "slow_consumer"
     """The application fell behind and the ``disconnect`` policy applied."""
+    LAGGING = "lagging"
+    """A leg of a redundant feed brought nothing fresh for ``leg_lag``
+    seconds while another leg delivered: a zombie leg, replaced."""
     CLIENT_RECONNECT = "client_reconnect"
     """The application asked for a reconnect."""
     STOPPED = "stopped"

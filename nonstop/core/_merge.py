@@ -33,12 +33,21 @@ Two ways to tell messages apart:
   until one is up again is a gap, reported before the first message after
   it.  (Before the first leg was ever up nothing was promised: no gap.)
 
+Lagging legs.  A leg that stays connected but brings nothing fresh while
+another delivers is a zombie too: with ``lag`` set, once another leg
+delivered a new message, this leg owes one fresh arrival (a new message, or
+a duplicate at most ``lag`` seconds after its first arrival) within ``lag``
+seconds; :meth:`lagging` names the legs that did not (the driver replaces
+them).  A leg that is always a millisecond behind is never lagging; one
+that went silent, or fell ``lag`` seconds behind, is.
+
 Every method returns what to hand out now, in order: payloads and
 :class:`Gap` records.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 from collections.abc import Callable, Hashable
 from typing import Final, Union
@@ -51,6 +60,8 @@ __all__ = ["Gap", "Merge", "Out"]
 
 #: How long numbers after a hole wait for another leg to fill it, by default.
 REORDER_WINDOW: Final = 0.05
+#: How long a leg may go without a fresh arrival while another delivers, by default.
+LEG_LAG: Final = 5.0
 #: How long a key is remembered, and how many at most, by default.
 DEDUPE_WINDOW: Final = 60.0
 DEDUPE_COUNT: Final = 100_000
@@ -62,8 +73,9 @@ Out = Union[Payload, Gap]
 class Merge:
     """The arbitration of *legs* legs' messages into one stream."""
 
-    __slots__ = ("_dedupe", "_dedupe_count", "_dedupe_window", "_down_since", "_held",
-                 "_last", "_last_at", "_legs", "_reorder", "_seen", "_sequence", "_up",
+    __slots__ = ("_dedupe", "_dedupe_count", "_dedupe_window", "_delivered_at", "_down_since",
+                 "_held", "_lag", "_last", "_last_at", "_legs", "_owed", "_reorder", "_seen",
+                 "_sequence", "_up",
                  "delivered", "duplicates", "gap_seconds", "gaps", "leg_duplicates", "missing",
                  "unreadable")
 
@@ -76,6 +88,7 @@ class Merge:
         reorder_window: float = REORDER_WINDOW,
         dedupe_window: float = DEDUPE_WINDOW,
         dedupe_count: int = DEDUPE_COUNT,
+        lag: float | None = None,
     ) -> None:
         if type(legs) is not int or legs < 1:
             raise ConfigError(f"legs must be an int >= 1, got {legs!r}")
@@ -87,6 +100,8 @@ class Merge:
                 raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
         if type(dedupe_count) is not int or dedupe_count < 1:
             raise ConfigError(f"dedupe_count must be an int >= 1, got {dedupe_count!r}")
+        if lag is not None and (not isinstance(lag, (int, float)) or not 0 < lag < float("inf")):
+            raise ConfigError(f"leg_lag must be a finite number of seconds > 0 or None, got {lag!r}")
         self._legs = legs
         self._sequence = sequence
         self._dedupe = dedupe
@@ -99,6 +114,13 @@ class Merge:
         self._last_at = 0.0  # when it arrived
         self._held: dict[int, tuple[Payload, float]] = {}  # number -> (payload, arrival), after a hole
         self._seen: collections.OrderedDict[Hashable, float] = collections.OrderedDict()
+        self._lag = lag
+        #: Per leg: since when it owes a fresh arrival (another leg delivered
+        #: a new message after its last one), or None.
+        self._owed: list[float | None] = [None] * legs
+        #: (last number delivered, when) after each run, for the lateness of
+        #: a duplicate number; bounded.
+        self._delivered_at: tuple[list[int], list[float]] = ([], [])
         #: Messages handed out, duplicates dropped, gaps reported, their
         #: seconds, the numbers they miss, unreadable numbers by kind.
         self.delivered = 0
@@ -117,6 +139,7 @@ class Merge:
         a gap of coverage ends here."""
         self._check_leg(leg)
         self._up.add(leg)
+        self._owed[leg] = None
         since, self._down_since = self._down_since, None
         if since is None or self._sequence is not None:
             return []
@@ -131,6 +154,7 @@ class Merge:
         if leg not in self._up:
             return []
         self._up.discard(leg)
+        self._owed[leg] = None
         if self._up:
             return []
         self._down_since = now
@@ -146,56 +170,109 @@ class Merge:
     def offer(self, leg: int, payloads: list[Payload], now: float) -> list[Out]:
         """Messages of leg *leg*, in its order: what to hand out now."""
         out: list[Out] = []
+        delivered = self.delivered
         if self._sequence is None:
-            self._by_key(leg, payloads, now, out)
+            fresh = self._by_key(leg, payloads, now, out)
         else:
+            latest = -1  # the highest duplicate number: the freshest
             for payload in payloads:
-                self._by_number(leg, payload, now, out)
+                number = self._by_number(leg, payload, now, out)
+                if number is not None and number > latest:
+                    latest = number
+            fresh = latest >= 0 and self._lateness(latest, now) <= (self._lag or 0.0)
+            if self.delivered > delivered and self._last is not None:
+                self._note_delivered(self._last, now)
+        if self._lag is not None:
+            self._owe(leg, now, new=self.delivered > delivered, fresh=fresh)
         return out
 
-    def _by_key(self, leg: int, payloads: list[Payload], now: float, out: list[Out]) -> None:
+    # -- lagging legs --------------------------------------------------------
+    def _owe(self, leg: int, now: float, *, new: bool, fresh: bool) -> None:
+        owed = self._owed
+        if new or fresh:
+            owed[leg] = None
+        if new:
+            for other in self._up:
+                if other != leg and owed[other] is None:
+                    owed[other] = now
+
+    def _note_delivered(self, number: int, now: float) -> None:
+        numbers, times = self._delivered_at
+        numbers.append(number)
+        times.append(now)
+        if len(numbers) > 4096:
+            del numbers[:2048], times[:2048]
+
+    def _lateness(self, number: int, now: float) -> float:
+        """How long after its first delivery a duplicate *number* came
+        (from the run it was delivered in, or the oldest one remembered)."""
+        numbers, times = self._delivered_at
+        assert numbers  # a duplicate: something was delivered
+        return now - times[min(bisect.bisect_left(numbers, number), len(times) - 1)]
+
+    def lagging(self, now: float) -> list[int]:
+        """The legs up that owed a fresh arrival for more than ``lag``
+        seconds: replace them.  Each is named once (it owes nothing more)."""
+        if self._lag is None:
+            return []
+        out = [leg for leg in sorted(self._up)
+               if (since := self._owed[leg]) is not None and now - since > self._lag]
+        for leg in out:
+            self._owed[leg] = None
+        return out
+
+    def _by_key(self, leg: int, payloads: list[Payload], now: float, out: list[Out]) -> bool:
+        """Deliver the keys not seen; True if a duplicate came within
+        ``lag`` of its first arrival (the leg keeps up)."""
         seen = self._seen
+        fresh = False
+        lag = self._lag or 0.0
         key_of = self._dedupe
         oldest = now - self._dedupe_window
         while seen:  # forget what is older than the window
-            first = next(iter(seen.values()))
-            if first >= oldest:
+            if next(iter(seen.values())) >= oldest:
                 break
             seen.popitem(last=False)
         for payload in payloads:
             key = payload if key_of is None else key_of(payload)
-            if key in seen:
+            arrived = seen.get(key)
+            if arrived is not None:
                 self.duplicates += 1
                 self.leg_duplicates[leg] += 1
+                if now - arrived <= lag:
+                    fresh = True
                 continue
             seen[key] = now
             if len(seen) > self._dedupe_count:
                 seen.popitem(last=False)
             out.append(payload)
             self.delivered += 1
+        return fresh
 
-    def _by_number(self, leg: int, payload: Payload, now: float, out: list[Out]) -> None:
+    def _by_number(self, leg: int, payload: Payload, now: float, out: list[Out]) -> int | None:
+        """Take one message; its number if it was a duplicate."""
         assert self._sequence is not None
         try:
             number = self._sequence(payload)
         except Exception as exc:
             self._unreadable(f"raised {type(exc).__name__}", payload, out)
-            return
+            return None
         if type(number) is not int:
             self._unreadable(f"returned {type(number).__name__}", payload, out)
-            return
+            return None
         last = self._last
         if (last is not None and number <= last) or number in self._held:
             self.duplicates += 1
             self.leg_duplicates[leg] += 1
-            return
+            return number
         if last is None or number == last + 1:
             self._deliver(number, payload, now, out)
             self._drain(out)
-            return
+            return None
         self._held[number] = (payload, now)
         if not self._up - {leg}:  # nobody else can fill the hole
             self._release(now, out, force=True)
+        return None
 
     def _unreadable(self, kind: str, payload: Payload, out: list[Out]) -> None:
         self.unreadable[kind] = self.unreadable.get(kind, 0) + 1
@@ -245,16 +322,29 @@ class Merge:
 
     # -- time --------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        """When held messages stop waiting for their hole to be filled."""
-        if not self._held:
-            return None
-        return min(at for _, at in self._held.values()) + self._reorder
+        """When held messages stop waiting for their hole to be filled, or
+        a leg that owes a fresh arrival is lagging."""
+        best: float | None = None
+        if self._held:
+            best = min(at for _, at in self._held.values()) + self._reorder
+        if self._lag is not None:
+            for leg in self._up:
+                since = self._owed[leg]
+                if since is not None and (best is None or since + self._lag < best):
+                    best = since + self._lag
+        return best
 
     def handle_timer(self, now: float) -> list[Out]:
         """The reorder window of a hole passed: what to hand out now."""
         out: list[Out] = []
         self._release(now, out, force=False)
         return out
+
+    @property
+    def lag(self) -> float | None:
+        """How long a leg may go without a fresh arrival while another
+        delivers (``None``: not watched)."""
+        return self._lag
 
     @property
     def held(self) -> int:

@@ -89,6 +89,7 @@ class MergedAsyncFeed(AsyncFeed):
         merger.wake = lambda: self._has_data.set()
         merger.start_leg = self._start_leg
         merger.retire_leg = self._retire_leg
+        merger.poke_leg = self._poke_leg
 
     # -- the legs ---------------------------------------------------------
     async def __aenter__(self) -> MergedAsyncFeed:
@@ -124,6 +125,11 @@ class MergedAsyncFeed(AsyncFeed):
         for leg in self._retiring:
             if leg._session is session:
                 leg.stop()
+
+    def _poke_leg(self, session: Session) -> None:
+        for leg in self._all():
+            if leg._session is session:
+                leg._kick(force=True)
 
     def _all(self) -> list[AsyncFeed]:
         return self._legs + self._retiring

@@ -66,6 +66,7 @@ class MergedSyncFeed(SyncFeed):
         self._retiring: list[SyncFeed] = []
         merger.start_leg = self._start_leg
         merger.retire_leg = self._retire_leg
+        merger.poke_leg = self._poke_leg
 
     @property
     def _session(self) -> Any:
@@ -101,6 +102,11 @@ class MergedSyncFeed(SyncFeed):
             if leg._session is session:
                 leg._stop_requested = True
                 leg._wake()
+
+    def _poke_leg(self, session: Session) -> None:
+        for leg in self._all():
+            if leg._session is session:
+                leg._poke()
 
     def _all(self) -> list[SyncFeed]:
         return self._legs + self._retiring

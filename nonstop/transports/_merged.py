@@ -74,7 +74,8 @@ class Merger:
     """The merge between a redundant feed's legs and its one queue."""
 
     __slots__ = ("merge", "buffer", "observer", "waiters", "wake", "legs", "slots", "rotations",
-                 "rotated", "unconfirmed", "start_leg", "retire_leg", "lifetime", "_logger",
+                 "rotated", "unconfirmed", "start_leg", "retire_leg", "poke_leg", "lifetime",
+                 "_logger",
                  "_label")
 
     def __init__(self, merge: Merge, options: DriverOptions, label: str, slots: int) -> None:
@@ -92,6 +93,8 @@ class Merger:
         #: The driver's: open a leg in a slot; close a leg for good.
         self.start_leg: Callable[[int], None] = lambda slot: None
         self.retire_leg: Callable[[LegSession], None] = lambda session: None
+        #: The driver's: wake a leg's loop (its core has work: a close frame).
+        self.poke_leg: Callable[[LegSession], None] = lambda session: None
         self._logger = options.logger
         self._label = label
         self.buffer = MessageBuffer(options.queue_size, options.overflow)
@@ -197,6 +200,12 @@ class Merger:
         for new, rotation in list(self.rotations.items()):
             if rotation.up_at is not None and now >= rotation.up_at + OVERLAP_TIMEOUT:
                 self._rotated(new, confirmed=False)
+        for slot in self.merge.lagging(now):
+            for session in self.legs:
+                if session.leg == slot and session.up:
+                    session.core.reconnect(now, reason=Reason.LAGGING, detail=(
+                        f"nothing fresh for {self.merge.lag}s while another leg delivered"))
+                    self.poke_leg(session)
 
     def _queue(self, out: list[Out], connection: int, received_at: float, *,
                wake: bool = False) -> str:
@@ -317,13 +326,19 @@ class Head:
 
 def merged_metrics(merger: Merger, legs: list[Metrics]) -> Metrics:
     """The feed's metrics: the first leg's connection figures, the merged
-    stream's messages and gaps, the queue's, and the legs' counts."""
+    stream's messages and gaps, the queue's, the legs' disconnects added
+    up, and each leg's own metrics."""
     from dataclasses import replace
 
     merge = merger.merge
     first = legs[0]
+    disconnects: dict[str, int] = {}
+    for leg in legs:
+        for reason, count in leg.disconnects.items():
+            disconnects[reason] = disconnects.get(reason, 0) + count
     return merger.buffer.add_driver_metrics(replace(
         first,
+        disconnects=disconnects,
         messages_received=merge.delivered,
         bytes_received=sum(m.bytes_received for m in legs),
         gaps=merge.gaps,

@@ -287,3 +287,105 @@ def test_property_keys(steps: list[tuple[int, int, float]]) -> None:
     reported = [(g.start, g.end) for g in gaps(out)]
     for start, end in uncovered:
         assert any(s <= start and end <= e for s, e in reported), (start, end, reported)
+
+
+# ---------------------------------------------------------------------------
+# lagging legs: nothing fresh while another leg delivers
+
+LAG = 5.0
+
+
+def two_up(**options: object) -> Merge:
+    m = Merge(2, lag=LAG, **options)  # type: ignore[arg-type]
+    m.leg_up(0, T0)
+    m.leg_up(1, T0)
+    return m
+
+
+def test_a_leg_a_moment_behind_keeps_up() -> None:
+    m = two_up()
+    m.offer(0, ["a"], T0)
+    assert m.next_deadline() == T0 + LAG  # leg 1 owes a fresh arrival from now
+    m.offer(1, ["a"], T0 + 0.001)  # a duplicate, but fresh
+    assert m.next_deadline() is None
+    assert m.lagging(T0 + 100) == []
+
+
+def test_a_silent_leg_is_lagging_once_and_named_once() -> None:
+    m = two_up()
+    m.offer(0, ["a"], T0)
+    m.offer(0, ["b"], T0 + 3)  # still owed since T0
+    assert m.lagging(T0 + LAG - 0.1) == []
+    assert m.lagging(T0 + LAG + 0.1) == [1]
+    assert m.lagging(T0 + LAG + 0.2) == [] and m.next_deadline() is None
+
+
+def test_a_leg_whose_duplicates_come_too_late_is_lagging() -> None:
+    m = two_up()
+    m.offer(0, ["a"], T0)
+    m.offer(1, ["a"], T0 + LAG + 1)  # the same message, LAG + 1 s late
+    assert m.lagging(T0 + LAG + 1) == [1]
+
+
+def test_a_leg_that_brings_something_new_owes_nothing() -> None:
+    m = two_up()
+    m.offer(0, ["a"], T0)
+    m.offer(1, ["z"], T0 + 1)
+    assert m.lagging(T0 + 100) == [0]  # now leg 0 owes one since T0 + 1
+
+
+def test_by_number_the_lateness_of_a_duplicate_counts() -> None:
+    m = two_up(sequence=seq)
+    m.offer(0, [msg(1), msg(2)], T0)
+    m.offer(1, [msg(1), msg(2)], T0 + 0.01)
+    assert m.next_deadline() is None and m.lagging(T0 + 100) == []
+    m.offer(0, [msg(3)], T0 + 1)
+    m.offer(1, [msg(3)], T0 + 1 + LAG + 0.5)  # too late
+    assert m.lagging(T0 + 1 + LAG + 0.5) == [1]
+
+
+def test_by_number_an_unreadable_message_is_delivered_so_its_leg_keeps_up() -> None:
+    m = two_up(sequence=seq)
+    m.offer(0, [msg(1)], T0)
+    m.offer(1, ["not json"], T0 + 0.1)
+    assert m.lagging(T0 + LAG + 0.2) == [0]  # leg 0 owes since then
+
+
+def test_many_runs_keep_the_lateness_table_bounded() -> None:
+    m = two_up(sequence=seq)
+    for n in range(1, 6001):
+        m.offer(0, [msg(n)], T0 + n * 0.01)
+    assert len(m._delivered_at[0]) <= 4096
+    m.offer(1, [msg(1)], T0 + 61)  # older than the table: at least as late as its oldest entry
+    assert m.lagging(T0 + 61) == [1]
+
+
+def test_legs_down_or_alone_owe_nothing() -> None:
+    m = two_up()
+    m.offer(0, ["a"], T0)
+    m.leg_down(1, T0 + 1)
+    assert m.lagging(T0 + 100) == [] and m.next_deadline() is None
+    alone = Merge(1, lag=LAG)
+    alone.leg_up(0, T0)
+    alone.offer(0, ["a"], T0)
+    assert alone.lagging(T0 + 100) == []
+    off = Merge(2)
+    off.leg_up(0, T0)
+    off.leg_up(1, T0)
+    off.offer(0, ["a"], T0)
+    assert off.lag is None and off.lagging(T0 + 100) == [] and off.next_deadline() is None
+
+
+def test_a_hole_and_a_lagging_leg_the_earlier_deadline_first() -> None:
+    m = two_up(sequence=seq)
+    m.offer(0, [msg(1)], T0)  # leg 1 owes since T0
+    m.offer(0, [msg(3)], T0 + 1)  # a hole: held for the reorder window
+    assert m.next_deadline() == pytest.approx(T0 + 1 + 0.05)
+    m.handle_timer(T0 + 1.1)
+    assert m.next_deadline() == pytest.approx(T0 + LAG)
+
+
+@pytest.mark.parametrize("lag", [0, -1, float("inf"), "5"])
+def test_a_bad_lag_is_refused(lag: object) -> None:
+    with pytest.raises(ConfigError, match="leg_lag"):
+        Merge(2, lag=lag)  # type: ignore[arg-type]

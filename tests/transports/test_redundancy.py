@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import pytest
 
-from nonstop import Backoff, Gap
+from nonstop import Backoff, Disconnected, Gap, Reason
 from nonstop.testing import Fault, FeedServer
 
 from .conftest import Backend
@@ -274,3 +274,31 @@ async def test_a_servers_close_1001_teaches_the_lifetime(backend: Backend) -> No
     numbers = stream.numbers
     assert len(numbers) == len(set(numbers)) and numbers == sorted(numbers)
     assert stream.unreported() == []
+
+
+@pytest.mark.anyio
+async def test_a_leg_that_answers_pings_but_brings_no_data_is_replaced(backend: Backend) -> None:
+    events: list[Any] = []
+    stream = Stream()
+    async with FeedServer(interval=None) as server, broadcasting(server):
+        options = dict(CLIENT, redundancy=2, sequence=number, leg_lag=0.5, ping_interval=0.2,
+                       on_event=events.append)
+        async with backend.connect(server.url, **options) as feed, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(stream.consume, feed)
+            await stream.until(50)
+            muted = open_connections(server)[0]
+            server.inject(Fault.MUTE, connection=muted)  # pongs still come, data does not
+            t0 = anyio.current_time()
+            with anyio.fail_after(10):
+                while not any(isinstance(e, Disconnected) and e.reason is Reason.LAGGING
+                              for e in events):
+                    await anyio.sleep(0.01)
+            replaced_after = anyio.current_time() - t0
+            await stream.until(len(stream.numbers) + 100)
+            metrics = feed.metrics()
+            tg.cancel_scope.cancel()
+    check_whole(stream)
+    assert replaced_after < 0.5 + 0.5
+    assert metrics.disconnects.get("lagging") == 1
+    assert server.connection(muted).phase == "closed"
