@@ -25,9 +25,10 @@ Two ways to tell messages apart:
   Gaps come from the numbers alone: a window with no leg up that lost no
   number is no gap.
 * **Keys** (``dedupe=fn``; by default the payload itself).  The first
-  arrival of a key is delivered; later ones within ``dedupe_window``
-  seconds, among the last ``dedupe_count`` keys, are dropped.  Memory is
-  bounded by ``dedupe_count`` keys.  Keys cannot show a hole, so gaps come
+  arrival of a key is delivered; later ones are dropped while it is
+  remembered: at least half of ``dedupe_window`` seconds and half of
+  ``dedupe_count`` keys, at most the whole of both.  Memory is bounded by
+  ``dedupe_count`` keys.  Keys cannot show a hole, so gaps come
   from coverage: each leg says when it is subscribed (:meth:`leg_up`) and
   when it stops (:meth:`leg_down`); from the moment the last leg went down
   until one is up again is a gap, reported before the first message after
@@ -48,7 +49,7 @@ Every method returns what to hand out now, in order: payloads and
 from __future__ import annotations
 
 import bisect
-import collections
+import math
 from collections.abc import Callable, Hashable
 from typing import Final, Union
 
@@ -74,7 +75,8 @@ class Merge:
     """The arbitration of *legs* legs' messages into one stream."""
 
     __slots__ = ("_dedupe", "_dedupe_count", "_dedupe_window", "_delivered_at", "_down_since",
-                 "_held", "_lag", "_last", "_last_at", "_legs", "_owed", "_reorder", "_seen",
+                 "_held", "_lag", "_last", "_last_at", "_legs", "_owed", "_reorder", "_keys",
+                 "_old_keys", "_keys_since", "_old_since",
                  "_sequence", "_up",
                  "delivered", "duplicates", "gap_seconds", "gaps", "leg_duplicates", "missing",
                  "unreadable")
@@ -113,7 +115,11 @@ class Merge:
         self._last: int | None = None  # the last number delivered
         self._last_at = 0.0  # when it arrived
         self._held: dict[int, tuple[Payload, float]] = {}  # number -> (payload, arrival), after a hole
-        self._seen: collections.OrderedDict[Hashable, float] = collections.OrderedDict()
+        # The keys seen, in two generations (see _by_key): key -> first arrival.
+        self._keys: dict[Hashable, float] = {}
+        self._old_keys: dict[Hashable, float] = {}
+        self._keys_since = -math.inf
+        self._old_since = -math.inf
         self._lag = lag
         #: Per leg: since when it owes a fresh arrival (another leg delivered
         #: a new message after its last one), or None.
@@ -174,11 +180,7 @@ class Merge:
         if self._sequence is None:
             fresh = self._by_key(leg, payloads, now, out)
         else:
-            latest = -1  # the highest duplicate number: the freshest
-            for payload in payloads:
-                number = self._by_number(leg, payload, now, out)
-                if number is not None and number > latest:
-                    latest = number
+            latest = self._by_numbers(leg, payloads, now, out)  # the freshest duplicate
             fresh = latest >= 0 and self._lateness(latest, now) <= (self._lag or 0.0)
             if self.delivered > delivered and self._last is not None:
                 self._note_delivered(self._last, now)
@@ -222,57 +224,127 @@ class Merge:
         return out
 
     def _by_key(self, leg: int, payloads: list[Payload], now: float, out: list[Out]) -> bool:
-        """Deliver the keys not seen; True if a duplicate came within
-        ``lag`` of its first arrival (the leg keeps up)."""
-        seen = self._seen
-        fresh = False
-        lag = self._lag or 0.0
-        key_of = self._dedupe
-        oldest = now - self._dedupe_window
-        while seen:  # forget what is older than the window
-            if next(iter(seen.values())) >= oldest:
-                break
-            seen.popitem(last=False)
-        for payload in payloads:
-            key = payload if key_of is None else key_of(payload)
-            arrived = seen.get(key)
-            if arrived is not None:
-                self.duplicates += 1
-                self.leg_duplicates[leg] += 1
-                if now - arrived <= lag:
-                    fresh = True
-                continue
-            seen[key] = now
-            if len(seen) > self._dedupe_count:
-                seen.popitem(last=False)
-            out.append(payload)
-            self.delivered += 1
-        return fresh
+        """Deliver the keys not seen; True if the leg keeps up (its last
+        message was new, or a duplicate at most ``lag`` late).
 
-    def _by_number(self, leg: int, payload: Payload, now: float, out: list[Out]) -> int | None:
-        """Take one message; its number if it was a duplicate."""
-        assert self._sequence is not None
-        try:
-            number = self._sequence(payload)
-        except Exception as exc:
-            self._unreadable(f"raised {type(exc).__name__}", payload, out)
-            return None
-        if type(number) is not int:
-            self._unreadable(f"returned {type(number).__name__}", payload, out)
-            return None
+        The keys seen are kept in two generations of plain dicts (key ->
+        first arrival).  A new generation starts when the current one is
+        half of ``dedupe_window`` old or holds half of ``dedupe_count``
+        keys; the one before it is forgotten then, or once it is older
+        than the window.  So a key is remembered for at least half the
+        window and half the count, at most the window and the count, in
+        bounded memory; and a run is sorted out with C-speed membership
+        tests instead of a Python step per message.
+        """
+        window = self._dedupe_window
+        if now - self._keys_since >= window / 2:
+            self._rotate_keys(now)
+        if now - self._old_since > window:
+            self._old_keys = {}
+        keys, old = self._keys, self._old_keys
+        key_of = self._dedupe
+        if key_of is None:
+            new: dict[Hashable, Payload] = {p: p for p in payloads if p not in keys and p not in old}
+            last_key: Hashable = payloads[-1] if payloads else None
+        else:
+            pairs = [(key_of(p), p) for p in payloads]
+            new = {}
+            for key, payload in pairs:
+                if key not in keys and key not in old and key not in new:
+                    new[key] = payload
+            last_key = pairs[-1][0] if pairs else None
+        half = max(1, self._dedupe_count // 2)
+        if len(keys) + len(new) <= half:
+            keys.update(dict.fromkeys(new, now))
+        elif len(new) < half:
+            self._rotate_keys(now).update(dict.fromkeys(new, now))
+        else:  # a run of half the count or more: its last keys are the ones remembered
+            fresh_keys = list(new)
+            self._old_keys = dict.fromkeys(fresh_keys[-2 * half:-half], now)
+            self._keys = dict.fromkeys(fresh_keys[-half:], now)
+            self._old_since = self._keys_since = now
+        out.extend(new.values())
+        dups = len(payloads) - len(new)
+        self.delivered += len(new)
+        if not dups:
+            return True
+        self.duplicates += dups
+        self.leg_duplicates[leg] += dups
+        if last_key in new:
+            return True
+        arrived = keys.get(last_key)
+        if arrived is None:
+            arrived = old.get(last_key, now)
+        return now - arrived <= (self._lag or 0.0)
+
+    def _rotate_keys(self, now: float) -> dict[Hashable, float]:
+        """Start a new generation of keys; forget the one before the last."""
+        self._old_keys, self._old_since = self._keys, self._keys_since
+        self._keys, self._keys_since = {}, now
+        return self._keys
+
+    def _by_numbers(self, leg: int, payloads: list[Payload], now: float, out: list[Out]) -> int:
+        """Take a run of messages by number; the highest duplicate number
+        (-1: none).  The usual message (the next number, nothing held) is
+        handled inline; the rest by :meth:`_by_number`."""
+        number_of = self._sequence
+        assert number_of is not None
+        held = self._held  # (mutated in place, never replaced)
+        append = out.append
+        last = self._last
+        delivered = dups = 0
+        latest = -1
+        for payload in payloads:
+            try:
+                number = number_of(payload)
+            except Exception as exc:
+                self._unreadable(f"raised {type(exc).__name__}", payload, out)
+                continue
+            if type(number) is not int:
+                self._unreadable(f"returned {type(number).__name__}", payload, out)
+                continue
+            if last is not None and not held:
+                if number == last + 1:
+                    append(payload)
+                    last = number
+                    delivered += 1
+                    continue
+                if number <= last:
+                    dups += 1
+                    if number > latest:
+                        latest = number
+                    continue
+            if delivered:
+                self._last, self._last_at = last, now
+                self.delivered += delivered
+                delivered = 0
+            if self._by_number(leg, payload, number, now, out) and number > latest:
+                latest = number
+            last = self._last
+        if delivered:
+            self._last, self._last_at = last, now
+            self.delivered += delivered
+        if dups:
+            self.duplicates += dups
+            self.leg_duplicates[leg] += dups
+        return latest
+
+    def _by_number(self, leg: int, payload: Payload, number: int, now: float,
+                   out: list[Out]) -> bool:
+        """Take one message numbered *number*; True if it was a duplicate."""
         last = self._last
         if (last is not None and number <= last) or number in self._held:
             self.duplicates += 1
             self.leg_duplicates[leg] += 1
-            return number
+            return True
         if last is None or number == last + 1:
             self._deliver(number, payload, now, out)
             self._drain(out)
-            return None
+            return False
         self._held[number] = (payload, now)
         if not self._up - {leg}:  # nobody else can fill the hole
             self._release(now, out, force=True)
-        return None
+        return False
 
     def _unreadable(self, kind: str, payload: Payload, out: list[Out]) -> None:
         self.unreadable[kind] = self.unreadable.get(kind, 0) + 1
@@ -354,4 +426,4 @@ class Merge:
     @property
     def keys(self) -> int:
         """Keys remembered for de-duplication."""
-        return len(self._seen)
+        return len(self._keys) + len(self._old_keys)

@@ -137,13 +137,21 @@ def test_a_key_function_picks_what_counts_as_the_same_message() -> None:
 
 
 def test_keys_are_forgotten_after_the_window_and_past_the_count() -> None:
-    m = Merge(1, dedupe_window=10.0, dedupe_count=3)
+    m = Merge(1, dedupe_window=10.0, dedupe_count=4)
     m.offer(0, ["a"], T0)
     assert m.offer(0, ["a"], T0 + 9.9) == []
     assert m.offer(0, ["a"], T0 + 10.1) == ["a"]  # older than the window: new again
-    m.offer(0, ["b", "c", "d"], T0 + 10.2)
-    assert m.keys == 3
-    assert m.offer(0, ["a"], T0 + 10.3) == ["a"]  # pushed out by the count
+    m.offer(0, ["b", "c", "d", "e"], T0 + 10.2)
+    assert m.keys <= 4
+    assert m.offer(0, ["a", "e"], T0 + 10.3) == ["a"]  # "a" pushed out by the count
+
+
+def test_keys_are_remembered_at_least_half_the_window_and_half_the_count() -> None:
+    m = Merge(1, dedupe_window=10.0, dedupe_count=100)
+    m.offer(0, ["a"], T0)
+    m.offer(0, [str(i) for i in range(49)], T0 + 4.9)
+    assert m.offer(0, ["a"], T0 + 4.9) == []
+    assert m.offer(0, ["a"], T0 + 5.1) == []  # (a new generation began: still remembered)
 
 
 def test_a_million_distinct_keys_stay_within_the_count() -> None:
