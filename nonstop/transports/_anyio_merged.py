@@ -24,7 +24,7 @@ from ..core import AppEvent, FeedCore, Merge, Metrics, NotConnected, State, Subs
 from ._anyio import NOT_STARTED, AsyncFeed
 from ._anyio_fast import FastAsyncFeed
 from ._common import DriverOptions
-from ._merged import Head, LegSession, Merger, merged_metrics
+from ._merged import Head, LegSession, MergedParts, Merger, merged_metrics
 from ._session import Session, confirms
 
 __all__ = ["MergedAsyncFeed"]
@@ -71,7 +71,7 @@ class _FastLeg(_Leg, FastAsyncFeed):
         super().__init__(core, options)
 
 
-class MergedAsyncFeed(AsyncFeed):
+class MergedAsyncFeed(MergedParts[AsyncFeed], AsyncFeed):
     """A running redundant feed: iterate it for messages, each once; see
     :func:`nonstop.connect` (``redundancy``, ``urls``, ``sequence``)."""
 
@@ -122,17 +122,14 @@ class MergedAsyncFeed(AsyncFeed):
 
     def _retire_leg(self, session: Session) -> None:
         """Close a replaced leg for good (1000)."""
-        for leg in self._retiring:
-            if leg._session is session:
-                leg.stop()
+        leg = self._leg_of(session)
+        if leg is not None:
+            leg.stop()
 
     def _poke_leg(self, session: Session) -> None:
-        for leg in self._all():
-            if leg._session is session:
-                leg._kick(force=True)
-
-    def _all(self) -> list[AsyncFeed]:
-        return self._legs + self._retiring
+        leg = self._leg_of(session)
+        if leg is not None:
+            leg._kick(force=True)
 
     def _leg_ended(self) -> None:
         self._retiring = [leg for leg in self._retiring if not leg._finished]
@@ -237,25 +234,6 @@ class MergedAsyncFeed(AsyncFeed):
         return any(started)
 
     # -- what it says about itself --------------------------------------------
-    @property
-    def _session(self) -> Any:
-        return self._head
-
-    @_session.setter
-    def _session(self, session: Any) -> None:
-        """The legs have the sessions; the feed answers through its head."""
-
-    @property
-    def state(self) -> State:
-        """``OPEN`` while any leg is open; ``STOPPED`` once every leg is;
-        else the first leg's state."""
-        states = [leg._core.state for leg in self._legs]
-        if State.OPEN in states:
-            return State.OPEN
-        if all(state is State.STOPPED for state in states):
-            return State.STOPPED
-        return states[0]
-
     def metrics(self) -> Metrics:
         """The merged stream's figures, with each leg's own in ``leg_metrics``."""
         return merged_metrics(self._merger, [leg.metrics() for leg in self._legs])
@@ -264,12 +242,6 @@ class MergedAsyncFeed(AsyncFeed):
     def history(self) -> list[AppEvent]:
         """The last 256 lifecycle events of every leg and the merge, oldest first."""
         return self._merger.history
-
-    @property
-    def legs(self) -> tuple[AsyncFeed, ...]:
-        """The legs, each a feed of its own (for their state and metrics;
-        read from them, don't iterate them)."""
-        return tuple(self._legs)
 
 
 def _label(core: FeedCore) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from ..core import AppEvent, FeedCore, Merge, Metrics, NotConnected, State, Subscription
 from ._blocking import SyncFeed
 from ._common import DriverOptions
-from ._merged import Head, LegSession, Merger, merged_metrics
+from ._merged import Head, LegSession, MergedParts, Merger, merged_metrics
 from ._session import Session, confirms
 
 __all__ = ["MergedSyncFeed"]
@@ -49,7 +49,7 @@ class _Leg(SyncFeed):
                 self._owner._leg_ended()
 
 
-class MergedSyncFeed(SyncFeed):
+class MergedSyncFeed(MergedParts[SyncFeed], SyncFeed):
     """A running redundant feed for blocking code: iterate it for
     messages, each once; see :func:`nonstop.sync.connect`."""
 
@@ -67,14 +67,6 @@ class MergedSyncFeed(SyncFeed):
         merger.start_leg = self._start_leg
         merger.retire_leg = self._retire_leg
         merger.poke_leg = self._poke_leg
-
-    @property
-    def _session(self) -> Any:
-        return self._head
-
-    @_session.setter
-    def _session(self, session: Any) -> None:
-        """The legs have the sessions; the feed answers through its head."""
 
     # -- the legs ---------------------------------------------------------
     def start(self) -> MergedSyncFeed:
@@ -98,18 +90,15 @@ class MergedSyncFeed(SyncFeed):
 
     def _retire_leg(self, session: Session) -> None:
         """Close a replaced leg for good (1000), without waiting for it."""
-        for leg in self._retiring:
-            if leg._session is session:
-                leg._stop_requested = True
-                leg._wake()
+        leg = self._leg_of(session)
+        if leg is not None:
+            leg._stop_requested = True
+            leg._wake()
 
     def _poke_leg(self, session: Session) -> None:
-        for leg in self._all():
-            if leg._session is session:
-                leg._poke()
-
-    def _all(self) -> list[SyncFeed]:
-        return self._legs + self._retiring
+        leg = self._leg_of(session)
+        if leg is not None:
+            leg._poke()
 
     def _leg_ended(self) -> None:
         """With the condition held: a leg's thread ends."""
@@ -214,17 +203,6 @@ class MergedSyncFeed(SyncFeed):
         return any(started)
 
     # -- what it says about itself --------------------------------------------
-    @property
-    def state(self) -> State:
-        """``OPEN`` while any leg is open; ``STOPPED`` once every leg is;
-        else the first leg's state."""
-        states = [leg._core.state for leg in self._legs]
-        if State.OPEN in states:
-            return State.OPEN
-        if all(state is State.STOPPED for state in states):
-            return State.STOPPED
-        return states[0]
-
     def metrics(self) -> Metrics:
         """The merged stream's figures, with each leg's own in ``leg_metrics``."""
         with self._cond:
@@ -235,9 +213,3 @@ class MergedSyncFeed(SyncFeed):
         """The last 256 lifecycle events of every leg and the merge, oldest first."""
         with self._cond:
             return self._merger.history
-
-    @property
-    def legs(self) -> tuple[SyncFeed, ...]:
-        """The legs, each a feed of its own (read their state and metrics;
-        don't iterate them)."""
-        return tuple(self._legs)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from ..core import (
     AppEvent,
@@ -44,13 +45,16 @@ from ..core import (
     Metrics,
     Reason,
     Rotating,
+    State,
     Subscribed,
 )
 from ..core._merge import Out
 from ._common import DriverOptions, MessageBuffer, Observer
-from ._session import Session, Waiter, notify
+from ._session import Feed, Session, Waiter, notify
 
-__all__ = ["Merger", "LegSession", "Head", "merged_metrics", "OVERLAP_TIMEOUT"]
+__all__ = ["Merger", "LegSession", "Head", "MergedParts", "merged_metrics", "OVERLAP_TIMEOUT"]
+
+L = TypeVar("L", bound=Feed)
 
 #: How long a replacement may deliver, after it is up, without a message
 #: the old leg also brought, before the old leg is closed anyway (and the
@@ -322,6 +326,49 @@ class Head:
     @property
     def observer(self) -> Observer:
         return self._merger.ended()
+
+
+class MergedParts(Generic[L]):
+    """What a redundant feed answers the same way on every driver (the
+    first base of each driver's merged feed, before the driver's feed)."""
+
+    _legs: list[L]
+    _retiring: list[L]  # replaced by a rotation, still closing
+    _head: Head
+
+    @property
+    def _session(self) -> Any:
+        return self._head
+
+    @_session.setter
+    def _session(self, session: Any) -> None:
+        """The legs have the sessions; the feed answers through its head."""
+
+    def _all(self) -> list[L]:
+        return self._legs + self._retiring
+
+    def _leg_of(self, session: Session) -> L | None:
+        for leg in self._all():
+            if leg._session is session:
+                return leg
+        return None
+
+    @property
+    def state(self) -> State:
+        """``OPEN`` while any leg is open; ``STOPPED`` once every leg is;
+        else the first leg's state."""
+        states = [leg._core.state for leg in self._legs]
+        if State.OPEN in states:
+            return State.OPEN
+        if all(state is State.STOPPED for state in states):
+            return State.STOPPED
+        return states[0]
+
+    @property
+    def legs(self) -> tuple[L, ...]:
+        """The legs, each a feed of its own (read their state and metrics;
+        don't iterate them)."""
+        return tuple(self._legs)
 
 
 def merged_metrics(merger: Merger, legs: list[Metrics]) -> Metrics:

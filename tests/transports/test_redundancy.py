@@ -105,6 +105,27 @@ class Stream:
         return out
 
 
+@asynccontextmanager
+async def consuming(backend: Backend, url: str, options: dict[str, Any]
+                    ) -> AsyncIterator[tuple[Any, Stream]]:
+    """A feed on *url* whose ``records()`` a task collects, flowing (50
+    numbers in); the collection stops on the way out."""
+    stream = Stream()
+    async with backend.connect(url, **options) as feed, anyio.create_task_group() as tg:
+        tg.start_soon(stream.consume, feed)
+        await stream.until(50)
+        yield feed, stream
+        tg.cancel_scope.cancel()
+
+
+def merged_by(by: str, **options: Any) -> dict[str, Any]:
+    """The client's options, merged by sequence number or by key."""
+    out = dict(CLIENT, **options)
+    if by == "sequence":
+        out["sequence"] = number
+    return out
+
+
 def check_whole(stream: Stream) -> None:
     numbers = stream.numbers
     assert numbers, "nothing came"
@@ -131,18 +152,10 @@ async def reset_one_leg_at_a_time(server: FeedServer, stream: Stream, resets: in
 @pytest.mark.anyio
 async def test_two_legs_lose_nothing_while_one_leg_at_a_time_is_reset(by: str,
                                                                       backend: Backend) -> None:
-    options = dict(CLIENT, redundancy=2)
-    if by == "sequence":
-        options["sequence"] = number
-    stream = Stream()
     async with FeedServer(interval=None) as server, broadcasting(server):
-        async with backend.connect(server.url, **options) as feed, \
-                anyio.create_task_group() as tg:
-            tg.start_soon(stream.consume, feed)
-            await stream.until(50)
+        async with consuming(backend, server.url, merged_by(by, redundancy=2)) as (feed, stream):
             await reset_one_leg_at_a_time(server, stream, resets=6)
             metrics = feed.metrics()
-            tg.cancel_scope.cancel()
     check_whole(stream)
     assert metrics.legs == 2 and len(metrics.leg_metrics) == 2
     assert metrics.duplicates > 0
@@ -153,20 +166,16 @@ async def test_two_legs_lose_nothing_while_one_leg_at_a_time_is_reset(by: str,
 
 @pytest.mark.anyio
 async def test_legs_over_two_servers_cover_a_server_that_goes_away(backend: Backend) -> None:
-    stream = Stream()
     async with FeedServer(interval=None) as one, FeedServer(interval=None) as two, \
             broadcasting(one, two):
-        async with backend.connect(None, urls=[one.url, two.url], **CLIENT, sequence=number,
-                                   name="pair") as feed, anyio.create_task_group() as tg:
-            tg.start_soon(stream.consume, feed)
-            await stream.until(50)
+        options = dict(CLIENT, urls=[one.url, two.url], sequence=number, name="pair")
+        async with consuming(backend, None, options) as (feed, stream):
             assert (one.connections, two.connections) == (1, 1)  # a leg on each ...
             one.inject(Fault.REFUSE)
             one.inject(Fault.RESET)  # ... gone, and not coming back for a while
             await stream.until(len(stream.numbers) + 300)
             one.restore()
             metrics = feed.metrics()
-            tg.cancel_scope.cancel()
     check_whole(stream)
     assert metrics.legs == 2
     assert metrics.leg_metrics[0].consecutive_failures >= 1  # the first leg kept trying
@@ -175,19 +184,11 @@ async def test_legs_over_two_servers_cover_a_server_that_goes_away(backend: Back
 @pytest.mark.parametrize("by", ["connection", "sequence"])
 @pytest.mark.anyio
 async def test_one_connection_reports_every_loss_in_a_gap_record(by: str, backend: Backend) -> None:
-    options = dict(CLIENT)
-    if by == "sequence":
-        options["sequence"] = number
-    stream = Stream()
     async with FeedServer(interval=None) as server, broadcasting(server):
-        async with backend.connect(server.url, **options) as feed, \
-                anyio.create_task_group() as tg:
-            tg.start_soon(stream.consume, feed)
-            await stream.until(50)
+        async with consuming(backend, server.url, merged_by(by)) as (_feed, stream):
             for _ in range(5):
                 server.inject(Fault.RESET)
                 await stream.until(len(stream.numbers) + 100)
-            tg.cancel_scope.cancel()
     numbers = stream.numbers
     assert len(numbers) == len(set(numbers)) and numbers == sorted(numbers)
     missing = set(range(numbers[0], numbers[-1] + 1)) - set(numbers)
@@ -233,23 +234,18 @@ ROTATION: dict[str, Any] = dict(CLIENT, connect_timeout=0.2, handshake_timeout=0
 @pytest.mark.anyio
 async def test_one_connection_rotated_before_the_servers_limit_loses_nothing(
         by: str, backend: Backend) -> None:
-    options = dict(ROTATION, max_lifetime=1.5)
-    if by == "sequence":
-        options["sequence"] = number
-    stream = Stream()
-    async with FeedServer(interval=None) as server, broadcasting(server):
+    options = merged_by(by, **ROTATION, max_lifetime=1.5)
+    async with FeedServer(interval=None) as server, broadcasting(server), \
+            anyio.create_task_group() as tg:
         limit = Lifetime(server, age=2.0)
-        async with backend.connect(server.url, **options) as feed, \
-                anyio.create_task_group() as tg:
-            tg.start_soon(limit.run)
-            tg.start_soon(stream.consume, feed)
-            await stream.until(50)
+        tg.start_soon(limit.run)
+        async with consuming(backend, server.url, options) as (feed, stream):
             with anyio.fail_after(20):
                 while feed.metrics().rotations < 4:
                     await anyio.sleep(0.05)
             await stream.until(len(stream.numbers) + 50)
             metrics = feed.metrics()
-            tg.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
     check_whole(stream)
     assert limit.closed == []  # every connection was replaced before the server's limit
     assert metrics.legs == 1 and metrics.rotations >= 4
@@ -259,17 +255,15 @@ async def test_one_connection_rotated_before_the_servers_limit_loses_nothing(
 @pytest.mark.anyio
 async def test_a_servers_close_1001_teaches_the_lifetime(backend: Backend) -> None:
     options = dict(ROTATION, max_lifetime=30.0, sequence=number)
-    stream = Stream()
-    async with FeedServer(interval=None) as server, broadcasting(server):
+    async with FeedServer(interval=None) as server, broadcasting(server), \
+            anyio.create_task_group() as tg:
         limit = Lifetime(server, age=1.5)
-        async with backend.connect(server.url, **options) as feed, \
-                anyio.create_task_group() as tg:
-            tg.start_soon(limit.run)
-            tg.start_soon(stream.consume, feed)
+        tg.start_soon(limit.run)
+        async with consuming(backend, server.url, options) as (feed, stream):
             with anyio.fail_after(20):
                 while feed.metrics().rotations < 3:
                     await anyio.sleep(0.05)
-            tg.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
     assert limit.closed == [1]  # the first connection taught it; the others were rotated
     numbers = stream.numbers
     assert len(numbers) == len(set(numbers)) and numbers == sorted(numbers)
@@ -279,14 +273,10 @@ async def test_a_servers_close_1001_teaches_the_lifetime(backend: Backend) -> No
 @pytest.mark.anyio
 async def test_a_leg_that_answers_pings_but_brings_no_data_is_replaced(backend: Backend) -> None:
     events: list[Any] = []
-    stream = Stream()
     async with FeedServer(interval=None) as server, broadcasting(server):
         options = dict(CLIENT, redundancy=2, sequence=number, leg_lag=0.5, ping_interval=0.2,
                        on_event=events.append)
-        async with backend.connect(server.url, **options) as feed, \
-                anyio.create_task_group() as tg:
-            tg.start_soon(stream.consume, feed)
-            await stream.until(50)
+        async with consuming(backend, server.url, options) as (feed, stream):
             muted = open_connections(server)[0]
             server.inject(Fault.MUTE, connection=muted)  # pongs still come, data does not
             t0 = anyio.current_time()
@@ -297,7 +287,6 @@ async def test_a_leg_that_answers_pings_but_brings_no_data_is_replaced(backend: 
             replaced_after = anyio.current_time() - t0
             await stream.until(len(stream.numbers) + 100)
             metrics = feed.metrics()
-            tg.cancel_scope.cancel()
     check_whole(stream)
     assert replaced_after < 0.5 + 0.5
     assert metrics.disconnects.get("lagging") == 1
