@@ -310,6 +310,8 @@ class Exporter(Collector):
         yield counter("duplicates", "Messages dropped because another leg had delivered them first.",
                       lambda m: m.duplicates)
         yield counter("missing", "Sequence numbers reported missing in gaps.", lambda m: m.missing)
+        yield counter("unreadable", "Messages whose sequence number could not be read (delivered).",
+                      lambda m: m.unreadable)
         yield counter("rotations", "Connections replaced before their lifetime (max_lifetime).",
                       lambda m: m.rotations)
         yield counter("connected_seconds", "Seconds spent connected, all connections together.",

@@ -21,7 +21,8 @@ Two ways to tell messages apart:
   gap (its numbers reported) and the held messages go out.  With no other
   leg up nothing can fill the hole, so it is a gap at once.  A message whose
   number cannot be read (the function raised or gave something that is not
-  an ``int``) is delivered as it is and counted by kind; it moves nothing.
+  an ``int``) is delivered as it is (once: such messages are told apart by
+  their payload, as without numbers) and counted by kind; it moves nothing.
   Gaps come from the numbers alone: a window with no leg up that lost no
   number is no gap.
 * **Keys** (``dedupe=fn``; by default the payload itself).  The first
@@ -298,10 +299,10 @@ class Merge:
             try:
                 number = number_of(payload)
             except Exception as exc:
-                self._unreadable(f"raised {type(exc).__name__}", payload, out)
+                self._unreadable(f"raised {type(exc).__name__}", leg, payload, now, out)
                 continue
             if type(number) is not int:
-                self._unreadable(f"returned {type(number).__name__}", payload, out)
+                self._unreadable(f"returned {type(number).__name__}", leg, payload, now, out)
                 continue
             if last is not None and not held:
                 if number == last + 1:
@@ -346,8 +347,20 @@ class Merge:
             self._release(now, out, force=True)
         return False
 
-    def _unreadable(self, kind: str, payload: Payload, out: list[Out]) -> None:
+    def _unreadable(self, kind: str, leg: int, payload: Payload, now: float,
+                    out: list[Out]) -> None:
+        """A message without a readable number: counted by kind, and
+        delivered unless its payload came already (by key, as without
+        ``sequence``: the other legs bring it too)."""
         self.unreadable[kind] = self.unreadable.get(kind, 0) + 1
+        keys = self._keys
+        if payload in keys or payload in self._old_keys:
+            self.duplicates += 1
+            self.leg_duplicates[leg] += 1
+            return
+        if len(keys) >= max(1, self._dedupe_count // 2):
+            keys = self._rotate_keys(now)
+        keys[payload] = now
         out.append(payload)
         self.delivered += 1
 

@@ -73,6 +73,9 @@ class Metrics:
     """Messages dropped because another leg had delivered them already."""
     missing: int = 0
     """Sequence numbers reported missing in gaps (``sequence=``)."""
+    unreadable: int = 0
+    """Messages whose sequence number could not be read (the function
+    raised or gave no ``int``): delivered as they are."""
     rotations: int = 0
     """Connections replaced before their lifetime (``max_lifetime``)."""
     leg_metrics: tuple[Metrics, ...] = ()

@@ -79,7 +79,7 @@ class Merger:
 
     __slots__ = ("merge", "buffer", "observer", "waiters", "wake", "legs", "slots", "rotations",
                  "rotated", "unconfirmed", "start_leg", "retire_leg", "poke_leg", "lifetime",
-                 "_logger",
+                 "_logger", "_told",
                  "_label")
 
     def __init__(self, merge: Merge, options: DriverOptions, label: str, slots: int) -> None:
@@ -101,6 +101,7 @@ class Merger:
         self.poke_leg: Callable[[LegSession], None] = lambda session: None
         self._logger = options.logger
         self._label = label
+        self._told: set[str] = set()  # kinds of unreadable numbers logged
         self.buffer = MessageBuffer(options.queue_size, options.overflow)
         #: The feed's own events (its gaps), with its label.
         self.observer = Observer(label, options.logger, options.on_event)
@@ -116,12 +117,25 @@ class Merger:
         merge = self.merge
         gaps = merge.gaps
         out = merge.offer(leg, batch.data, now)
+        if len(merge.unreadable) != len(self._told):
+            self._tell_unreadable()
         if merge.gaps == gaps:  # messages only (the usual case)
             if not out:
                 return "ok"
             return self.buffer.push(Messages(data=out, connection=batch.connection,  # type: ignore[arg-type]
                                              received_at=batch.received_at))
         return self._queue(out, batch.connection, batch.received_at)
+
+    def _tell_unreadable(self) -> None:
+        """Log each new kind of message the ``sequence`` function could not
+        read, once: such messages are delivered as they are, and counted."""
+        for kind in self.merge.unreadable:
+            if kind not in self._told:
+                self._told.add(kind)
+                self._logger.warning(
+                    "[ALERT] feed=%s sequence function %s on a message: delivered as it is, "
+                    "counted in metrics().unreadable; this line is logged once per kind",
+                    self._label, kind)
 
     def leg_up(self, leg: int, now: float) -> None:
         self._queue(self.merge.leg_up(leg, now), 0, now, wake=True)
@@ -393,6 +407,7 @@ def merged_metrics(merger: Merger, legs: list[Metrics]) -> Metrics:
         legs=len(legs),
         legs_live=sum(1 for leg in merger.legs if leg.up),
         rotations=merger.rotated,
+        unreadable=sum(merge.unreadable.values()),
         duplicates=merge.duplicates,
         missing=merge.missing,
         leg_metrics=tuple(legs),

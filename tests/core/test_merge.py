@@ -114,9 +114,16 @@ def test_a_window_with_no_leg_but_no_lost_number_is_no_gap() -> None:
 ])
 def test_an_unreadable_number_delivers_the_message_and_counts_the_kind(function: object,
                                                                         kind: str) -> None:
-    m = Merge(1, sequence=function)  # type: ignore[arg-type]
-    assert m.offer(0, ["a", "a"], T0) == ["a", "a"]
-    assert m.unreadable == {kind: 2} and m.delivered == 2
+    m = Merge(2, sequence=function)  # type: ignore[arg-type]
+    assert m.offer(0, ["a", "b"], T0) == ["a", "b"]
+    assert m.offer(1, ["a", "b", "c"], T0) == ["c"]  # told apart by payload: once each
+    assert m.unreadable == {kind: 5} and m.delivered == 3 and m.leg_duplicates == [0, 2]
+
+
+def test_unreadable_payloads_are_remembered_within_the_count() -> None:
+    m = Merge(1, sequence=lambda m: int("x"), dedupe_count=4)
+    m.offer(0, [str(i) for i in range(10)], T0)
+    assert m.keys <= 4 and m.delivered == 10
 
 
 # ---------------------------------------------------------------------------
@@ -397,3 +404,13 @@ def test_a_hole_and_a_lagging_leg_the_earlier_deadline_first() -> None:
 def test_a_bad_lag_is_refused(lag: object) -> None:
     with pytest.raises(ConfigError, match="leg_lag"):
         Merge(2, lag=lag)  # type: ignore[arg-type]
+
+
+def test_a_run_mixing_the_next_numbers_a_hole_and_late_ones() -> None:
+    m = two_up(sequence=seq)
+    assert numbers(m.offer(0, [msg(1), msg(2), msg(4)], T0)) == [1, 2]  # 4 waits for 3
+    assert m.held == 1
+    out = m.offer(1, [msg(2), msg(1), msg(4), msg(3)], T0 + 0.01)
+    assert numbers(out) == [3, 4] and gaps(out) == []
+    assert m.leg_duplicates == [0, 3] and m.lagging(T0 + 100) == [0]
+    assert numbers(m.offer(0, [msg(4), msg(3)], T0 + 0.02)) == []  # late, in any order

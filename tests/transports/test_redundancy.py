@@ -15,6 +15,7 @@ public feed does), and a fault script resets one connection at a time:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -71,10 +72,16 @@ class Stream:
 
     def __init__(self) -> None:
         self.items: list[int | Gap] = []
+        self.notes: list[str | bytes] = []  # messages without a number
 
     async def consume(self, feed: Any) -> None:
         async for record in feed.records():
-            self.items.append(record if isinstance(record, Gap) else number(record.data))
+            if isinstance(record, Gap):
+                self.items.append(record)
+            elif record.data.startswith('{"n"'):
+                self.items.append(number(record.data))
+            else:
+                self.notes.append(record.data)
 
     @property
     def numbers(self) -> list[int]:
@@ -291,3 +298,34 @@ async def test_a_leg_that_answers_pings_but_brings_no_data_is_replaced(backend: 
     assert replaced_after < 0.5 + 0.5
     assert metrics.disconnects.get("lagging") == 1
     assert server.connection(muted).phase == "closed"
+
+
+@pytest.mark.anyio
+async def test_messages_without_a_number_are_delivered_once_and_logged_once(
+        backend: Backend) -> None:
+    logger = logging.getLogger(f"tests.unreadable.{backend.name}")
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    notes = [f"note {i}" for i in range(5)]
+    got: list[str] = []
+    try:
+        async with FeedServer(interval=None) as server, broadcasting(server):
+            options = dict(CLIENT, redundancy=2, sequence=number, logger=logger)
+            async with consuming(backend, server.url, options) as (feed, stream):
+                with anyio.fail_after(10):
+                    while len(open_connections(server)) < 2 or feed.metrics().legs_live < 2:
+                        await anyio.sleep(0.01)
+                for note in notes:
+                    server.broadcast(note)
+                    await anyio.sleep(0.02)
+                await stream.until(len(stream.numbers) + 50)
+                metrics = feed.metrics()
+                got = list(stream.notes)
+    finally:
+        logger.removeHandler(handler)
+    assert got == notes  # each once, in order
+    assert metrics.unreadable == 2 * len(notes)  # every arrival counted, on both legs
+    said = [line for line in lines if "sequence function raised JSONDecodeError" in line]
+    assert len(said) == 1, lines
