@@ -51,7 +51,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 
@@ -176,6 +176,7 @@ class _Row:
     delivered: int = 0
     duplicates: int = 0
     gaps: int = 0  # Gap records the client's records() reported in the step
+    first_seq: int = 0  # the last number sent before the step (redundant runs count by number)
 
     @property
     def detect(self) -> float | None:
@@ -190,8 +191,9 @@ class _Row:
 
 
 class _Demo:
-    def __init__(self, seed: int, duration: float, display: Display | None) -> None:
+    def __init__(self, seed: int, duration: float, display: Display | None, legs: int = 1) -> None:
         self.seed = seed
+        self.legs = legs
         self.report = ""
         self.timing, self.steps = plan(seed, duration)
         self.display = display
@@ -268,7 +270,11 @@ class _Demo:
             self.say(f"nonstop demo: seed {self.seed}, about {duration:g}s; schedule: " + "; ".join(
                 f"{i}. {step.title} after {step.settle:g}s" for i, step in enumerate(self.steps, 1)))
         server = FeedServer(interval=INTERVAL, record_limit=1 << 22, close_timeout=1.0,
-                            handshake_timeout=5.0)
+                            handshake_timeout=5.0, shared_stream=self.legs > 1)
+        redundant: dict[str, Any] = {}
+        if self.legs > 1:  # every number on every leg: merged by it, one leg faulted at a time
+            redundant = dict(redundancy=self.legs, dedupe=_demo_key,
+                             leg_lag=2 * timing.silence_timeout)
         sub = Subscription(
             message={"op": "subscribe", "args": ["demo"]},
             ack=lambda m: isinstance(m, str) and m.startswith('{"event":"subscribed"'),
@@ -293,6 +299,7 @@ class _Demo:
                                    reconnects_per_minute=30),
                 on_event=self.on_event,
                 rng=random.Random(self.seed),
+                **redundant,
             )
             status = anyio.CancelScope()
             async with feed, anyio.create_task_group() as tg:
@@ -321,6 +328,7 @@ class _Demo:
         await anyio.sleep(step.settle)
         await self.quiesce(server)
         row.injected = self.now()
+        row.first_seq = server.sent
         self.say(f"-- {index}/{n} {step.title}: {step.story}")
         if step.key == "final":
             server.resume_streaming()
@@ -344,23 +352,29 @@ class _Demo:
 
     def inject(self, step: Step, server: FeedServer) -> None:
         key = step.key
+        # A redundant client: the fault hits one connection (the oldest),
+        # the server-wide ones (refusing, 503, no ACKs) its next attempts.
+        one: dict[str, Any] = {}
+        if self.legs > 1:
+            one["connection"] = min(c.number for c in server.history
+                                    if c.phase == "open" and c.number is not None)
         if key == "close":
-            server.inject(Fault.CLOSE_CODE, code=1001, reason="going away")
+            server.inject(Fault.CLOSE_CODE, code=1001, reason="going away", **one)
         elif key == "reset":
-            server.inject(Fault.RESET)
+            server.inject(Fault.RESET, **one)
         elif key == "zombie":
-            server.inject(Fault.SILENT)
+            server.inject(Fault.SILENT, **one)
         elif key == "refused":
             server.inject(Fault.REFUSE)
-            server.inject(Fault.CLOSE)
+            server.inject(Fault.CLOSE, **one)
         elif key == "503":
             server.inject(Fault.REJECT, status=503, retry_after=RETRY_AFTER)
-            server.inject(Fault.CLOSE)
+            server.inject(Fault.CLOSE, **one)
         elif key == "garbage":
-            server.inject(Fault.GARBAGE)
+            server.inject(Fault.GARBAGE, **one)
         elif key == "no_ack":
             server.inject(Fault.NO_ACK)
-            server.inject(Fault.CLOSE)
+            server.inject(Fault.CLOSE, **one)
         else:  # pragma: no cover - plan() makes only these
             raise AssertionError(key)
 
@@ -403,7 +417,11 @@ class _Demo:
     # -- the numbers -------------------------------------------------------
     def account(self, sent_log: list[tuple[int, int]]) -> None:
         """Per row: what the server sent on the connections that ended in it,
-        and what the client delivered from them."""
+        and what the client delivered from them (a redundant run: the
+        numbers sent during the step, on any connection, and delivered)."""
+        if self.legs > 1:
+            self.account_numbers(sent_log)
+            return
         starts = [row.injected for row in self.rows]
 
         def row_of(t: float) -> int:
@@ -444,6 +462,34 @@ class _Demo:
         for t, _gap in self.gap_records:
             self.rows[row_of(t)].gaps += 1
 
+    def account_numbers(self, sent_log: list[tuple[int, int]]) -> None:
+        """A redundant run: each number went out on every connection; per
+        row, the distinct numbers sent after the fault before it and the
+        client's deliveries of them, each wanted once."""
+        bounds = [row.first_seq for row in self.rows[1:]] + [max((s for s, _ in sent_log), default=0)]
+        sent = {seq for seq, _ in sent_log}
+        delivered: dict[int, int] = defaultdict(int)
+        for seq, _conn, _connection in self.got:
+            delivered[seq] += 1
+        low = 0
+        for row, high in zip(self.rows, bounds, strict=True):
+            numbers = {seq for seq in sent if low < seq <= high}
+            row.sent = len(numbers)
+            row.delivered = len(numbers & delivered.keys())
+            row.duplicates = sum(delivered[seq] - 1 for seq in numbers if delivered[seq] > 1)
+            low = high
+        for t, _gap in self.gap_records:
+            row = max((r for r in self.rows if r.injected <= t), key=lambda r: r.injected,
+                      default=self.rows[0])
+            row.gaps += 1
+        for row in self.rows:
+            if row.delivered != row.sent:
+                row.problems.append(f"lost {row.sent - row.delivered}")
+            if row.duplicates:
+                row.problems.append(f"{row.duplicates} duplicates")
+            if row.gaps:
+                row.problems.append(f"{row.gaps} gaps (another leg was up)")
+
     def table(self, metrics: Metrics, ok: bool) -> None:
         def secs(value: float | None) -> str:
             return "-" if value is None else f"{value:.3f}s"
@@ -479,14 +525,26 @@ class _Demo:
             f"seed {self.seed}",
             "detect: fault injected -> client reports the disconnect; recover: detected (* for "
             "lasting faults: server healthy again) -> subscription acknowledged on a new connection.",
-            "sent/delivered: numbered messages the server sent on the connections that ended in "
-            "that step / the client delivered from them (the stream is paused before each fault, "
-            "so nothing is in flight); gaps: Gap records the client reported (a window in which "
-            "messages may have been lost: every reconnect of a working connection is one).",
+            ("sent/delivered: numbered messages the server sent on the connections that ended in "
+             "that step / the client delivered from them (the stream is paused before each fault, "
+             "so nothing is in flight); gaps: Gap records the client reported (a window in which "
+             "messages may have been lost: every reconnect of a working connection is one)."
+             if self.legs == 1 else
+             f"{self.legs} legs, one faulted at a time; sent/delivered: distinct numbers the "
+             "server sent on any connection after that step's fault / the client delivered, each "
+             "once; gaps: Gap records (none while another leg covers)."),
             "result: every fault detected and recovered from; nothing lost in-process, no duplicates."
             if ok else "result: FAILED (see the rows above).",
         ]
         self.report = "\n".join(lines) + "\n"
+
+
+def _demo_key(message: str | bytes) -> object:
+    """A redundant run's key: a numbered message's number (each leg's copy
+    names its own connection), anything else the message itself."""
+    if isinstance(message, str) and message.startswith('{"seq"'):
+        return int(json.loads(message)["seq"])
+    return message
 
 
 def _acked(event: AppEvent) -> bool:
@@ -512,6 +570,16 @@ def _duration(text: str) -> float:
     return value
 
 
+def _legs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of connections") from None
+    if not 1 <= value <= 4:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 to 4 connections")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="nonstop demo",
@@ -527,6 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)g)")
     parser.add_argument("--seed", metavar="N", type=int, default=1,
                         help="seeds the schedule and the client's backoff jitter (default: %(default)s)")
+    parser.add_argument("--redundancy", metavar="N", type=_legs, default=1,
+                        help="connections the client keeps (the server sends every number on "
+                        "each); faults hit one at a time, and nothing may be lost, duplicated or "
+                        "reported as a gap (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true",
                         help="print only the final table (default: lifecycle lines and narration "
                         "on stderr)")
@@ -537,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(seed: int = 1, duration: float = DEFAULT_DURATION, *, quiet: bool = False,
-        live: bool | None = None, out: TextIO | None = None) -> int:
+        live: bool | None = None, out: TextIO | None = None, legs: int = 1) -> int:
     """Run the demo; return its exit status (0: every fault detected and recovered)."""
     out = sys.stdout if out is None else out
     start = [0.0]
@@ -546,7 +618,7 @@ def run(seed: int = 1, duration: float = DEFAULT_DURATION, *, quiet: bool = Fals
         return f"{max(0.0, anyio.current_time() - start[0]):7.3f}s " if start[0] else "  0.000s "
 
     display = None if quiet else Display(live=live, prefix=prefix)
-    demo = _Demo(seed, duration, display)
+    demo = _Demo(seed, duration, display, legs)
     logger = logging.getLogger("nonstop")
     saved = (logger.level, logger.propagate)
     # quiet: a NullHandler, or logging's last-resort handler would print errors
@@ -575,6 +647,7 @@ def run(seed: int = 1, duration: float = DEFAULT_DURATION, *, quiet: bool = Fals
 
 
 def main(argv: list[str]) -> int:
-    """``nonstop demo [--duration S] [--seed N] [--quiet]``."""
+    """``nonstop demo [--duration S] [--seed N] [--redundancy N] [--quiet]``."""
     args = build_parser().parse_args(argv)
-    return run(args.seed, args.duration, quiet=args.quiet, live=False if args.no_status else None)
+    return run(args.seed, args.duration, quiet=args.quiet, live=False if args.no_status else None,
+               legs=args.redundancy)

@@ -413,6 +413,19 @@ def test_demo_rides_through_every_fault_and_prints_its_table() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_demo_with_two_legs_loses_nothing_and_reports_no_gap() -> None:
+    result = run_cli("demo", "--duration", "8", "--seed", "3", "--redundancy", "2", timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    table = result.stdout
+    rows = [line for line in table.splitlines() if line[:2] in {f"{i}." for i in range(1, 9)}]
+    assert len(rows) == 8 and all(row.rstrip().endswith("ok") for row in rows), table
+    total = next(line for line in table.splitlines() if line.startswith("total")).split()
+    assert int(total[1]) == int(total[2]) > 0 and total[3:5] == ["0", "0"]  # no dups, no gaps
+    assert "2 legs, one faulted at a time" in table
+    assert 'feed="demo#1"' in result.stderr  # the second leg's lifecycle lines
+
+
+@pytest.mark.timeout(120)
 def test_demo_quiet_prints_only_the_table(capfd: pytest.CaptureFixture[str]) -> None:
     from nonstop._demo import run
 

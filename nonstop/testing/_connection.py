@@ -92,6 +92,7 @@ class ConnectionOwner(Protocol):
     require_subscription: bool
     interval: float | None
     max_messages: int | None
+    shared_stream: bool
     _accept_headers: list[tuple[bytes, bytes]]
     _payload: str
     _no_ack: bool
@@ -107,6 +108,7 @@ class ConnectionOwner(Protocol):
     def _record_received(self, conn: Connection, message: str | bytes) -> None: ...
     def _record_subscription(self, conn: Connection, message: str) -> None: ...
     def _commit(self, conn: Connection, seq: int) -> None: ...
+    def _commit_shared(self, conn: Connection, seq: int) -> None: ...
     async def _wait_resumed(self) -> None: ...
 
 
@@ -342,7 +344,7 @@ class Connection:
             self._stall()
             return True
         self.watchdog.cancel()
-        if self.tg is not None:
+        if self.tg is not None and not server.shared_stream:
             self.tg.start_soon(self._guard, self._streamer, False)
         return True
 
@@ -449,6 +451,24 @@ class Connection:
                 return
             count += 1
             await anyio.sleep(interval)
+
+    @property
+    def streams(self) -> bool:
+        """Numbered messages may go out on this connection now."""
+        return (self.record.phase == "open" and self.end is None and not self.silent
+                and not self.muted and not self.closing and self.ws.state is _OPEN
+                and (not self.server.require_subscription or self.subscribed.is_set()))
+
+    async def send_shared(self, seq: int) -> None:
+        """Send number *seq* of the server's one stream (``shared_stream``),
+        committed as it goes out; a failure ends the connection."""
+        def build() -> tuple[bytes, Callable[[], None]] | None:
+            if not self.streams or self.server._paused:
+                return None
+            text = feed_message(seq, self.record.number, self.server._payload)
+            return self.ws.send(TextMessage(data=text)), lambda: self.server._commit_shared(self, seq)
+
+        await self._guard(lambda: self.wire.send_committed(build), False)
 
     def _next_message(self) -> tuple[bytes, Callable[[], None]] | None:
         # Decided at the moment of writing: once pause_streaming() has

@@ -124,6 +124,14 @@ class FeedLedger:
         self._sent_log.append((seq, conn.record.number or 0))
         self._notify()
 
+    def _commit_shared(self, conn: Connection, seq: int) -> None:
+        """Number *seq* of the one stream went out on *conn* (the same
+        number goes out on every connection: ``shared_stream``)."""
+        self._seq = max(self._seq, seq)
+        conn.record.sent += 1
+        self._sent_log.append((seq, conn.record.number or 0))
+        self._notify()
+
     def _check_thread(self) -> None:
         if self._thread_id is not None and threading.get_ident() != self._thread_id:
             raise RuntimeError(

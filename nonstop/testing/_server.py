@@ -105,6 +105,12 @@ class FeedServer(FeedLedger):
       streams as fast as the client reads, ``None`` streams nothing.
     * ``payload_size``: length of each message's ``"data"`` string.
     * ``max_messages``: stop streaming on a connection after this many.
+    * ``shared_stream``: one numbered stream for all connections, as an
+      exchange's public feed: every ``interval`` the next number goes out
+      on every open connection (the same ``seq``; ``conn`` says which
+      connection carried it), so a client with several connections gets
+      each number on each.  :attr:`sent_log` has one entry per connection
+      that carried it; :attr:`sent` is the last number.
     * ``ack``: answer subscriptions.
     * ``require_subscription``: stream only after the first subscription.
     * ``subprotocol``: accept this subprotocol when the client offers it.
@@ -129,6 +135,7 @@ class FeedServer(FeedLedger):
         interval: float | None = 0.01,
         payload_size: int = 16,
         max_messages: int | None = None,
+        shared_stream: bool = False,
         ack: bool = True,
         require_subscription: bool = False,
         subprotocol: str | None = None,
@@ -157,6 +164,8 @@ class FeedServer(FeedLedger):
             check_int("max_messages", max_messages, 0, 1 << 62)
         #: Streamed messages per connection at most, or None.
         self.max_messages = max_messages
+        #: One numbered stream for every connection (see the class doc).
+        self.shared_stream = bool(shared_stream)
         #: Whether subscriptions are acknowledged (see also Fault.NO_ACK).
         self.ack = bool(ack)
         #: Whether streaming waits for the first subscription.
@@ -200,7 +209,24 @@ class FeedServer(FeedLedger):
         except BaseException:
             await self._shutdown(None, None, None)
             raise
+        if self.shared_stream and self.interval is not None:
+            self._tg.start_soon(self._shared_streamer, self.interval)
         return self
+
+    async def _shared_streamer(self, interval: float) -> None:
+        """The one stream of ``shared_stream``: the next number on every
+        connection that streams, in turn, every *interval* seconds (no
+        number is used up while no connection streams)."""
+        while True:
+            if self._paused:
+                await self._wait_resumed()
+                continue
+            targets = [conn for conn in self._conns if conn.streams]
+            if targets:
+                seq = self._seq + 1
+                for conn in targets:
+                    await conn.send_shared(seq)
+            await anyio.sleep(interval)
 
     async def __aexit__(
         self,

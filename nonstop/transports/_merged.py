@@ -386,9 +386,10 @@ class MergedParts(Generic[L]):
 
 
 def merged_metrics(merger: Merger, legs: list[Metrics]) -> Metrics:
-    """The feed's metrics: the first leg's connection figures, the merged
-    stream's messages and gaps, the queue's, the legs' disconnects added
-    up, and each leg's own metrics."""
+    """The feed's metrics: the first leg's state and times, the merged
+    stream's messages and gaps, the queue's, the legs' connections,
+    attempts, reconnects and disconnects added up, and each leg's own
+    metrics."""
     from dataclasses import replace
 
     merge = merger.merge
@@ -400,6 +401,9 @@ def merged_metrics(merger: Merger, legs: list[Metrics]) -> Metrics:
     return merger.buffer.add_driver_metrics(replace(
         first,
         disconnects=disconnects,
+        connection=sum(m.connection for m in legs),
+        attempts=sum(m.attempts for m in legs),
+        reconnects=sum(m.reconnects for m in legs),
         messages_received=merge.delivered,
         bytes_received=sum(m.bytes_received for m in legs),
         gaps=merge.gaps,
