@@ -330,6 +330,25 @@ async def test_broadcast_reaches_every_open_connection() -> None:
             assert await one.recv() == b"\x01"
 
 
+async def test_a_shared_stream_sends_every_number_on_every_connection() -> None:
+    async with FeedServer(interval=0.002, shared_stream=True) as server:
+        async with ws_connect(server.url) as one:
+            first = json.loads(await one.recv())
+            assert (first["seq"], first["conn"]) == (1, 1)
+            async with ws_connect(server.url) as two:
+                got_two = [json.loads(await two.recv()) for _ in range(5)]
+                start = got_two[0]["seq"]
+                assert [m["seq"] for m in got_two] == list(range(start, start + 5))
+                assert all(m["conn"] == 2 for m in got_two)
+                seqs_one = set()
+                while not set(range(start, start + 5)) <= seqs_one:
+                    seqs_one.add(json.loads(await one.recv())["seq"])  # the same numbers on one
+                server.pause_streaming()
+        log = server.sent_log
+    assert {seq for seq, conn in log if conn == 2} <= {seq for seq, conn in log if conn == 1}
+    assert server.sent == max(seq for seq, _ in log)
+
+
 async def test_records_are_bounded_but_counters_exact() -> None:
     async with FeedServer(interval=None, record_limit=5) as server:
         async with ws_connect(server.url) as ws:
