@@ -240,7 +240,8 @@ class Rate:
 
 
 def status_text(m: Metrics, rate: float, label: str | None = None) -> str:
-    """The one-line status: state, uptime, messages per second, reconnects, last reason."""
+    """The one-line status: state, uptime, legs live (a redundant feed),
+    messages per second, gaps, reconnects, last reason."""
     parts = []
     if label:
         parts.append(label)
@@ -248,8 +249,12 @@ def status_text(m: Metrics, rate: float, label: str | None = None) -> str:
         parts.append(f"OPEN conn #{m.connection} up {duration_text(m.uptime)}")
     else:
         parts.append(m.state.value.upper())
+    if m.legs > 1:
+        parts.append(f"legs {m.legs_live}/{m.legs} live")
     parts.append(f"{rate:,.0f} msg/s")
     parts.append(f"{m.messages_received:,} msgs")
+    if m.gaps:
+        parts.append(f"{m.gaps} gaps")
     parts.append(f"{m.reconnects} reconnects")
     parts.append(f"connected {m.connected_ratio:.1%} of {duration_text(m.running_time)}")
     parts.append(f"last: {m.last_disconnect_reason or '-'}")

@@ -480,3 +480,19 @@ def test_the_sequence_path_reads_an_integer_and_refuses_anything_else() -> None:
     for bad in ('{"data": {"u": "42"}}', '{"data": {}}', "not json", '{"data": {"u": true}}'):
         with pytest.raises((TypeError, KeyError, ValueError)):
             sequence(bad)
+
+
+def test_the_status_line_shows_legs_live_and_gaps() -> None:
+    from nonstop import Metrics, State
+    from nonstop._display import status_text
+
+    base = dict(state=State.OPEN, running_time=10.0, uptime=5.0, total_uptime=9.0,
+                connected_ratio=0.9, connection=3, attempts=3, reconnects=2,
+                reconnects_last_minute=2, last_time_to_reconnect=0.01, consecutive_failures=0,
+                messages_received=100, bytes_received=1000, last_message_age=0.0,
+                last_ping_rtt=None, pending_acks=0, subscriptions=1, disconnects={},
+                last_disconnect_reason="reset", alerts_active=())
+    one = status_text(Metrics(**base, gaps=2), 10.0)  # type: ignore[arg-type]
+    assert "legs" not in one and "2 gaps" in one
+    two = status_text(Metrics(**base, legs=2, legs_live=1), 10.0)  # type: ignore[arg-type]
+    assert "legs 1/2 live" in two and "gaps" not in two
