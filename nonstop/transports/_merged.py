@@ -20,8 +20,16 @@ loop).  What makes them one feed is here:
   covered the window.  They are dropped; the merge's gaps are observed
   instead, with the feed's own label;
 * the legs share the waiters of ``wait_for`` and the event history, and
-  the merge's reorder timer is part of every leg's next deadline (the
-  first leg to wake handles it).
+  the merge's timers (a hole's reorder window, a lagging leg, a
+  replacement's overlap timeout) are part of every leg's next deadline
+  (the first leg to wake handles them);
+* rotation (``max_lifetime``): a leg's ``Rotating`` event makes the driver
+  open a replacement in the leg's spare slot of the merge; once the
+  replacement is up and the two overlap (the merge counted a duplicate by
+  either), or after :data:`OVERLAP_TIMEOUT`, the old leg is closed; a
+  lifetime one leg learned (a server's close 1001) is handed to every leg;
+* a leg the merge names as lagging is reconnected (reason ``lagging``);
+* a kind of message whose number cannot be read is logged once.
 
 The drivers build the legs (:mod:`._anyio_merged`, :mod:`._blocking_merged`);
 everything they decide the same way is here, and every decision about
