@@ -179,10 +179,11 @@ async def test_legs_over_two_servers_cover_a_server_that_goes_away(backend: Back
         async with consuming(backend, None, options) as (feed, stream):
             assert (one.connections, two.connections) == (1, 1)  # a leg on each ...
             one.inject(Fault.REFUSE)
-            one.inject(Fault.RESET)  # ... gone, and not coming back for a while
+            one.inject(Fault.RESET)  # ... gone, and not coming back
             await stream.until(len(stream.numbers) + 300)
-            one.restore()
             metrics = feed.metrics()
+            # (not restored: while it refuses, the kernel may give its port
+            # to one of the client's own outgoing connections)
     check_whole(stream)
     assert metrics.legs == 2
     assert metrics.leg_metrics[0].consecutive_failures >= 1  # the first leg kept trying
