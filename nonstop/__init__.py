@@ -27,6 +27,8 @@ from .core import (
     Disconnected,
     FeedCore,
     Gap,
+    LoggedIn,
+    Login,
     Message,
     Messages,
     Metrics,
@@ -42,6 +44,7 @@ from .core import (
 from .core._config import HeaderProvider, HeadersLike
 from .errors import (
     ConfigError,
+    CredentialsRefused,
     FeedGaveUp,
     InvalidURL,
     LocalProtocolError,
@@ -64,6 +67,7 @@ __all__ = [
     "Config",
     "Backoff",
     "Subscription",
+    "Login",
     "AppPing",
     "AlertPolicy",
     "Overflow",
@@ -80,6 +84,7 @@ __all__ = [
     "AppEvent",
     "Connecting",
     "Connected",
+    "LoggedIn",
     "Subscribed",
     "Message",
     "Messages",
@@ -97,6 +102,7 @@ __all__ = [
     "InvalidURL",
     "NotConnected",
     "FeedGaveUp",
+    "CredentialsRefused",
     "WriteStalled",
     # the sans-IO core (the rest of it: nonstop.core)
     "FeedCore",

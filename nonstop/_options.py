@@ -46,7 +46,18 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from .core import AlertPolicy, AppEvent, AppPing, Backoff, Config, ConfigError, FeedCore, Merge
+from .core import (
+    AlertPolicy,
+    AppEvent,
+    AppPing,
+    Backoff,
+    Config,
+    ConfigError,
+    FeedCore,
+    Login,
+    Merge,
+    UrlProvider,
+)
 from .core._config import HeaderProvider, HeadersLike, Payload
 from .core._merge import DEDUPE_COUNT, DEDUPE_WINDOW, LEG_LAG, REORDER_WINDOW
 
@@ -144,9 +155,9 @@ class Options:
 
 
 def options(
-    url: str | None = None,
+    url: str | UrlProvider | None = None,
     *,
-    urls: Sequence[str] = (),
+    urls: Sequence[str | UrlProvider] = (),
     redundancy: int | None = None,
     sequence: Callable[[Payload], int] | None = None,
     dedupe: Callable[[Payload], Hashable] | None = None,
@@ -156,6 +167,7 @@ def options(
     leg_lag: float | None = LEG_LAG,
     max_lifetime: float | None = None,
     subscribe: Iterable[object] = (),
+    login: Login | None = None,
     headers: HeadersLike | HeaderProvider | None = None,
     subprotocols: Sequence[str] = (),
     name: str | None = None,
@@ -196,10 +208,16 @@ def options(
     Options
     -------
     url
-        The feed's ``ws://`` or ``wss://`` URL (or give ``urls``).
+        The feed's ``ws://`` or ``wss://`` URL (or give ``urls``), or a
+        function called before every attempt that returns it (a coroutine
+        function with the async API, a plain one with the blocking API):
+        a REST call for a listen key or a token-bearing endpoint.  Its time
+        counts against ``connect_timeout``; when it raises, the attempt
+        fails with reason ``url_provider`` and is retried with backoff.
     urls
         Several endpoints of the same feed, instead of ``url``: the legs
-        (``redundancy``) go to them in turn.
+        (``redundancy``) go to them in turn.  Each may be a function, as
+        ``url``.
     redundancy
         Connections ("legs") kept to the feed at once, merged into one
         stream in which each message appears once; ``None``: one, or one
@@ -232,7 +250,11 @@ def options(
         shortens it.  ``None``: no rotation.
     subscribe
         Messages sent after every connect, in order: ``str``, ``bytes``,
-        JSON-able objects or :class:`~nonstop.Subscription`.
+        JSON-able objects, functions returning one (called at each send,
+        for a fresh token) or :class:`~nonstop.Subscription`.
+    login
+        A :class:`~nonstop.Login` sent first on every connection, its
+        message built at that moment; subscriptions wait for its ACK.
     headers
         Upgrade headers (a dict or pairs), or a callable returning them,
         called before every attempt.  Never logged.
@@ -311,6 +333,7 @@ def options(
         url=endpoints[0],
         name=name,
         subscriptions=_messages("subscribe", subscribe),
+        login=login,
         headers=headers,
         subprotocols=tuple(_strings("subprotocols", subprotocols)),
         user_agent=user_agent,
@@ -367,24 +390,27 @@ def options(
 LEG_SPREAD = 0.5
 
 
-def _endpoints(url: object, urls: object) -> list[str]:
-    """The feed's URLs: ``url`` or ``urls``, exactly one of them."""
+def _endpoints(url: object, urls: object) -> list[str | UrlProvider]:
+    """The feed's URLs (or URL providers): ``url`` or ``urls``, exactly one
+    of them."""
     if url is not None and urls:
         raise ConfigError("give url or urls=[...], not both")
     if url is not None:
-        if not isinstance(url, str):
-            raise ConfigError(f"url must be a ws:// or wss:// URL string, got {url!r}")
+        if not isinstance(url, str) and not callable(url):
+            raise ConfigError(f"url must be a ws:// or wss:// URL string or a function "
+                              f"returning one, got {url!r}")
         return [url]
     found = _items("urls", urls, "URLs")
     if not found:
         raise ConfigError("no URL: give the feed's ws:// or wss:// URL, or urls=[...]")
     for item in found:
-        if not isinstance(item, str):
-            raise ConfigError(f"urls must contain URL strings, got {item!r}")
+        if not isinstance(item, str) and not callable(item):
+            raise ConfigError(f"urls must contain URL strings or functions returning one, "
+                              f"got {item!r}")
     return found
 
 
-def _legs(endpoints: list[str], redundancy: object) -> int:
+def _legs(endpoints: list[str | UrlProvider], redundancy: object) -> int:
     if redundancy is None:
         return len(endpoints)
     if isinstance(redundancy, bool) or not isinstance(redundancy, int) or redundancy < 1:
@@ -393,7 +419,8 @@ def _legs(endpoints: list[str], redundancy: object) -> int:
     return redundancy
 
 
-def _leg_configs(config: Config, endpoints: list[str], legs: int) -> tuple[Config, ...]:
+def _leg_configs(config: Config, endpoints: list[str | UrlProvider],
+                 legs: int) -> tuple[Config, ...]:
     """Leg *i*'s config: the *i*-th endpoint in turn, the label with
     ``#i``, and (after the first leg) a spread before the first retry."""
     out = []
@@ -460,7 +487,7 @@ def build_driver_options(
     a ``wss://`` URL) and return them as :class:`DriverOptions`."""
     if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
         raise ConfigError(f"ssl must be an ssl.SSLContext or None, got {ssl!r}")
-    if ssl is not None and not config.endpoint.tls:
+    if ssl is not None and config.endpoint is not None and not config.endpoint.tls:
         raise ConfigError("ssl was given but the URL is ws://; use wss:// for TLS")
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise ConfigError(f"queue_size must be an integer >= 1, got {queue_size!r}")
@@ -480,8 +507,8 @@ def build_driver_options(
         raise ConfigError(f"resolver must be a function (host, port) -> getaddrinfo tuples, "
                           f"got {resolver!r}")
     context = ssl
-    if context is None and config.endpoint.tls:
-        context = _ssl.create_default_context()
+    if context is None and (config.endpoint is None or config.endpoint.tls):
+        context = _ssl.create_default_context()  # (a provider's URL may be wss://)
     return DriverOptions(
         ssl_context=context,
         queue_size=queue_size,

@@ -17,6 +17,8 @@ a ``Disconnected`` event's detail).
 * :class:`FeedGaveUp` -- raised to the consumer when the feed stopped
   without being asked to (``max_attempts`` reached, a fatal status or close
   code); its :attr:`~FeedGaveUp.stopped` event says why.
+* :class:`CredentialsRefused` -- a :class:`FeedGaveUp` for a login the
+  server refused ``max_rejections`` times in a row.
 * :class:`WriteStalled` -- a write did not complete within
   ``write_timeout``.
 
@@ -26,7 +28,7 @@ outside itself) and re-exported here; the drivers' two are defined here.
 
 from __future__ import annotations
 
-from .core import Stopped
+from .core import Reason, Stopped
 from .core._errors import (
     ConfigError,
     InvalidURL,
@@ -42,6 +44,7 @@ __all__ = [
     "InvalidURL",
     "NotConnected",
     "FeedGaveUp",
+    "CredentialsRefused",
     "WriteStalled",
 ]
 
@@ -61,3 +64,18 @@ class FeedGaveUp(NonstopError):
     def __init__(self, stopped: Stopped) -> None:
         super().__init__(f"feed gave up: {stopped.detail}")
         self.stopped = stopped
+
+    @staticmethod
+    def of(stopped: Stopped) -> FeedGaveUp:
+        """The error for *stopped*: :class:`CredentialsRefused` after refused
+        logins, :class:`FeedGaveUp` otherwise."""
+        if stopped.reason is Reason.LOGIN_REJECTED:
+            return CredentialsRefused(stopped)
+        return FeedGaveUp(stopped)
+
+
+class CredentialsRefused(FeedGaveUp):
+    """The feed stopped because the server refused its login
+    ``max_rejections`` times in a row (reason ``login_rejected``): a wrong
+    key or secret, missing permissions, or a clock too far off for a signed
+    timestamp.  Retrying would not help; fix the credentials."""

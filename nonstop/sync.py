@@ -12,7 +12,10 @@ Its options are those of :func:`nonstop._options.options`, given to it by
 
 from __future__ import annotations
 
+import inspect
+
 from ._options import Options, options, with_options
+from .core import ConfigError
 from .transports._blocking import SyncFeed
 from .transports._blocking_fast import FastSyncFeed
 from .transports._blocking_merged import MergedSyncFeed
@@ -31,6 +34,10 @@ def connect(chosen: Options) -> SyncFeed:
     URLs raise :class:`~nonstop.ConfigError` / :class:`~nonstop.InvalidURL`
     here, before anything connects.
     """
+    for config in (chosen.config, *chosen.legs):
+        if inspect.iscoroutinefunction(config.url_provider):
+            raise ConfigError("url is a coroutine function; the blocking API calls a plain "
+                              "function before every attempt (use nonstop.connect for async)")
     if chosen.new_merge is not None:
         return MergedSyncFeed(chosen.leg_cores(), chosen.new_merge(), chosen.driver,
                               chosen.new_leg_core)

@@ -9,7 +9,7 @@ uses the global :mod:`random`.  See ``docs/core.md``.
 from __future__ import annotations
 
 from ._backoff import ceiling, first_retry_delay, parse_retry_after, retry_delay
-from ._config import AppPing, Backoff, Config, Payload, Subscription
+from ._config import AppPing, Backoff, Config, Login, Payload, Subscription, UrlProvider
 from ._core import FeedCore
 from ._errors import (
     ConfigError,
@@ -27,7 +27,9 @@ from ._events import (
     Disconnected,
     Effect,
     Event,
+    FetchUrl,
     Gap,
+    LoggedIn,
     Message,
     Messages,
     OpenTransport,
@@ -51,6 +53,8 @@ __all__ = [
     "Config",
     "Backoff",
     "Subscription",
+    "Login",
+    "UrlProvider",
     "AppPing",
     "AlertPolicy",
     "Payload",
@@ -63,10 +67,12 @@ __all__ = [
     "Event",
     "Effect",
     "AppEvent",
+    "FetchUrl",
     "OpenTransport",
     "CloseTransport",
     "Connecting",
     "Connected",
+    "LoggedIn",
     "Subscribed",
     "Message",
     "Messages",

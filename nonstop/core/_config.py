@@ -30,6 +30,8 @@ __all__ = [
     "Config",
     "Backoff",
     "Subscription",
+    "Login",
+    "UrlProvider",
     "AppPing",
     "HeadersLike",
     "HeaderProvider",
@@ -42,6 +44,35 @@ Payload = Union[str, bytes]
 HeadersLike = Union[Mapping[str, str], Sequence[tuple[str, str]]]
 HeaderProvider = Callable[[], HeadersLike]
 Matcher = Callable[[Payload], bool]
+UrlProvider = Callable[[], Any]
+"""Called before every attempt for the URL to dial: a plain function (the
+blocking API) or a coroutine function (the async API) returning a ``str``."""
+
+
+def callable_name(source: object) -> str:
+    """How a user callable is named in errors and logs: its qualified name
+    (never its output, which may hold a secret)."""
+    name = getattr(source, "__qualname__", None) or getattr(source, "__name__", None)
+    return str(name) if name else type(source).__name__
+
+
+def render(source: Callable[[], object], what: str) -> Payload:
+    """Call *source* for a message built now and encode it; a callable that
+    raises or returns no message raises :class:`ConfigError` naming it."""
+    name = callable_name(source)
+    try:
+        value = source()
+    except Exception as exc:
+        raise ConfigError(f"{what} {name}() raised {type(exc).__name__}: {exc}") from exc
+    if value is None or hasattr(value, "__await__"):
+        got = "None" if value is None else "an awaitable"
+        raise ConfigError(f"{what} {name}() returned {got}; it must be a plain function "
+                          "returning str, bytes or a JSON-serialisable value")
+    try:
+        return encode_message(value, f"the result of {what} {name}()")
+    except ConfigError:
+        raise ConfigError(f"{what} {name}() returned a {type(value).__name__}, not str, bytes "
+                          "or a JSON-serialisable value") from None
 
 
 def encode_message(message: object, what: str = "message") -> Payload:
@@ -113,11 +144,14 @@ class Subscription:
     """A message sent after every connect, in order, optionally acknowledged.
 
     ``message`` may be ``str`` (text frame), ``bytes`` (binary frame) or any
-    JSON-serialisable object (sent as compact JSON text).  If ``ack`` is
+    JSON-serialisable object (sent as compact JSON text), or a callable
+    returning one: it is called each time the message is sent, so a token
+    or signature in it is made afresh for every connection.  If ``ack`` is
     given, it is called with each incoming message until it returns true; a
     subscription not acknowledged within ``ack_timeout`` seconds fails the
-    connection (reason ``ack_timeout``).  ``unsubscribe``, if given, is sent
-    when the subscription is removed while connected.
+    connection (reason ``ack_timeout``).  ``unsubscribe`` (a message or a
+    callable, like ``message``), if given, is sent when the subscription is
+    removed while connected.
     """
 
     message: Any
@@ -125,30 +159,111 @@ class Subscription:
     ack_timeout: float = 10.0
     unsubscribe: Any = None
     name: str | None = None
-    payload: Payload = field(init=False, repr=False, compare=False)
+    payload: Payload | None = field(init=False, repr=False, compare=False)
+    """The encoded message; ``None`` when a callable builds it at each send."""
     unsubscribe_payload: Payload | None = field(init=False, repr=False, compare=False)
+    key: object = field(init=False, repr=False, compare=False)
+    """What identifies the subscription: its encoded message, or its callable."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "payload", encode_message(self.message, "subscription message"))
+        payload = None
+        if not callable(self.message):
+            payload = encode_message(self.message, "subscription message")
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "key", self.message if payload is None else payload)
         unsub = None
-        if self.unsubscribe is not None:
+        if self.unsubscribe is not None and not callable(self.unsubscribe):
             unsub = encode_message(self.unsubscribe, "unsubscribe message")
         object.__setattr__(self, "unsubscribe_payload", unsub)
         check_positive("subscription ack_timeout", self.ack_timeout)
         if self.ack is not None and not callable(self.ack):
             raise ConfigError(f"subscription ack must be callable, got {self.ack!r}")
 
+    def render(self) -> Payload:
+        """The message to send now (a callable's is built by this call);
+        raises :class:`ConfigError` naming the callable if it fails."""
+        if self.payload is not None:
+            return self.payload
+        return render(self.message, "subscription message")
+
+    def render_unsubscribe(self) -> Payload | None:
+        """The unsubscribe message to send now, or ``None`` if there is none."""
+        if self.unsubscribe is None or self.unsubscribe_payload is not None:
+            return self.unsubscribe_payload
+        return render(self.unsubscribe, "unsubscribe message")
+
     @property
     def label(self) -> str:
-        """A short printable name for logs: ``name`` or the start of the message."""
+        """A short printable name for logs: ``name``, the start of a fixed
+        message, or the name of the callable that builds it (never what it
+        builds, which may hold a token)."""
         if self.name:
             return self.name
+        if self.payload is None:
+            return callable_name(self.message) + "()"
         text = self.payload if isinstance(self.payload, str) else self.payload.hex()
         return text if len(text) <= 40 else text[:37] + "..."
 
     @classmethod
     def coerce(cls, value: object) -> Subscription:
         return value if isinstance(value, Subscription) else cls(message=value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Login:
+    """A login sent first on every connection; subscriptions wait for its ACK.
+
+    ``message`` is a callable (or a fixed message) called when the login is
+    sent, on every connection, so a signature over the current time is
+    always fresh.  ``ack`` recognises the server's acceptance; only then are
+    the subscriptions sent.  ``reject`` (optional) recognises a refusal, and
+    a server close with one of ``reject_codes`` before the ACK is one too:
+    the ``auth`` alert fires, the connection ends (reason
+    ``login_rejected``), and after ``max_rejections`` refusals in a row the
+    feed stops with :class:`~nonstop.CredentialsRefused` (``None``: retry
+    with backoff forever).  No ACK within ``timeout`` seconds fails the
+    connection (reason ``login_timeout``), retried like any failure.  The
+    login message is never logged; its ACK and refusal messages are
+    delivered like any other.
+    """
+
+    message: Any
+    ack: Matcher
+    reject: Matcher | None = None
+    timeout: float = 10.0
+    reject_codes: frozenset[int] = frozenset({1008})
+    max_rejections: int | None = 3
+    name: str | None = None
+    payload: Payload | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        payload = None if callable(self.message) else encode_message(self.message, "login message")
+        object.__setattr__(self, "payload", payload)
+        if not callable(self.ack):
+            raise ConfigError(f"login ack must be callable, got {self.ack!r}")
+        if self.reject is not None and not callable(self.reject):
+            raise ConfigError(f"login reject must be callable or None, got {self.reject!r}")
+        check_positive("login timeout", self.timeout)
+        codes = frozenset(self.reject_codes)
+        for code in codes:
+            if isinstance(code, bool) or not isinstance(code, int) or not 1000 <= code <= 4999:
+                raise ConfigError(f"login reject_codes: {code!r} is not a close code (1000-4999)")
+        object.__setattr__(self, "reject_codes", codes)
+        if self.max_rejections is not None:
+            check_positive("login max_rejections", self.max_rejections, integer=True)
+
+    def render(self) -> Payload:
+        """The login message to send now."""
+        if self.payload is not None:
+            return self.payload
+        return render(self.message, "login message")
+
+    @property
+    def label(self) -> str:
+        """``name``, or the name of the callable that builds the message."""
+        if self.name:
+            return self.name
+        return callable_name(self.message) + "()" if self.payload is None else "login"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,9 +345,12 @@ _RESERVED_HEADERS = frozenset(
 class Config:
     """Everything a feed needs to know.  See ``docs/core.md`` for each option."""
 
-    url: str
+    url: str | UrlProvider
+    """The ``ws://`` or ``wss://`` URL, or a :data:`UrlProvider` the driver
+    calls before every attempt (its time counts against ``connect_timeout``)."""
     name: str | None = None
-    """A label for logs and metrics; default: the redacted URL."""
+    """A label for logs and metrics; default: the redacted URL (or the
+    provider's name)."""
     subscriptions: Sequence[object] = ()
     headers: HeadersLike | HeaderProvider | None = None
     """Extra upgrade headers, or a callable returning them, called before
@@ -279,7 +397,10 @@ class Config:
     ``Rotating`` event asks a redundant feed for its replacement; a server
     close 1001 ("going away") after a shorter life shortens it (``None``:
     no rotation)."""
-    endpoint: Endpoint = field(init=False, repr=False, compare=False)
+    login: Login | None = None
+    """Sent first on every connection; subscriptions wait for its ACK."""
+    endpoint: Endpoint | None = field(init=False, repr=False, compare=False)
+    """The parsed URL; ``None`` when a provider gives it per attempt."""
     subscription_list: tuple[Subscription, ...] = field(init=False, repr=False, compare=False)
 
     @property
@@ -287,22 +408,40 @@ class Config:
         """How long before ``max_lifetime`` a replacement is opened: time
         for its connect, its upgrade and its slowest acknowledgement."""
         acks = [s.ack_timeout for s in self.subscription_list if s.ack is not None]
-        return self.connect_timeout + self.handshake_timeout + max(acks, default=0.0)
+        login = 0.0 if self.login is None else self.login.timeout
+        return self.connect_timeout + self.handshake_timeout + login + max(acks, default=0.0)
+
+    @property
+    def url_provider(self) -> UrlProvider | None:
+        """The callable giving the URL per attempt, or ``None``."""
+        return None if isinstance(self.url, str) else self.url
 
     @property
     def label(self) -> str:
         """The feed's name in logs and metrics."""
-        return self.name or self.endpoint.redacted
+        if self.name:
+            return self.name
+        if self.endpoint is None:
+            return callable_name(self.url) + "()"
+        return self.endpoint.redacted
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "endpoint", parse_url(self.url))
+        if isinstance(self.url, str):
+            object.__setattr__(self, "endpoint", parse_url(self.url))
+        elif callable(self.url):
+            object.__setattr__(self, "endpoint", None)
+        else:
+            raise ConfigError(f"url must be a ws:// or wss:// URL or a callable returning one, "
+                              f"got {type(self.url).__name__}")
         if isinstance(self.subscriptions, (str, bytes)):
             raise ConfigError("subscriptions must be a list of messages, not a single message")
         subs = tuple(Subscription.coerce(s) for s in self.subscriptions)
-        payloads = [s.payload for s in subs]
-        if len(set(payloads)) != len(payloads):
+        keys = [s.key for s in subs]
+        if any(key in keys[:i] for i, key in enumerate(keys)):
             raise ConfigError("subscriptions contain the same message twice")
         object.__setattr__(self, "subscription_list", subs)
+        if self.login is not None and not isinstance(self.login, Login):
+            raise ConfigError(f"login must be a nonstop.Login, got {self.login!r}")
         if self.headers is not None and not callable(self.headers):
             for name, _ in normalize_headers(self.headers):
                 if name.lower() in _RESERVED_HEADERS:

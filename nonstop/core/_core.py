@@ -11,6 +11,8 @@ feeds it *inputs*, each stamped with ``now`` (monotonic seconds):
 input                                 when the driver calls it
 ====================================  =========================================
 ``start(now)``                        once, to begin
+``url_fetched(url, now)``             after ``FetchUrl``: the provider's URL
+``url_failed(exc, now)``              after ``FetchUrl``: the provider failed
 ``transport_opened(now)``             after ``OpenTransport``: TCP (+TLS) is up
 ``transport_failed(exc, now)``        opening, reading or writing failed
 ``transport_lost(exc, now)``          reading or writing failed on a transport
@@ -54,6 +56,7 @@ from __future__ import annotations
 import collections
 import math
 import random
+import re
 
 from ._backoff import ceiling, first_retry_delay, parse_retry_after, retry_delay
 from ._config import (
@@ -61,6 +64,7 @@ from ._config import (
     Config,
     Payload,
     Subscription,
+    callable_name,
     encode_message,
     normalize_headers,
 )
@@ -73,7 +77,9 @@ from ._events import (
     Connecting,
     Disconnected,
     Event,
+    FetchUrl,
     Gap,
+    LoggedIn,
     Messages,
     OpenTransport,
     Pong,
@@ -95,6 +101,7 @@ from ._guard import (
     AlertTracker,
     Reason,
     Verdict,
+    error_detail,
     server_closed,
     transport_error,
     upgrade_rejected,
@@ -104,12 +111,13 @@ from ._logfmt import redact_text
 from ._metrics import Metrics
 from ._state import HAS_TRANSPORT, Input, State, next_state
 from ._subscriptions import AckMatcherFailed, Subscriptions
+from ._url import Endpoint, parse_url
 
 __all__ = ["FeedCore"]
 
 #: Close code we send when we end a healthy-looking connection ourselves.
 GOING_AWAY = 1001
-#: Close code for a graceful stop.
+#: Close code for a graceful stop (and after a refused login).
 NORMAL = 1000
 #: Close code when one of the application's callbacks raised.
 INTERNAL_ERROR = 1011
@@ -126,6 +134,12 @@ _set_received_at = Messages.__dict__["received_at"].__set__
 # Where bytes from the server are expected: a transport is open past
 # CONNECTING (a tuple: _require's order).
 _RECEIVING = (State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING)
+# Words of a login or a built message that may be secrets (a signature, a
+# token, a listen key): kept to scrub them from details before they are
+# emitted.
+_SECRET_WORD = re.compile(r"[A-Za-z0-9+/=_.~-]{16,}")
+#: How many such words are remembered (the latest connections' worth).
+_SECRETS_KEPT = 64
 
 
 class FeedCore:
@@ -146,6 +160,12 @@ class FeedCore:
         self._out = bytearray()
         self._now = -math.inf
         self._subs = Subscriptions(config.subscription_list)
+        self._endpoint: Endpoint | None = config.endpoint  # where this attempt goes
+        # The login of the open connection: its ACK deadline while it is
+        # awaited (None otherwise), and the refusals in a row.
+        self._login_due: float | None = None
+        self._rejections = 0
+        self._secrets: collections.deque[str] = collections.deque(maxlen=_SECRETS_KEPT)
         self._framing: Framing | None = None
         self._health: Health | None = None
         # per-attempt / per-connection
@@ -250,6 +270,9 @@ class FeedCore:
                 t = self._rotate_at
                 if t is not None and (best is None or t < best):
                     best = t
+                t = self._login_due
+                if t is not None and self._paused_at is None and (best is None or t < best):
+                    best = t
                 t = self._stable_at
         elif state is State.BACKOFF:
             assert self._retry_at is not None
@@ -349,10 +372,48 @@ class FeedCore:
                                           detail=f"header provider failed: {exc}"), abort=True)
             return
         self._move(Input.TRANSPORT_OPENED)
-        assert self._framing is not None
-        self._framing.request(self.config.endpoint, headers, self.config.subprotocols)
+        assert self._framing is not None and self._endpoint is not None
+        self._framing.request(self._endpoint, headers, self.config.subprotocols)
         self._flush()
         self._deadline = after(now, self.config.handshake_timeout)
+
+    def url_fetched(self, url: object, now: float) -> None:
+        """The URL provider returned *url* for this attempt: emits
+        ``OpenTransport`` for it, or (a bad URL) fails the attempt with
+        reason ``url_provider``.  Next: drain :meth:`next_event`."""
+        self._tick(now)
+        self._require_fetch("url_fetched")
+        self._now = now
+        name = callable_name(self.config.url)
+        try:
+            if not isinstance(url, str):
+                raise ConfigError(f"it returned a {type(url).__name__}, not a str")
+            endpoint = parse_url(url)
+        except ConfigError as exc:
+            self._disconnect(now, Verdict(reason=Reason.URL_PROVIDER,
+                                          detail=f"url provider {name}() gave a bad URL: {exc}"),
+                             abort=True)
+            return
+        self._endpoint = endpoint
+        self._remember_secrets(endpoint.target)
+        self._open_transport(endpoint)
+
+    def url_failed(self, error: BaseException, now: float) -> None:
+        """The URL provider raised *error*: the attempt fails with reason
+        ``url_provider`` and is retried with backoff.  Next: drain
+        :meth:`next_event`."""
+        self._tick(now)
+        self._require_fetch("url_failed")
+        self._now = now
+        name = callable_name(self.config.url)
+        self._disconnect(now, Verdict(reason=Reason.URL_PROVIDER,
+                                      detail=f"url provider {name}() raised {error_detail(error)}"),
+                         abort=True)
+
+    def _require_fetch(self, what: str) -> None:
+        if self._state is not State.CONNECTING or self._endpoint is not None:
+            raise LocalProtocolError(f"can't handle {what}: no FetchUrl is outstanding "
+                                     f"(state {self._state.value})")
 
     def transport_failed(self, error: BaseException, now: float) -> None:
         """Opening, reading or writing failed.  Classified by the guard
@@ -367,8 +428,10 @@ class FeedCore:
         if self._state in (State.CLOSING, State.STOPPING):
             self._close_done(abort=True)
             return
-        ep = self.config.endpoint
-        connecting_to = (ep.host, ep.port) if self._state is State.CONNECTING else None
+        ep = self._endpoint
+        connecting_to = None
+        if ep is not None and self._state is State.CONNECTING:
+            connecting_to = (ep.host, ep.port)
         self._disconnect(now, transport_error(error, connecting_to=connecting_to), abort=True)
 
     def transport_lost(self, error: BaseException, now: float) -> bool:
@@ -560,13 +623,26 @@ class FeedCore:
         sub = Subscription.coerce(subscription)
         if self._state in (State.STOPPING, State.STOPPED):
             raise LocalProtocolError(f"can't subscribe in state {self._state.value}")
-        send = self._state is State.OPEN and self._framing is not None and self._framing.is_open
+        send = self._sending_subscriptions
+        payload = None
+        if send:  # built before anything changes: a callable that fails raises here
+            try:
+                payload = sub.render()
+            except ConfigError as exc:
+                raise LocalProtocolError(str(exc)) from None
         self._subs.add(sub, now if send else None)  # raises on a duplicate, changing nothing
         self._now = now
-        if send:
-            self._send_subscription(sub)
+        if payload is not None:
+            self._send_subscription(sub, payload)
             self._flush()
         return sub
+
+    @property
+    def _sending_subscriptions(self) -> bool:
+        """Subscriptions go out now: the connection is open and its login,
+        if any, acknowledged (else they wait for the replay)."""
+        return (self._state is State.OPEN and self._framing is not None
+                and self._framing.is_open and self._login_due is None)
 
     def unsubscribe(self, subscription: object, now: float) -> Subscription:
         """Forget a subscription (matched by value); send its ``unsubscribe``
@@ -574,15 +650,22 @@ class FeedCore:
         self._tick(now)
         if self._state in (State.STOPPING, State.STOPPED):
             raise LocalProtocolError(f"can't unsubscribe in state {self._state.value}")
+        key: object
         if isinstance(subscription, Subscription):
-            payload = subscription.payload
+            key = subscription.key
+        elif callable(subscription):
+            key = subscription
         else:
-            payload = encode_message(subscription, "subscription")
-        sub = self._subs.remove(payload)  # raises if unknown, changing nothing
+            key = encode_message(subscription, "subscription")
+        sub = self._subs.remove(key)  # raises if unknown, changing nothing
         self._now = now
-        unsub = sub.unsubscribe_payload
-        if (unsub is not None and self._state is State.OPEN and self._framing is not None
-                and self._framing.is_open):
+        if self._sending_subscriptions and sub.unsubscribe is not None:
+            try:
+                unsub = sub.render_unsubscribe()
+            except ConfigError as exc:  # forgotten all the same: it is not replayed
+                raise LocalProtocolError(f"{exc} (the subscription is removed)") from None
+            assert unsub is not None and self._framing is not None
+            self._remember_secrets(unsub if sub.unsubscribe_payload is None else None)
             self._framing.send(unsub)
             self._flush()
         return sub
@@ -614,6 +697,8 @@ class FeedCore:
         if self._health is not None:
             self._health.resume(now)
         self._subs.resume(now - paused_at)
+        if self._login_due is not None:  # unread bytes may have held the ACK
+            self._login_due += now - paused_at
 
     @property
     def reading_paused(self) -> bool:
@@ -683,12 +768,20 @@ class FeedCore:
         self._stable_at = None
         self._rotate_at = None
         self._subs.connection_ended()
+        self._login_due = None
         self._deadline = after(now, self.config.connect_timeout)
-        ep = self.config.endpoint
+        ep = self._endpoint = self.config.endpoint
+        url = self.config.label if ep is None else ep.redacted
         self._events.append(
             Connecting(attempt=self._attempts_in_row, total_attempts=self._attempts_total,
-                       url=ep.redacted)
+                       url=url)
         )
+        if ep is None:
+            self._events.append(FetchUrl())
+        else:
+            self._open_transport(ep)
+
+    def _open_transport(self, ep: Endpoint) -> None:
         self._events.append(
             OpenTransport(
                 host=ep.host,
@@ -711,8 +804,10 @@ class FeedCore:
         else:
             headers = normalize_headers(source)
         names = {name.lower() for name, _ in headers}
-        if config.endpoint.basic_auth is not None and "authorization" not in names:
-            headers.append(("Authorization", config.endpoint.basic_auth))
+        assert self._endpoint is not None
+        basic_auth = self._endpoint.basic_auth
+        if basic_auth is not None and "authorization" not in names:
+            headers.append(("Authorization", basic_auth))
         if config.user_agent and "user-agent" not in names:
             headers.append(("User-Agent", config.user_agent))
         return headers
@@ -741,11 +836,51 @@ class FeedCore:
                 downtime=downtime,
             )
         )
-        self._alert(self._alerts.on_connected(now, reconnect=self._connections > 1))
+        login = self.config.login
+        self._alert(self._alerts.on_connected(now, reconnect=self._connections > 1,
+                                              login=login is not None))
+        if login is None:
+            self._replay(now)
+            return
+        try:
+            payload = login.render()
+        except ConfigError as exc:
+            self._callback_failed = str(exc)  # fails the connection once this read is done
+            return
+        if login.payload is None:
+            self._remember_secrets(payload)
+        assert self._framing is not None
+        self._framing.send(payload)
+        self._login_due = after(now, login.timeout)
+
+    def _replay(self, now: float) -> None:
+        """Send every subscription, in order (the login, if any, is accepted)."""
         for sub in self._subs.replay(now):
-            self._send_subscription(sub)
+            try:
+                payload = sub.render()
+            except ConfigError as exc:
+                self._callback_failed = str(exc)  # fails the connection once this read is done
+                return
+            if sub.payload is None:
+                self._remember_secrets(payload)
+            self._send_subscription(sub, payload)
         if not self._subs.pending:  # nothing to wait for
             self._went_live(now)
+
+    def _remember_secrets(self, text: str | bytes | None) -> None:
+        """Keep the secret-looking words of a built message or a provided
+        URL, to scrub them from what is emitted (:meth:`_scrub`)."""
+        if isinstance(text, str):
+            self._secrets.extend(_SECRET_WORD.findall(text))
+
+    def _scrub(self, text: str) -> str:
+        """*text* without credentials: :func:`redact_text`, and every word
+        of a recently built login, message or provided URL hidden."""
+        text = redact_text(text)
+        for word in self._secrets:
+            if word in text:
+                text = text.replace(word, "***")
+        return text
 
     @property
     def lifetime(self) -> float | None:
@@ -781,10 +916,11 @@ class FeedCore:
         self._events.append(Gap(start=since, end=now, reason=self._gap_reason,
                                 connection=self._connections))
 
-    def _send_subscription(self, sub: Subscription) -> None:
-        """Send *sub*; one without an ACK matcher is subscribed once sent."""
+    def _send_subscription(self, sub: Subscription, payload: Payload) -> None:
+        """Send *sub* as *payload* (its message, built now); one without an
+        ACK matcher is subscribed once sent."""
         assert self._framing is not None
-        self._framing.send(sub.payload)
+        self._framing.send(payload)
         if sub.ack is None:
             self._events.append(Subscribed(subscription=sub, connection=self._connections,
                                            acked=False))
@@ -794,7 +930,8 @@ class FeedCore:
         per run).  While open, each is first offered to the application-ping
         matcher and the pending ACK matchers, when there are any: the hot
         path costs one test per run when there are not."""
-        if self._state is State.OPEN and (self._subs.pending or self.config.app_ping is not None):
+        if self._state is State.OPEN and (self._subs.pending or self.config.app_ping is not None
+                                          or self._login_due is not None):
             payloads = self._inspect(payloads, now)
         if payloads:
             self._emit_messages(payloads, now)
@@ -803,8 +940,12 @@ class FeedCore:
         kept: list[Payload] = []
         app = self.config.app_ping
         for data in payloads:
-            if self._callback_failed is not None:
+            if self._callback_failed is not None or self._state is not State.OPEN:
                 kept.append(data)
+                continue
+            if self._login_due is not None:
+                kept.append(data)  # the login's answers are delivered, after LoggedIn
+                self._login_answer(data, kept, now)
                 continue
             if app is not None:
                 try:
@@ -833,10 +974,52 @@ class FeedCore:
             kept.append(data)
         return kept
 
+    def _login_answer(self, data: Payload, kept: list[Payload], now: float) -> None:
+        """Offer *data* (the last of *kept*) to the login's matchers: a
+        refusal ends the connection, an acceptance sends the subscriptions."""
+        login = self.config.login
+        assert login is not None
+        try:
+            refused = login.reject is not None and login.reject(data)
+            accepted = not refused and login.ack(data)
+        except Exception as exc:
+            self._callback_failed = f"login matcher of {login.label} raised {type(exc).__name__}: {exc}"
+            return
+        if refused:
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+            self._login_refused(now, f"the server refused {login.label}: {text[:120]}", code=None)
+        elif accepted:
+            self._login_due = None
+            self._rejections = 0
+            kept.pop()
+            if kept:  # what came before the ACK, before LoggedIn
+                self._emit_messages(kept, now)
+                kept.clear()
+            assert self._opened_at is not None
+            self._events.append(LoggedIn(connection=self._connections,
+                                         login_time=now - self._opened_at))
+            self._alert(self._alerts.on_logged_in())
+            kept.append(data)
+            self._replay(now)
+
+    def _login_refused(self, now: float, detail: str, *, code: int | None) -> None:
+        """The server refused the login: the ``auth`` alert, and the feed
+        stops after ``max_rejections`` refusals in a row."""
+        login = self.config.login
+        assert login is not None and self._framing is not None
+        self._rejections += 1
+        limit = login.max_rejections
+        verdict = Verdict(reason=Reason.LOGIN_REJECTED, detail=detail,
+                          code=NORMAL if code is None else code, auth=True,
+                          fatal=limit is not None and self._rejections >= limit)
+        if code is None:  # refused by a message: we close
+            self._framing.close(NORMAL, "login refused")
+        self._disconnect(now, verdict, abort=False, close_sent=True)
+
     def _emit_messages(self, payloads: list[Payload], now: float) -> None:
         """Queue *payloads* (a list the core owns), extending the last queued
         ``Messages`` event when it belongs to the same connection and input."""
-        if self._live != self._connections and self._state is State.OPEN:
+        if self._live != self._connections and self._state is State.OPEN and self._login_due is None:
             self._went_live(now)  # the connection's first message (not a broken one's last)
         self._messages += len(payloads)
         self._last_message_at = now
@@ -859,6 +1042,12 @@ class FeedCore:
     def _on_peer_closed(self, item: PeerClosed, now: float) -> None:
         if self._state is not State.OPEN:
             return  # the answer to our close: now wait for EOF
+        login = self.config.login
+        if self._login_due is not None and login is not None and item.code in login.reject_codes:
+            why = f": {item.reason}" if item.reason else ""
+            self._login_refused(now, f"the server refused {login.label}, closing with "
+                                     f"{item.code}{why}", code=item.code)
+            return
         verdict = server_closed(item.code, item.reason,
                                 fatal_close_codes=self.config.fatal_close_codes)
         self._disconnect(now, verdict, abort=False, close_sent=True)
@@ -916,10 +1105,16 @@ class FeedCore:
         self._alerts.on_down(now)
         self._alert(self._alerts.on_failure(self._failures, verdict))
         self._subs.connection_ended()
+        self._login_due = None
         self._health = None
         self._stable_at = None
         self._rotate_at = None
-        if give_up:
+        if give_up and reason is Reason.LOGIN_REJECTED:
+            self._stop_reason = (reason, (
+                f"the server refused the login {self._rejections} times in a row "
+                f"(max_rejections): check the credentials (key, secret, permissions) "
+                f"and the clock the signature uses; last: {verdict.detail}"))
+        elif give_up:
             why = "fatal" if fatal else f"{self._failures} failures in a row (max_attempts)"
             self._stop_reason = (Reason.GAVE_UP, f"{reason.value}: {why}")
         else:
@@ -951,7 +1146,7 @@ class FeedCore:
                 reason=verdict.reason,
                 code=verdict.code,
                 status=verdict.status,
-                detail=redact_text(verdict.detail),
+                detail=self._scrub(verdict.detail),
                 level=verdict.level,
                 connection=self._connections if was_open else None,
                 uptime=now - self._opened_at if was_open and self._opened_at is not None else 0.0,
@@ -999,7 +1194,7 @@ class FeedCore:
         self._subs.connection_ended()
         self._alert(self._alerts.reset())
         reason, detail = self._stop_reason or (Reason.STOPPED, "stop requested")
-        self._events.append(Stopped(reason=reason, detail=redact_text(detail)))
+        self._events.append(Stopped(reason=reason, detail=self._scrub(detail)))
 
     def _alert(self, changes: list[AlertChange]) -> None:
         for change in changes:
@@ -1024,7 +1219,13 @@ class FeedCore:
             self._fire_open(now)
             return
         elif self._deadline is not None and now >= self._deadline:
-            if state is State.CONNECTING:
+            if state is State.CONNECTING and self._endpoint is None:
+                self._disconnect(now, Verdict(
+                    reason=Reason.URL_PROVIDER,
+                    detail=f"url provider {callable_name(self.config.url)}() did not return "
+                           f"within connect_timeout ({self.config.connect_timeout}s)"),
+                    abort=True)
+            elif state is State.CONNECTING:
                 self._disconnect(now, Verdict(
                     reason=Reason.CONNECT_TIMEOUT,
                     detail=f"TCP/TLS not up within {self.config.connect_timeout}s"), abort=True)
@@ -1054,6 +1255,16 @@ class FeedCore:
                 self._framing.send(self.config.app_ping.payload)
             else:
                 self._framing.ping(ping)
+        login_due = self._login_due
+        if login_due is not None and now >= login_due and self._paused_at is None:
+            login = self.config.login
+            assert login is not None
+            self._framing.close(GOING_AWAY, "login not acknowledged")
+            self._disconnect(now, Verdict(
+                reason=Reason.LOGIN_TIMEOUT, code=GOING_AWAY,
+                detail=f"{login.label} not acknowledged within {login.timeout}s"),
+                abort=False, close_sent=True)
+            return
         sub = self._subs.expired(now)
         if sub is not None:
             self._framing.close(GOING_AWAY, "subscription not acknowledged")

@@ -6,8 +6,9 @@ The core never calls out.  Everything it decides is queued, in order, as one
 of the frozen, slotted, keyword-only dataclasses below, and pulled with
 ``FeedCore.next_event()``:
 
-* **Effects** (:class:`OpenTransport`, :class:`CloseTransport`) are orders to
-  the driver: open a TCP/TLS connection, close or abort it.
+* **Effects** (:class:`FetchUrl`, :class:`OpenTransport`,
+  :class:`CloseTransport`) are orders to the driver: ask the URL provider,
+  open a TCP/TLS connection, close or abort it.
 * **Events** (everything else) are for the application and its logs.
 
 One queue keeps their relative order meaningful: a ``Disconnected`` comes
@@ -26,10 +27,12 @@ from ._config import Payload, Subscription
 from ._guard import AlertKind, Reason
 
 __all__ = [
+    "FetchUrl",
     "OpenTransport",
     "CloseTransport",
     "Connecting",
     "Connected",
+    "LoggedIn",
     "Subscribed",
     "Message",
     "Messages",
@@ -43,6 +46,18 @@ __all__ = [
     "AppEvent",
     "Event",
 ]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchUrl:
+    """Effect: call the feed's URL provider (``config.url``) for this attempt.
+
+    Then call ``url_fetched(url, now)`` or ``url_failed(exc, now)``; an
+    :class:`OpenTransport` for that URL follows.  The core counts the call
+    against ``connect_timeout``: if it fires first, a :class:`CloseTransport`
+    follows and the driver must abandon the call.
+    """
 
 
 @final
@@ -102,6 +117,17 @@ class Connected:
     """Seconds from the attempt's start (DNS, TCP, TLS, upgrade) to 101."""
     downtime: float | None
     """Seconds since the previous connection was lost; ``None`` the first time."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggedIn:
+    """The server accepted the login; the subscriptions go out now
+    (``[LOGGED_IN]``)."""
+
+    connection: int
+    login_time: float
+    """Seconds from the upgrade's 101 to the login's acknowledgement."""
 
 
 @final
@@ -275,8 +301,8 @@ class Stopped:
     detail: str
 
 
-Effect = Union[OpenTransport, CloseTransport]
-AppEvent = Union[Connecting, Connected, Subscribed, Messages, Pong, Disconnected, Gap, Rotating,
-                 Alert, Stopped]
-Event = Union[OpenTransport, CloseTransport, Connecting, Connected, Subscribed, Messages, Pong,
-              Disconnected, Gap, Rotating, Alert, Stopped]
+Effect = Union[FetchUrl, OpenTransport, CloseTransport]
+AppEvent = Union[Connecting, Connected, LoggedIn, Subscribed, Messages, Pong, Disconnected, Gap,
+                 Rotating, Alert, Stopped]
+Event = Union[FetchUrl, OpenTransport, CloseTransport, Connecting, Connected, LoggedIn,
+              Subscribed, Messages, Pong, Disconnected, Gap, Rotating, Alert, Stopped]

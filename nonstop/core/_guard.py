@@ -95,6 +95,15 @@ class Reason(enum.Enum):
     """No byte at all for ``silence_timeout``: a zombie connection."""
     ACK_TIMEOUT = "ack_timeout"
     """A subscription was not acknowledged within its ``ack_timeout``."""
+    LOGIN_REJECTED = "login_rejected"
+    """The server refused the login (its ``reject`` matcher, or a close
+    with one of its ``reject_codes``); the feed stops after
+    ``max_rejections`` in a row."""
+    LOGIN_TIMEOUT = "login_timeout"
+    """The login was not acknowledged within its ``timeout``."""
+    URL_PROVIDER = "url_provider"
+    """The URL provider raised, returned a bad URL, or did not return
+    within ``connect_timeout``."""
     PROTOCOL_ERROR = "protocol_error"
     """The server broke RFC 6455 framing (we closed with 1002)."""
     INVALID_DATA = "invalid_data"
@@ -102,7 +111,8 @@ class Reason(enum.Enum):
     MESSAGE_TOO_BIG = "message_too_big"
     """A message exceeded ``max_message_size`` (we closed with 1009)."""
     CALLBACK_ERROR = "callback_error"
-    """A user callback (header provider, ACK or pong matcher) raised."""
+    """A user callback raised or returned no message: the header provider,
+    an ACK, pong or login matcher, a login or subscription message callable."""
     SLOW_CONSUMER = "slow_consumer"
     """The application fell behind and the ``disconnect`` policy applied."""
     LAGGING = "lagging"
@@ -298,7 +308,7 @@ class AlertKind(enum.Enum):
     RECONNECT_RATE = "reconnect_rate"
     """More than ``reconnects_per_minute`` reconnects in the last 60 seconds."""
     AUTH = "auth"
-    """The server refused us: HTTP 401/403 or close code 1008."""
+    """The server refused us: HTTP 401/403, close code 1008, or a refused login."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,8 +329,9 @@ class AlertPolicy:
     """Alert when more reconnects than this happen within 60 seconds; clears
     when the count in the sliding window falls back to this number."""
     auth: bool = True
-    """Alert on 401/403 upgrade rejections and close code 1008; clears on the
-    next successful connection."""
+    """Alert on 401/403 upgrade rejections, close code 1008 and refused
+    logins; clears on the next successful connection (with a login: the
+    next accepted login)."""
 
     def __post_init__(self) -> None:
         if self.consecutive_failures is not None:
@@ -402,11 +413,14 @@ class AlertTracker:
             self._set(AlertKind.AUTH, True, out, f"server refused us ({verdict.reason.value})")
         return out
 
-    def on_connected(self, now: float, reconnect: bool) -> list[AlertChange]:
+    def on_connected(self, now: float, reconnect: bool, *, login: bool = False) -> list[AlertChange]:
+        """A connection opened; with a *login* to come, the ``auth`` alert
+        waits for its answer (:meth:`on_logged_in`)."""
         out: list[AlertChange] = []
         self.down_since = None
         self._set(AlertKind.DOWN, False, out)
-        self._set(AlertKind.AUTH, False, out)
+        if not login:
+            self._set(AlertKind.AUTH, False, out)
         if reconnect:
             self._forget_before(now)
             self.reconnect_times.append(now)
@@ -415,6 +429,12 @@ class AlertTracker:
             if limit is not None and count > limit:
                 self._set(AlertKind.RECONNECT_RATE, True, out,
                           f"{count} reconnects in the last {RATE_WINDOW:g}s (threshold {limit})")
+        return out
+
+    def on_logged_in(self) -> list[AlertChange]:
+        """The server accepted the login: we are not refused any more."""
+        out: list[AlertChange] = []
+        self._set(AlertKind.AUTH, False, out)
         return out
 
     def on_stable(self) -> list[AlertChange]:

@@ -8,6 +8,7 @@ grep-able keyword and carry ``key=value`` fields::
 
     [CONNECTING] feed=prices url=wss://feed.example/ws?token=*** attempt=1
     [CONNECTED] feed=prices connection=1 attempt=1 handshake=0.041s
+    [LOGGED_IN] feed=prices connection=1 time=0.012s
     [SUBSCRIBED] feed=prices connection=1 subscription="trades" acked=true
     [DISCONNECTED] feed=prices reason=ping_timeout code=1006 connection=1 uptime=63.200s
                    failures=1 retry_in=0.310s detail="no pong or data within 10.0s of a ping"
@@ -33,7 +34,9 @@ from ._events import (
     Connecting,
     Disconnected,
     Event,
+    FetchUrl,
     Gap,
+    LoggedIn,
     Message,
     Messages,
     OpenTransport,
@@ -50,6 +53,7 @@ __all__ = ["format_event", "redact_text", "KEYWORDS"]
 KEYWORDS = (
     "[CONNECTING]",
     "[CONNECTED]",
+    "[LOGGED_IN]",
     "[SUBSCRIBED]",
     "[DISCONNECTED]",
     "[GAP]",
@@ -99,7 +103,7 @@ def format_event(event: Event | Message, feed: str | None = None) -> tuple[int, 
 
     *level* is a :mod:`logging` level number.
     """
-    if isinstance(event, (Messages, Message, Pong, OpenTransport, CloseTransport)):
+    if isinstance(event, (Messages, Message, Pong, FetchUrl, OpenTransport, CloseTransport)):
         return None
     if isinstance(event, Connecting):
         if event.total_attempts == 1:
@@ -110,6 +114,9 @@ def format_event(event: Event | Message, feed: str | None = None) -> tuple[int, 
         return INFO, _line("[CONNECTED]", feed, connection=event.connection,
                            attempt=event.attempt, handshake=event.handshake_time,
                            downtime=event.downtime, subprotocol=event.subprotocol)
+    if isinstance(event, LoggedIn):
+        return INFO, _line("[LOGGED_IN]", feed, connection=event.connection,
+                           time=event.login_time)
     if isinstance(event, Subscribed):
         return INFO, _line("[SUBSCRIBED]", feed, connection=event.connection,
                            subscription=redact_text(event.subscription.label),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._config import Payload, Subscription
+from ._config import Payload, Subscription, callable_name
 from ._errors import LocalProtocolError
 from ._health import after
 
@@ -67,21 +67,23 @@ class Subscriptions:
         Raises :class:`LocalProtocolError`, changing nothing, if a
         subscription with the same message is already there.
         """
-        if any(s.payload == sub.payload for s in self._list):
+        if any(s.key == sub.key for s in self._list):
             raise LocalProtocolError(f"already subscribed: {sub.label}")
         self._list.append(sub)
         if sent_at is not None and sub.ack is not None:
             self.pending[id(sub)] = after(sent_at, sub.ack_timeout)
 
-    def remove(self, payload: Payload) -> Subscription:
-        """Forget the subscription whose message is *payload* and its pending
-        ACK; raises :class:`LocalProtocolError`, changing nothing, if there is
-        none."""
+    def remove(self, key: object) -> Subscription:
+        """Forget the subscription whose :attr:`~Subscription.key` is *key*
+        (its encoded message, or the callable that builds it) and its
+        pending ACK; raises :class:`LocalProtocolError`, changing nothing,
+        if there is none."""
         for sub in self._list:
-            if sub.payload == payload:
+            if sub.key == key:
                 break
         else:
-            raise LocalProtocolError(f"not subscribed: {payload!r:.60}")
+            shown = f"{key!r:.60}" if isinstance(key, (str, bytes)) else callable_name(key)
+            raise LocalProtocolError(f"not subscribed: {shown}")
         self._list.remove(sub)
         self.pending.pop(id(sub), None)
         return sub

@@ -11,8 +11,10 @@ never turns into an endless reconnect loop.
 
 Credentials in the URL (``wss://user:pass@host/``) are moved into an
 ``Authorization: Basic`` header, as browsers and websockets do.  The
-:func:`redact_url` function removes user info and the values of query
-parameters that look like secrets, for log lines and events.
+:func:`redact_url` function removes user info, the values of query
+parameters that look like secrets, and path segments that look like tokens
+(a listen key, a JWT: 24 or more URL-safe characters mixing letters and
+digits), for log lines and events.
 """
 
 from __future__ import annotations
@@ -137,6 +139,16 @@ def _is_secret(name: str) -> bool:
     return any(word in lowered for word in SECRET_WORDS)
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9_~.=+-]{24,}")
+
+
+def _looks_like_token(segment: str) -> bool:
+    """A path segment that is probably a credential (a listen key, a JWT):
+    24 or more URL-safe characters with both letters and digits."""
+    return (_TOKEN.fullmatch(segment) is not None and any(c.isdigit() for c in segment)
+            and any(c.isalpha() for c in segment))
+
+
 def redact_url(url: str) -> str:
     """Return *url* with user info and secret-looking query values hidden.
 
@@ -157,5 +169,6 @@ def redact_url(url: str) -> str:
             query = urlencode(
                 [(k, REDACTED if _is_secret(k) else v) for k, v in pairs], safe="*"
             )
-    out = f"{parts.scheme}://{netloc}{parts.path}"
+    path = "/".join(REDACTED if _looks_like_token(seg) else seg for seg in parts.path.split("/"))
+    out = f"{parts.scheme}://{netloc}{path}"
     return out + ("?" + query if query else "")

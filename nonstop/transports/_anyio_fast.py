@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from ..core import CloseTransport, FeedCore, Messages, OpenTransport
+from ..core import CloseTransport, FeedCore, FetchUrl, Messages, OpenTransport
 from ._anyio import AsyncFeed
 from ._anyio_loop import Stream
 from ._common import HANDBACK, DriverOptions, ReadSize
@@ -241,7 +241,7 @@ class FastAsyncFeed(AsyncFeed):
                 event = stash.pop(0)
                 if type(event) is Messages:
                     session.deliver(event, now)
-                elif isinstance(event, (OpenTransport, CloseTransport)):
+                elif isinstance(event, (FetchUrl, OpenTransport, CloseTransport)):
                     await self._apply(event)
                 else:
                     assert not isinstance(event, Messages)

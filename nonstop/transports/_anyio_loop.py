@@ -40,6 +40,7 @@ the stream: no task, socket or file descriptor is left behind.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import socket
 import ssl
@@ -55,6 +56,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 from ..core import (
     CloseTransport,
     FeedCore,
+    FetchUrl,
     OpenTransport,
     State,
 )
@@ -190,7 +192,7 @@ class AnyioLoop(Feed):
     def __init__(self, core: FeedCore, options: DriverOptions) -> None:
         super().__init__(core, options)
         self._stream: Stream | None = None
-        self._pending_open: OpenTransport | None = None
+        self._pending_open: FetchUrl | OpenTransport | None = None
         self._endpoint: Endpoint | None = None  # (host, port, TLS name) of the stream
         self._wait_scope: _Scope | None = None
         self._in_connect = False
@@ -299,8 +301,8 @@ class AnyioLoop(Feed):
         if len(self._buffer) > queued:
             self._has_data.set()
 
-    async def _apply(self, effect: OpenTransport | CloseTransport) -> None:
-        if isinstance(effect, OpenTransport):
+    async def _apply(self, effect: FetchUrl | OpenTransport | CloseTransport) -> None:
+        if not isinstance(effect, CloseTransport):
             self._pending_open = effect
             return
         self._pending_open = None
@@ -352,8 +354,11 @@ class AnyioLoop(Feed):
         if deadline is not None and now >= deadline:
             self._session.handle_timer(max(deadline, now))
 
-    async def _open(self, effect: OpenTransport) -> None:
+    async def _open(self, effect: FetchUrl | OpenTransport) -> None:
         self._pending_open = None
+        if isinstance(effect, FetchUrl):
+            await self._fetch_url()
+            return
         self._endpoint = (effect.host, effect.port, effect.server_hostname)
         core = self._core
         self._in_connect = True
@@ -373,6 +378,27 @@ class AnyioLoop(Feed):
         self._stream = stream
         self._opened(stream)
         core.transport_opened(self._clock())
+
+    async def _fetch_url(self) -> None:
+        """Ask the URL provider (within the wait's scope: the core's connect
+        deadline) and hand its answer to the core."""
+        core = self._core
+        provider = core.config.url_provider
+        assert provider is not None
+        self._session.release()  # (the call may wait)
+        self._in_connect = True
+        try:
+            url = provider()
+            if inspect.isawaitable(url):
+                url = await url
+        except Exception as exc:
+            if core.state is State.CONNECTING:  # (a stop may have come meanwhile)
+                core.url_failed(exc, self._clock())
+            return
+        finally:
+            self._in_connect = False
+        if core.state is State.CONNECTING:
+            core.url_fetched(url, self._clock())
 
     async def _connect(self, effect: OpenTransport, reads: ReadSize) -> Stream:
         """Open the connection *effect* asks for."""

@@ -46,7 +46,9 @@ import threading
 import time
 
 from ..core import (
+    CloseTransport,
     FeedCore,
+    FetchUrl,
     OpenTransport,
     State,
 )
@@ -75,7 +77,10 @@ class BlockingLoop(Feed):
         self._dial: SelectorDial | None = None
         self._tls: ssl.SSLSocket | None = None  # a TLS handshake in progress
         self._effect: OpenTransport | None = None  # the connect in progress
-        self._pending_open: OpenTransport | None = None
+        self._pending_open: FetchUrl | OpenTransport | None = None
+        #: The URL provider's answer, from its thread: ``(url, None)`` or
+        #: ``(None, error)`` once it returned (``None``: no call outstanding).
+        self._fetch: list[tuple[object, BaseException | None]] | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -185,13 +190,14 @@ class BlockingLoop(Feed):
                 self._cond.notify_all()  # messages or events for consumers and waiters
             if effect is None:
                 return
-            if isinstance(effect, OpenTransport):
+            if not isinstance(effect, CloseTransport):
                 self._pending_open = effect
             else:
                 self._pending_open = None
                 self._drop_socket(abort=effect.abort)
 
     def _drop_socket(self, *, abort: bool) -> None:
+        self._fetch = None  # a provider call still running is abandoned
         dial, self._dial = self._dial, None
         if dial is not None:
             dial.close()
@@ -217,8 +223,14 @@ class BlockingLoop(Feed):
         with self._cond:
             deadline = self._session.prepare_wait(time.monotonic())
             held = self._buffer.held
-        if self._pending_open is not None:
-            self._begin_connect(self._pending_open)
+        if self._fetch:
+            self._take_url()
+            return
+        pending = self._pending_open
+        if isinstance(pending, FetchUrl):
+            self._begin_fetch()
+        elif pending is not None:
+            self._begin_connect(pending)
             return
         self._watch(not held)
         now = time.monotonic()
@@ -278,6 +290,38 @@ class BlockingLoop(Feed):
         self._reading = reading
 
     # -- connecting, without blocking the loop --------------------------
+    def _begin_fetch(self) -> None:
+        """Call the URL provider in a thread of its own, so that this loop
+        keeps its deadlines (the core's connect timeout ends the wait) and
+        hears a stop; the answer wakes the loop."""
+        self._pending_open = None
+        provider = self._core.config.url_provider
+        assert provider is not None
+        box: list[tuple[object, BaseException | None]] = []
+        self._fetch = box
+
+        def call() -> None:
+            try:
+                box.append((provider(), None))
+            except Exception as exc:
+                box.append((None, exc))
+            self._wake()
+
+        threading.Thread(target=call, name=f"nonstop url provider {self._core.config.label}",
+                         daemon=True).start()
+
+    def _take_url(self) -> None:
+        """The provider answered: hand its URL (or its error) to the core."""
+        box, self._fetch = self._fetch, None
+        assert box
+        url, error = box[0]
+        with self._cond:
+            now = time.monotonic()
+            if error is not None:
+                self._core.url_failed(error, now)
+            else:
+                self._core.url_fetched(url, now)
+
     def _begin_connect(self, effect: OpenTransport) -> None:
         self._pending_open = None
         self._effect = effect

@@ -339,7 +339,7 @@ class Observer:
     def gave_up(self) -> FeedGaveUp | None:
         stopped = self.stopped
         if stopped is not None and stopped.reason is not Reason.STOPPED:
-            return FeedGaveUp(stopped)
+            return FeedGaveUp.of(stopped)
         return None
 
     def ended_before(self, kind: type) -> NoReturn:

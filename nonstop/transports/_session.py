@@ -45,6 +45,7 @@ from ..core import (
     Disconnected,
     Event,
     FeedCore,
+    FetchUrl,
     Gap,
     Messages,
     Metrics,
@@ -63,6 +64,8 @@ from ._tls import TlsSessions
 __all__ = ["Session", "Waiter", "Feed", "matcher", "confirms", "notify"]
 
 E = TypeVar("E", bound=AppEvent)
+#: The core's orders to the driver (every other event is the application's).
+EFFECTS = (FetchUrl, OpenTransport, CloseTransport)
 
 
 @dataclass(slots=True, eq=False)
@@ -171,14 +174,14 @@ class Session:
         """A deadline of :meth:`prepare_wait`'s passed: the jobs due."""
         self.core.handle_timer(now)
 
-    def effect(self, now: float) -> OpenTransport | CloseTransport | None:
+    def effect(self, now: float) -> FetchUrl | OpenTransport | CloseTransport | None:
         """Drain the core's events up to the next effect for the driver:
         messages are queued, lifecycle events observed.  ``None``: drained."""
         core = self.core
         while (event := core.next_event()) is not None:
             if type(event) is Messages:
                 self.deliver(event, now)
-            elif isinstance(event, (OpenTransport, CloseTransport)):
+            elif isinstance(event, EFFECTS):
                 return event
             else:
                 assert not isinstance(event, Messages)
@@ -237,7 +240,7 @@ class Session:
         if after_stop is not State.STOPPED:  # it was open or closing: the transport is gone
             core.transport_failed(ConnectionAbortedError("the feed's driver ended"), now)
         while (event := core.next_event()) is not None:
-            if not isinstance(event, (Messages, OpenTransport, CloseTransport)):
+            if not isinstance(event, (Messages, FetchUrl, OpenTransport, CloseTransport)):
                 self.observe(event)
 
     def metrics(self, now: float) -> Metrics:

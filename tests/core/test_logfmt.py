@@ -45,7 +45,7 @@ def disconnected(**overrides: object) -> Disconnected:
 
 
 def test_keywords() -> None:
-    assert KEYWORDS == ("[CONNECTING]", "[CONNECTED]", "[SUBSCRIBED]", "[DISCONNECTED]",
+    assert KEYWORDS == ("[CONNECTING]", "[CONNECTED]", "[LOGGED_IN]", "[SUBSCRIBED]", "[DISCONNECTED]",
                         "[GAP]", "[ROTATING]", "[RECONNECTING]", "[ALERT]", "[STOPPED]")
 
 
