@@ -136,8 +136,8 @@ _set_received_at = Messages.__dict__["received_at"].__set__
 _RECEIVING = (State.HANDSHAKING, State.OPEN, State.CLOSING, State.STOPPING)
 # Words of a login or a built message that may be secrets (a signature, a
 # token, a listen key): kept to scrub them from details before they are
-# emitted.
-_SECRET_WORD = re.compile(r"[A-Za-z0-9+/=_.~-]{16,}")
+# emitted (with and without "/": base64 has it, paths are split by it).
+_SECRET_WORDS = (re.compile(r"[A-Za-z0-9+/=_.~-]{16,}"), re.compile(r"[A-Za-z0-9+=_.~-]{16,}"))
 #: How many such words are remembered (the latest connections' worth).
 _SECRETS_KEPT = 64
 
@@ -871,7 +871,8 @@ class FeedCore:
         """Keep the secret-looking words of a built message or a provided
         URL, to scrub them from what is emitted (:meth:`_scrub`)."""
         if isinstance(text, str):
-            self._secrets.extend(_SECRET_WORD.findall(text))
+            for pattern in _SECRET_WORDS:
+                self._secrets.extend(pattern.findall(text))
 
     def _scrub(self, text: str) -> str:
         """*text* without credentials: :func:`redact_text`, and every word
@@ -992,8 +993,8 @@ class FeedCore:
             self._login_due = None
             self._rejections = 0
             kept.pop()
-            if kept:  # what came before the ACK, before LoggedIn
-                self._emit_messages(kept, now)
+            if kept:  # what came before the ACK, before LoggedIn (a copy: the event keeps it)
+                self._emit_messages(kept.copy(), now)
                 kept.clear()
             assert self._opened_at is not None
             self._events.append(LoggedIn(connection=self._connections,
