@@ -8,6 +8,10 @@
   handshakes.
 * :class:`ThreadedFeedServer`: the same server on its own event loop in a
   daemon thread, for blocking code (:meth:`FeedServer.run_in_thread`).
+* :class:`HmacLogin`, :class:`TokenSubscriptions`, :class:`ListenKeys`: the
+  server's optional authentication checks (``FeedServer(auth=...)``), as
+  private feeds have them: a signed first-message login, HMAC tokens on
+  subscriptions, one-time listen keys fetched over plain HTTP.
 * :class:`ConnectionInfo`: what the server recorded about one connection.
 * :class:`FakeClock`: a monotonic fake clock for driving the sans-IO core.
 
@@ -30,6 +34,7 @@ Example (blocking)::
 
 from __future__ import annotations
 
+from ._auth import HmacLogin, ListenKeys, TokenSubscriptions
 from ._clock import FakeClock
 from ._faults import DEFAULT_GARBAGE, Fault
 from ._records import ConnectionInfo
@@ -43,4 +48,7 @@ __all__ = [
     "ConnectionInfo",
     "FakeClock",
     "DEFAULT_GARBAGE",
+    "HmacLogin",
+    "TokenSubscriptions",
+    "ListenKeys",
 ]

@@ -9,7 +9,8 @@ of its own:
 * the *reader*: TLS handshake (if any), the HTTP upgrade, then every frame the
   client sends (text/binary messages, pings, close);
 * the *streamer*, started once the upgrade is answered: a numbered message
-  every ``interval`` seconds;
+  every ``interval`` seconds (on an :class:`~._auth.HmacLogin` server, once
+  the client has logged in);
 * the *handshake watchdog*: closes connections that do not finish the upgrade
   within ``handshake_timeout``;
 * short-lived *fault tasks* for faults that write frames (GARBAGE, HALF_FRAME,
@@ -34,6 +35,19 @@ The socket is always closed in a ``finally`` after every task that used it
 has finished, so nothing leaks and no event loop keeps watching a closed
 descriptor.
 
+Authentication (the server's ``auth``, :mod:`._auth`).  The checks are the
+server's :class:`~._auth.AuthGate`'s; this module only routes messages to
+them and writes the answers.  :class:`~._auth.HmacLogin`: the first message
+of an upgraded connection goes to the gate, and until it passes nothing
+streams and every other message closes the connection (1008).
+:class:`~._auth.TokenSubscriptions`: each subscription's token goes to the
+gate before the subscription is recorded and acknowledged.
+:class:`~._auth.ListenKeys`: before wsproto sees anything, the reader peeks
+at the request head with its own ``h11`` parser (:meth:`Connection._route`);
+a request for ``/listenKey`` is answered there as plain HTTP, anything else
+is handed to wsproto unchanged (same bytes, same errors as on any server),
+and the upgrade itself must target ``/ws/KEY`` with a key the gate issued.
+
 Numbering.  A streamed message's global sequence number is taken from the
 server and committed back (:meth:`ConnectionOwner._commit`) in the same
 synchronous step in which the first byte of its frame is handed to the kernel
@@ -46,13 +60,16 @@ what it uses, so this module does not depend on the server's class.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Final, Protocol
 
 import anyio
+import h11
 from anyio.abc import TaskGroup
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -68,6 +85,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
+from ._auth import AuthGate, AuthMode, ListenKeys, TokenSubscriptions, login_ack, token_error
 from ._faults import Fault, Pending, play_frame_fault
 from ._records import Record
 from ._wire import Wire
@@ -78,6 +96,8 @@ __all__ = ["Connection", "ConnectionOwner"]
 logger = logging.getLogger("nonstop.testing")
 
 _OPEN = ConnectionState.OPEN
+#: The largest body accepted on ``POST /listenKey``.
+_MAX_HTTP_BODY: Final = 1 << 16
 
 
 class ConnectionOwner(Protocol):
@@ -93,6 +113,8 @@ class ConnectionOwner(Protocol):
     interval: float | None
     max_messages: int | None
     shared_stream: bool
+    auth: AuthMode | None
+    _gate: AuthGate
     _accept_headers: list[tuple[bytes, bytes]]
     _payload: str
     _no_ack: bool
@@ -109,6 +131,7 @@ class ConnectionOwner(Protocol):
     def _record_subscription(self, conn: Connection, message: str) -> None: ...
     def _commit(self, conn: Connection, seq: int) -> None: ...
     def _commit_shared(self, conn: Connection, seq: int) -> None: ...
+    def _record_auth(self, conn: Connection, outcome: str) -> None: ...
     async def _wait_resumed(self) -> None: ...
 
 
@@ -133,6 +156,11 @@ class Connection:
         self.drain_scope: anyio.CancelScope | None = None
         self.tg: TaskGroup | None = None
         self.subscribed = anyio.Event()
+        #: Set once the client may receive data: at once, or after its login
+        #: on an HmacLogin server.
+        self.logged_in = anyio.Event()
+        if not server._gate.needs_login:
+            self.logged_in.set()
         self._text: list[str] = []
         self._binary: list[bytes] = []
         self._size = 0
@@ -241,6 +269,13 @@ class Connection:
             await self.wire.handshake()
             if self.record.phase == "tls":
                 self.record.phase = "handshake"
+        if isinstance(self.server.auth, ListenKeys):
+            head = await self._route()
+            if head is None:
+                if self.record.phase != "stalled":
+                    return  # answered, or the client left
+            elif not await self._feed(head):
+                return
         while True:
             data = await self.wire.recv()
             if not data:
@@ -248,14 +283,114 @@ class Connection:
                 return
             if self.record.phase == "stalled":
                 continue
-            try:
-                self.ws.receive_data(data)
-                for event in self.ws.events():
-                    if not await self._on_event(event):
-                        return
-            except RemoteProtocolError as exc:
-                await self._bad_request(exc)
+            if not await self._feed(data):
                 return
+
+    async def _feed(self, data: bytes) -> bool:
+        """Hand received bytes to wsproto and handle its events; False ends the connection."""
+        try:
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if not await self._on_event(event):
+                    return False
+        except RemoteProtocolError as exc:
+            await self._bad_request(exc)
+            return False
+        return True
+
+    # -- plain HTTP (ListenKeys) -------------------------------------------
+
+    async def _route(self) -> bytes | None:
+        """Read the request head with a private h11 parser: answer ``/listenKey``
+        here (None: done, or stalled if silent), or return every byte read so
+        far, for wsproto."""
+        peek = h11.Connection(h11.SERVER)
+        head = bytearray()
+        while True:
+            data = await self.wire.recv()
+            if not data:
+                self.finish(Fault.CLOSE, "client closed the connection")
+                return None
+            head += data
+            peek.receive_data(data)
+            try:
+                event = peek.next_event()
+            except h11.RemoteProtocolError:
+                return bytes(head)  # wsproto rejects it as on any server
+            if event is h11.NEED_DATA:
+                continue
+            if isinstance(event, h11.Request):
+                target = event.target.decode("ascii", "replace")
+                path, _, query = target.partition("?")
+                if path == ListenKeys.ISSUE_PATH:
+                    self.record.path, self.record.query = path, query
+                    self.record.headers = tuple(
+                        (bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1"))
+                        for k, v in event.headers
+                    )
+                    self.server._notify()
+                    await self._issue_listen_key(peek, event)
+                    return None
+            return bytes(head)
+
+    async def _issue_listen_key(self, peek: h11.Connection, request: h11.Request) -> None:
+        """Answer a request for ``/listenKey``: 200 and a key for POST, 405 otherwise."""
+        method = request.method.decode("ascii", "replace")
+        if method != "POST":
+            if not await self._http_answer(405, [("Allow", "POST")], b"use POST /listenKey\n"):
+                return
+            self.record.rejected = 405
+            self.record.phase = "rejected"
+            self.finish(Fault.CLOSE, f"answered {method} /listenKey with 405")
+            return
+        if peek.they_are_waiting_for_100_continue:
+            await self.wire.send(lambda: None if self.silent else b"HTTP/1.1 100 Continue\r\n\r\n")
+        size = 0
+        while True:  # read the body (any), so that closing does not reset the connection
+            try:
+                event = peek.next_event()
+            except h11.RemoteProtocolError as exc:
+                if await self._http_answer(400, [], f"{exc}\n".encode()):
+                    self.finish(Fault.CLOSE, f"bad request: {exc}")
+                return
+            if isinstance(event, h11.EndOfMessage):
+                break
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > _MAX_HTTP_BODY:
+                    if await self._http_answer(413, [], b"body too large\n"):
+                        self.finish(Fault.CLOSE, "listen key request body too large")
+                    return
+            elif event is h11.NEED_DATA:
+                data = await self.wire.recv()
+                if not data:
+                    self.finish(Fault.CLOSE, "client closed the connection")
+                    return
+                peek.receive_data(data)
+            else:  # PAUSED: the message is over
+                break
+        if self.silent:
+            self._stall()
+            return
+        key = self.server._gate.issue_listen_key()
+        self.server._notify()
+        body = json.dumps({"listenKey": key}, separators=(",", ":")).encode()
+        if await self._http_answer(200, [], body, "application/json"):
+            self.finish(Fault.CLOSE, "answered POST /listenKey with 200")
+
+    async def _http_answer(
+        self, status: int, headers: list[tuple[str, str]], body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+    ) -> bool:
+        """Write one complete HTTP response (Connection: close); if silent,
+        stall instead and return False."""
+        self.watchdog.cancel()
+        if await self.wire.send(
+            lambda: None if self.silent else http_response(status, headers, body, content_type)
+        ):
+            return True
+        self._stall()
+        return False
 
     async def _on_event(self, event: Event) -> bool:
         """Handle one event; False ends the connection."""
@@ -311,22 +446,12 @@ class Connection:
             return True
         if pending is not None and pending.reject is not None:
             reject = pending.reject
+            return await self._reject(reject.status, reject.headers, reject.body)
 
-            def response() -> bytes | None:
-                if self.silent:
-                    return None
-                return http_response(reject.status, reject.headers, reject.body)
-
-            if not await self.wire.send(response):
-                self._stall()
-                return True
-            record.rejected = reject.status
-            record.phase = "rejected"
-            self.watchdog.cancel()
-            server._rejected += 1
-            server._notify()
-            record.ended_by = f"rejected with {reject.status}"
-            return False
+        keyed = isinstance(server.auth, ListenKeys)
+        if keyed and not server._gate.use_listen_key(path):
+            refused = ListenKeys.REFUSED
+            return await self._reject(401, (), f"{refused}\n".encode(), f"rejected: {refused}")
 
         subprotocol = server.subprotocol if server.subprotocol in event.subprotocols else None
 
@@ -344,9 +469,32 @@ class Connection:
             self._stall()
             return True
         self.watchdog.cancel()
+        if keyed:
+            server._record_auth(self, "accepted")
         if self.tg is not None and not server.shared_stream:
             self.tg.start_soon(self._guard, self._streamer, False)
         return True
+
+    async def _reject(
+        self, status: int, headers: Iterable[tuple[str, str]], body: bytes, outcome: str | None = None
+    ) -> bool:
+        """Answer the upgrade request with an HTTP error (``outcome``: for the
+        auth log); if silent, stall instead.  False ends the connection."""
+        server = self.server
+        record = self.record
+        if not await self.wire.send(lambda: None if self.silent else http_response(status, headers, body)):
+            self._stall()
+            return True
+        record.rejected = status
+        record.phase = "rejected"
+        self.watchdog.cancel()
+        server._rejected += 1
+        if outcome is not None:
+            server._record_auth(self, outcome)  # notifies
+        else:
+            server._notify()
+        record.ended_by = f"rejected with {status}"
+        return False
 
     def _stall(self) -> None:
         self.record.phase = "stalled"
@@ -387,26 +535,59 @@ class Connection:
         else:
             message, self._binary = b"".join(self._binary), []
         self._size = 0
-        await self._on_message(message)
-        return True
+        return await self._on_message(message)
 
-    async def _on_message(self, message: str | bytes) -> None:
+    async def _on_message(self, message: str | bytes) -> bool:
+        """Handle one whole client message; False ends the connection."""
         server = self.server
         server._record_received(self, message)
+        if not self.logged_in.is_set():
+            return await self._on_login(message)
         if isinstance(message, bytes):
             if message.startswith(b"echo:"):
                 await self.wire.send(lambda: self._data(message))
-            return
+            return True
         if message.startswith("echo:"):
             await self.wire.send(lambda: self._data(message))
-            return
+            return True
         if not is_subscription(message):
-            return
+            return True
+        if isinstance(server.auth, TokenSubscriptions):
+            reason = server._gate.check_token(message, self.record.tcp, time.time())
+            if reason is not None:
+                server._record_auth(self, f"rejected: {reason}")
+                error = token_error(message, reason)
+                await self.wire.send(lambda: self._data(error))
+                await self._refuse(reason)
+                return False
+            server._record_auth(self, "accepted")
         server._record_subscription(self, message)
         if server.ack:
             ack = ack_message(message)
             await self.wire.send(lambda: None if server._no_ack else self._data(ack))
         self.subscribed.set()
+        return True
+
+    async def _on_login(self, message: str | bytes) -> bool:
+        """The first message on an HmacLogin server: accept it or close with 1008."""
+        server = self.server
+        reason = server._gate.check_login(message, time.time())
+        if reason is not None:
+            server._record_auth(self, f"rejected: {reason}")
+            await self._refuse(reason)
+            return False
+        server._record_auth(self, "accepted")
+        ack = login_ack()
+        await self.wire.send(lambda: self._data(ack))
+        self.logged_in.set()  # after the answer: it comes before the first streamed message
+        server._notify()
+        return True
+
+    async def _refuse(self, reason: str) -> None:
+        """Close with 1008 (policy violation) and ``reason`` (RFC 6455 7.4.1)."""
+        close = CloseConnection(code=1008, reason=reason)
+        await self.wire.send(lambda: self._control(close))
+        self.finish(Fault.CLOSE, f"auth refused: {reason}")
 
     async def _on_close(self, event: CloseConnection) -> bool:
         state = self.ws.state
@@ -435,6 +616,7 @@ class Connection:
 
     async def _streamer(self) -> None:
         server = self.server
+        await self.logged_in.wait()
         if server.require_subscription:
             await self.subscribed.wait()
         interval = server.interval
@@ -457,6 +639,7 @@ class Connection:
         """Numbered messages may go out on this connection now."""
         return (self.record.phase == "open" and self.end is None and not self.silent
                 and not self.muted and not self.closing and self.ws.state is _OPEN
+                and self.logged_in.is_set()
                 and (not self.server.require_subscription or self.subscribed.is_set()))
 
     async def send_shared(self, seq: int) -> None:

@@ -32,7 +32,7 @@ receiving kernel discard what it has not handed over yet), which a test of
 in-process loss must tell apart from its client losing messages.
 
 Bounds.  The record lists (:attr:`received`, :attr:`history`,
-:attr:`sent_log`, :attr:`subscriptions`) keep the most recent
+:attr:`sent_log`, :attr:`subscriptions`, :attr:`auth_log`) keep the most recent
 ``record_limit`` entries; the counters stay exact.
 
 Threads.  The ledger belongs to the event loop that runs the server;
@@ -66,6 +66,7 @@ class FeedLedger:
         self._received: deque[tuple[int, str | bytes]] = deque(maxlen=record_limit)
         self._subscriptions: deque[tuple[int, str]] = deque(maxlen=record_limit)
         self._sent_log: deque[tuple[int, int]] = deque(maxlen=record_limit)
+        self._auth_log: deque[tuple[int, str]] = deque(maxlen=record_limit)
         self._pending: deque[Pending] = deque()
         self._paused = False  # pause_streaming() in effect
         self._resumed: anyio.Event | None = None  # streamers waiting for resume_streaming()
@@ -116,6 +117,10 @@ class FeedLedger:
 
     def _record_subscription(self, conn: Connection, message: str) -> None:
         self._subscriptions.append((conn.record.number or 0, message))
+
+    def _record_auth(self, conn: Connection, outcome: str) -> None:
+        self._auth_log.append((conn.record.number or 0, outcome))
+        self._notify()
 
     def _commit(self, conn: Connection, seq: int) -> None:
         assert seq == self._seq + 1
@@ -267,6 +272,17 @@ class FeedLedger:
     def subscriptions(self) -> list[tuple[int, str]]:
         """``(connection_number, message)`` for every subscription received (recent ones)."""
         return list(self._subscriptions)
+
+    @property
+    def auth_log(self) -> list[tuple[int, str]]:
+        """``(connection_number, outcome)`` for every authentication decision (recent ones).
+
+        ``outcome`` is ``"accepted"`` or ``"rejected: REASON"`` (e.g.
+        ``"rejected: stale timestamp"``); see the server's ``auth`` parameter.
+        The number is 0 for a connection that was never upgraded (a listen
+        key refused with 401).
+        """
+        return list(self._auth_log)
 
     @property
     def history(self) -> list[ConnectionInfo]:

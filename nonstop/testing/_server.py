@@ -11,10 +11,11 @@ break in every way a real feed or network breaks, on command
 This module is the server's frame: its parameters, its lifetime and its
 commands.  The parts live beside it: :mod:`._listening` (listening sockets,
 REFUSE/RESTORE), :mod:`._connection` (one task per connection: upgrade,
-reading, streaming, ending), :mod:`._faults` (what each fault is and the
-scripts of the frame faults), :mod:`._ledger` (counters, records, waiting,
-the streaming pause, which :class:`FeedServer` inherits), :mod:`._wire` and
-:mod:`._wire_format` (bytes on the socket).
+reading, streaming, ending), :mod:`._auth` (the optional authentication
+checks: signed login, subscription tokens, listen keys), :mod:`._faults`
+(what each fault is and the scripts of the frame faults), :mod:`._ledger`
+(counters, records, waiting, the streaming pause, which :class:`FeedServer`
+inherits), :mod:`._wire` and :mod:`._wire_format` (bytes on the socket).
 
 Tasks.  ``async with server`` binds the listening socket(s) and opens a task
 group, which holds the accept tasks and one task per accepted TCP
@@ -57,6 +58,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
+from ._auth import AuthGate, AuthMode, HmacLogin, ListenKeys, TokenSubscriptions
 from ._checks import check_int, headers_param, int_param, opt_seconds, seconds
 from ._connection import Connection
 from ._faults import Fault, Pending, check_names, connection_target, frame_params, reject_spec
@@ -123,6 +125,15 @@ class FeedServer(FeedLedger):
     * ``max_connections``: connections beyond this many are closed at once.
     * ``max_message_size``: larger client messages are closed with 1009.
     * ``record_limit``: how many entries each record list keeps.
+    * ``auth``: an authentication check, as private feeds have them
+      (:mod:`nonstop.testing._auth` has the exact wire formats):
+      :class:`~nonstop.testing.HmacLogin` (the first message must be a signed
+      login; nothing streams before it), :class:`~nonstop.testing.TokenSubscriptions`
+      (each subscription carries a one-connection HMAC token) or
+      :class:`~nonstop.testing.ListenKeys` (``POST /listenKey`` over plain
+      HTTP gives a key, the upgrade must target ``/ws/KEY``, each key works
+      once).  Refusals close with 1008 (HTTP 401 for listen keys); every
+      decision is recorded in :attr:`auth_log`.  ``None``: no checks.
     """
 
     def __init__(
@@ -145,6 +156,7 @@ class FeedServer(FeedLedger):
         max_connections: int = 128,
         max_message_size: int = 1 << 20,
         record_limit: int = 10_000,
+        auth: HmacLogin | TokenSubscriptions | ListenKeys | None = None,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a non-empty str, got {host!r}")
@@ -185,6 +197,9 @@ class FeedServer(FeedLedger):
         #: Largest client message accepted, in bytes (characters for text).
         self.max_message_size = check_int("max_message_size", max_message_size, 1, 1 << 40)
         self._record_limit = check_int("record_limit", record_limit, 1, 1 << 30)
+        self._gate = AuthGate(auth, self._record_limit)
+        #: The authentication check, or None.
+        self.auth: AuthMode | None = auth
 
         FeedLedger.__init__(self, self._record_limit)
         self._listening = Listening(host, port, self._start, self._notify)
@@ -360,8 +375,9 @@ class FeedServer(FeedLedger):
     def broadcast(self, message: str | bytes) -> int:
         """Send ``message`` (unnumbered) on every open connection; return how many.
 
-        Silent, muted, closing and ending connections are skipped.  The sends happen as soon
-        as the connection tasks run.
+        Silent, muted, closing and ending connections are skipped, and so are
+        connections that have not logged in yet (``auth=HmacLogin(...)``).
+        The sends happen as soon as the connection tasks run.
         """
         self._check_thread()
         if not isinstance(message, (str, bytes)):
@@ -370,7 +386,7 @@ class FeedServer(FeedLedger):
         for conn in list(self._conns):
             tg = conn.tg
             if conn.phase == "open" and conn.end is None and not conn.silent and not conn.muted \
-                    and not conn.closing and tg is not None:
+                    and not conn.closing and conn.logged_in.is_set() and tg is not None:
                 tg.start_soon(conn._guard, functools.partial(conn.send_message, message), False)
                 count += 1
         return count
@@ -390,6 +406,19 @@ class FeedServer(FeedLedger):
         scheme = "wss" if self.ssl_context is not None else "ws"
         host = f"[{self.url_host}]" if ":" in self.url_host else self.url_host
         return f"{scheme}://{host}:{self.port}/"
+
+    @property
+    def http_url(self) -> str:
+        """``http://HOST:PORT/`` (``https://`` with TLS): :attr:`url` for plain
+        HTTP, the base of ``POST /listenKey`` (:class:`ListenKeys`)."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        host = f"[{self.url_host}]" if ":" in self.url_host else self.url_host
+        return f"{scheme}://{host}:{self.port}/"
+
+    @property
+    def listen_keys_issued(self) -> int:
+        """Number of listen keys issued by ``POST /listenKey`` so far (:class:`ListenKeys`)."""
+        return self._gate.listen_keys_issued
 
     @property
     def running(self) -> bool:

@@ -94,6 +94,12 @@ class FeedServerLike(Protocol):
     def subscriptions(self) -> list[tuple[int, str]]: ...
     @property
     def history(self) -> list[ConnectionInfo]: ...
+    @property
+    def auth_log(self) -> list[tuple[int, str]]: ...
+    @property
+    def listen_keys_issued(self) -> int: ...
+    @property
+    def http_url(self) -> str: ...
 
 
 class ThreadedFeedServer:
@@ -251,6 +257,11 @@ class ThreadedFeedServer:
         return self._call(lambda: self.server.url)
 
     @property
+    def http_url(self) -> str:
+        """:attr:`FeedServer.http_url`."""
+        return self._call(lambda: self.server.http_url)
+
+    @property
     def port(self) -> int:
         """:attr:`FeedServer.port`."""
         return self._call(lambda: self.server.port)
@@ -327,6 +338,16 @@ class ThreadedFeedServer:
     def connection(self, number: int) -> ConnectionInfo:
         """:meth:`FeedServer.connection`."""
         return self._call(lambda: self.server.connection(number))
+
+    @property
+    def auth_log(self) -> list[tuple[int, str]]:
+        """:attr:`FeedServer.auth_log`."""
+        return self._call(lambda: self.server.auth_log)
+
+    @property
+    def listen_keys_issued(self) -> int:
+        """:attr:`FeedServer.listen_keys_issued`."""
+        return self._call(lambda: self.server.listen_keys_issued)
 
     def __repr__(self) -> str:
         state = "running" if self._portal is not None else "stopped"

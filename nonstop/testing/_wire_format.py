@@ -6,10 +6,11 @@ Theory of operation
 holds the few things the server puts on the wire itself, so that their exact
 bytes are defined in one place:
 
-* :func:`http_response`: a complete ``HTTP/1.1`` error response for a
-  rejected (or malformed) upgrade request, always ``Connection: close``
-  with a ``Content-Length``, so a client can read the whole body and the
-  ``Retry-After`` header before the server hangs up;
+* :func:`http_response`: a complete ``HTTP/1.1`` response for a
+  rejected (or malformed) upgrade request or a plain HTTP request (the
+  listen-key route of :class:`~._auth.ListenKeys`), always
+  ``Connection: close`` with a ``Content-Length``, so a client can read the
+  whole body and the ``Retry-After`` header before the server hangs up;
 * the JSON texts of the feed: numbered messages (:func:`feed_message`),
   subscription acknowledgements (:func:`ack_message`) and the message whose
   frame the HALF_FRAME fault cuts in two (:func:`half_frame_message`), all
@@ -30,8 +31,14 @@ __all__ = ["ack_message", "feed_message", "half_frame_message", "http_response",
 _JSON_SEPARATORS: Final = (",", ":")
 
 
-def http_response(status: int, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
-    """A complete HTTP/1.1 response with ``status``, extra ``headers`` and a text ``body``."""
+def http_response(
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+) -> bytes:
+    """A complete HTTP/1.1 response with ``status``, extra ``headers`` and a ``body``
+    of ``content_type`` (plain text by default)."""
     try:
         phrase = http.HTTPStatus(status).phrase
     except ValueError:
@@ -39,7 +46,7 @@ def http_response(status: int, headers: Iterable[tuple[str, str]], body: bytes) 
     lines = [f"HTTP/1.1 {status} {phrase}"]
     lines += [f"{name}: {value}" for name, value in headers]
     lines += [
-        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Connection: close",
     ]
