@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 _JSON_SEPARATORS: Final = (",", ":")
-_TOKEN: Final = re.compile(r"([1-9][0-9]{0,18})\.([0-9a-f]{64})")
+_TOKEN: Final = re.compile(r"([1-9][0-9]{0,18})(\.[A-Za-z0-9_-]{1,64})?\.([0-9a-f]{64})")
 _TS_LIMIT: Final = 1 << 53
 
 
@@ -169,7 +169,10 @@ class TokenSubscriptions:
 
     The token is ``f"{exp}.{hex}"``: ``exp`` an integer Unix time in the
     future and at most ``ttl`` seconds ahead of the server's clock, ``hex``
-    lowercase hex of ``HMAC-SHA256(secret, str(exp))``.  A token is good for
+    lowercase hex of ``HMAC-SHA256(secret, str(exp))``; or, with a nonce
+    (up to 64 of ``A-Za-z0-9_-``, as a JWT's ``jti``: two tokens minted in
+    the same second differ), ``f"{exp}.{nonce}.{hex}"`` with ``hex`` over
+    ``f"{exp}.{nonce}"``.  A token is good for
     one connection: it may be used for several subscriptions on the
     connection that used it first, and is refused on any other.
     :meth:`mint` is the reference.
@@ -326,7 +329,8 @@ class AuthGate:
         if match is None:
             return "malformed token"
         exp = int(match[1])
-        if not hmac.compare_digest(match[2].encode(), hmac_sha256_hex(auth.secret, str(exp)).encode()):
+        signed = match[1] + (match[2] or "")
+        if not hmac.compare_digest(match[3].encode(), hmac_sha256_hex(auth.secret, signed).encode()):
             return "bad token signature"
         if exp <= now:
             return "expired token"

@@ -450,3 +450,15 @@ def test_a_server_without_auth_logs_nothing() -> None:
         with websockets.sync.client.connect(server.url, compression=None, close_timeout=1) as ws:
             assert json.loads(ws.recv(timeout=LIMIT))["seq"] == 1
         assert server.auth_log == [] and server.listen_keys_issued == 0
+
+
+def test_a_token_may_carry_a_nonce_so_two_in_one_second_differ() -> None:
+    gate = AuthGate(TOKENS, 100)
+    now = 1_700_000_000.0
+    claims = "1700000060.n0nce-1"
+    token = f"{claims}.{hmac_sha256_hex(TOKENS.secret, claims)}"
+    subscribe = json.dumps({"op": "subscribe", "token": token})
+    assert gate.check_token(subscribe, 1, now) is None
+    forged = f"1700000060.n0nce-2.{hmac_sha256_hex(TOKENS.secret, claims)}"
+    assert gate.check_token(json.dumps({"op": "subscribe", "token": forged}), 1, now) == (
+        "bad token signature")
