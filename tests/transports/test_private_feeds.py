@@ -38,7 +38,7 @@ API_KEY, SECRET = "key-1", "s3cret-of-the-account"
 
 def sign_login(secret: str = SECRET) -> dict[str, object]:
     """The login message, signed now over ``f"{ts}GET/realtime"``."""
-    ts = round(time.time(), 3)
+    ts = time.time()  # full precision: two legs signing in one millisecond still differ
     sig = hmac.new(secret.encode(), f"{ts}GET/realtime".encode(), hashlib.sha256).hexdigest()
     return {"op": "login", "key": API_KEY, "ts": ts, "sig": sig}
 
@@ -275,3 +275,59 @@ async def test_subscription_tokens_are_minted_for_every_connection(backend: Back
     assert all(outcome == "accepted" for _, outcome in server.auth_log)
     assert all(e.acked and e.subscription.label == "fills" for e in events
                if isinstance(e, Subscribed))
+
+
+async def test_a_login_function_that_fails_is_reported_and_retried(backend: Backend) -> None:
+    calls = []
+
+    def sign_login_flaky() -> dict[str, object]:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError("key store locked")
+        return sign_login()
+
+    events: list[Any] = []
+    server = FeedServer(interval=0.01, auth=HmacLogin(API_KEY, SECRET))
+    async with server:
+        async with backend.connect(
+            server.url, login=Login(message=sign_login_flaky, ack=login_accepted),
+            on_event=events.append, **FAST,
+        ) as feed:
+            await until_seen(events, lambda e: isinstance(e, LoggedIn))
+            with anyio.fail_after(5):
+                async for message in feed:
+                    if seq(message) is not None:
+                        break
+    failures = [e for e in events if isinstance(e, Disconnected)]
+    assert [e.reason for e in failures][:3] == [Reason.CALLBACK_ERROR] * 2 + [Reason.STOPPED]
+    assert "sign_login_flaky() raised RuntimeError: key store locked" in failures[0].detail
+    assert failures[0].code == 1011
+
+
+async def test_every_leg_of_a_redundant_feed_logs_in_on_its_own(backend: Backend) -> None:
+    built: list[dict[str, object]] = []
+
+    def login_message() -> dict[str, object]:
+        built.append(sign_login())
+        return built[-1]
+
+    events: list[Any] = []
+    server = FeedServer(interval=0.01, shared_stream=True, auth=HmacLogin(API_KEY, SECRET))
+    async with server:
+        async with backend.connect(
+            server.url, redundancy=2, sequence=seq,
+            login=Login(message=login_message, ack=login_accepted), on_event=events.append,
+            **FAST,
+        ) as feed:
+            await until_seen(events, lambda e: sum(isinstance(x, LoggedIn) for x in events) >= 2)
+            got: list[int] = []
+            with anyio.fail_after(5):
+                async for message in feed:
+                    number = seq(message)
+                    if number is not None:
+                        got.append(number)
+                    if len(got) == 20:
+                        break
+    assert [outcome for _, outcome in server.auth_log][:2] == ["accepted", "accepted"]
+    assert len({b["sig"] for b in built}) == len(built) >= 2
+    assert got == sorted(set(got))  # each number once, in order
