@@ -638,6 +638,12 @@ class FeedCore:
         return sub
 
     @property
+    def ready(self) -> bool:
+        """A connection is open and its login, if any, accepted: what
+        ``wait_connected`` waits for."""
+        return self._sending_subscriptions
+
+    @property
     def _sending_subscriptions(self) -> bool:
         """Subscriptions go out now: the connection is open and its login,
         if any, acknowledged (else they wait for the replay)."""

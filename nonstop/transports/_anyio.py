@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import anyio
 
-from ..core import AppEvent, Connected, Gap, Message, Metrics, State, Subscription
+from ..core import AppEvent, Gap, Message, Metrics, State, Subscription
 from ._anyio_loop import AnyioLoop
 from ._common import take_pending
 from ._session import Waiter, confirms, matcher
@@ -260,6 +260,8 @@ class AsyncFeed(AnyioLoop):
         return waiter.box[0] if waiter.box else None
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Return once a connection is open (at once if one is)."""
-        if self._core.state is not State.OPEN:
-            await self.wait_for(Connected, timeout=timeout)
+        """Return once a connection is open and its login, if any, accepted
+        (at once if one is)."""
+        kind = self._awaited_readiness()
+        if kind is not None:
+            await self.wait_for(kind, timeout=timeout)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TypeVar
 
-from ..core import AppEvent, Connected, Gap, Message, Metrics, State, Subscription
+from ..core import AppEvent, Gap, Message, Metrics, State, Subscription
 from ._blocking_loop import BlockingLoop
 from ._common import take_pending
 from ._session import Waiter, confirms, matcher
@@ -261,7 +261,9 @@ class SyncFeed(BlockingLoop):
         return waiter.box[0] if waiter.box else None
 
     def wait_connected(self, timeout: float | None = None) -> None:
-        """Return once a connection is open (at once if one is)."""
-        if self._core.state is not State.OPEN:
-            self.wait_for(Connected, timeout=timeout)
+        """Return once a connection is open and its login, if any, accepted
+        (at once if one is)."""
+        kind = self._awaited_readiness()
+        if kind is not None:
+            self.wait_for(kind, timeout=timeout)
 

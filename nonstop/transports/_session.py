@@ -42,11 +42,13 @@ from typing import Any, TypeVar
 from ..core import (
     AppEvent,
     CloseTransport,
+    Connected,
     Disconnected,
     Event,
     FeedCore,
     FetchUrl,
     Gap,
+    LoggedIn,
     Messages,
     Metrics,
     OpenTransport,
@@ -271,6 +273,15 @@ class Feed:
     def state(self) -> State:
         """The core's state (a :class:`~nonstop.State`)."""
         return self._core.state
+
+    def _awaited_readiness(self) -> type[Connected | LoggedIn] | None:
+        """What ``wait_connected`` waits for: ``None`` if the feed is ready
+        (a connection open, its login accepted), else the event that makes
+        it so (``LoggedIn`` with a login, ``Connected`` without)."""
+        core = self._core
+        if core.ready:
+            return None
+        return LoggedIn if core.config.login is not None else Connected
 
     def _lookup_rules(self, now: float) -> dict[str, Any]:
         """How this attempt looks its host up: may the last connection's

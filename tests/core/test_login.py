@@ -615,3 +615,17 @@ def test_url_provider_is_the_callable_or_none() -> None:
 
     assert Config(url=provider).url_provider is provider
     assert Config(url="ws://x/").url_provider is None
+
+
+def test_ready_means_open_and_logged_in() -> None:
+    pair, _ = signed_pair()
+    pair.start()
+    assert not pair.core.ready
+    pair.open()
+    pair.accept()
+    assert pair.core.state is State.OPEN and not pair.core.ready  # the login is awaited
+    pair.send_text(ACCEPTED)
+    assert pair.core.ready
+    plain = make_pair()
+    plain.connect()
+    assert plain.core.ready

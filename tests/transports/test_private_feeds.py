@@ -331,3 +331,19 @@ async def test_every_leg_of_a_redundant_feed_logs_in_on_its_own(backend: Backend
     assert [outcome for _, outcome in server.auth_log][:2] == ["accepted", "accepted"]
     assert len({b["sig"] for b in built}) == len(built) >= 2
     assert got == sorted(set(got))  # each number once, in order
+
+
+async def test_wait_connected_returns_once_the_login_is_accepted(backend: Backend) -> None:
+    server = FeedServer(interval=0.01, auth=HmacLogin(API_KEY, SECRET))
+    async with server:
+        async with backend.connect(server.url, login=Login(message=sign_login, ack=login_accepted),
+                                   **FAST) as feed:
+            with anyio.fail_after(5):
+                await feed.wait_connected()
+            assert any(isinstance(e, LoggedIn) for e in feed.history)
+            await feed.send("echo:after-login")  # the server takes it: no "login required"
+            with anyio.fail_after(5):
+                async for message in feed:
+                    if message == "echo:after-login":
+                        break
+    assert [outcome for _, outcome in server.auth_log] == ["accepted"]
