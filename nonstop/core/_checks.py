@@ -17,9 +17,11 @@ from ._errors import ConfigError
 __all__ = ["check_positive"]
 
 
-def check_positive(name: str, value: object, *, integer: bool = False, zero: bool = False) -> None:
+def check_positive(name: str, value: object, *, integer: bool = False, zero: bool = False,
+                   optional: bool = False) -> None:
     """Raise :class:`ConfigError` unless *value* is a finite positive number
-    (or zero, with ``zero=True``)."""
+    (or zero, with ``zero=True``); the error of an *optional* one (where
+    ``None`` turns it off) says so."""
     kinds: tuple[type, ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an integer" if integer else "a number of seconds"
@@ -27,4 +29,5 @@ def check_positive(name: str, value: object, *, integer: bool = False, zero: boo
     assert isinstance(value, (int, float))
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         bound = ">= 0" if zero else "> 0"
-        raise ConfigError(f"{name} must be finite and {bound}, got {value!r}; use None to disable it")
+        hint = "; use None to disable it" if optional else ""
+        raise ConfigError(f"{name} must be finite and {bound}, got {value!r}{hint}")

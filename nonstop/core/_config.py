@@ -250,7 +250,8 @@ class Login:
                 raise ConfigError(f"login reject_codes: {code!r} is not a close code (1000-4999)")
         object.__setattr__(self, "reject_codes", codes)
         if self.max_rejections is not None:
-            check_positive("login max_rejections", self.max_rejections, integer=True)
+            check_positive("login max_rejections", self.max_rejections, integer=True,
+                           optional=True)
 
     def render(self) -> Payload:
         """The login message to send now."""
@@ -294,7 +295,7 @@ class AppPing:
 
 def _check_optional(name: str, value: float | None) -> None:
     if value is not None:
-        check_positive(name, value)
+        check_positive(name, value, optional=True)
 
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -463,16 +464,17 @@ class Config:
         for name in ("ping_interval", "ping_timeout", "silence_timeout"):
             _check_optional(name, getattr(self, name))
         if self.max_attempts is not None:
-            check_positive("max_attempts", self.max_attempts, integer=True)
+            check_positive("max_attempts", self.max_attempts, integer=True, optional=True)
         if self.max_lifetime is not None:
-            check_positive("max_lifetime", self.max_lifetime)
+            check_positive("max_lifetime", self.max_lifetime, optional=True)
             if self.max_lifetime <= self.rotation_lead:
                 raise ConfigError(
                     f"max_lifetime ({self.max_lifetime!r}s) must be longer than a connect, an "
                     f"upgrade and an ACK may take ({self.rotation_lead!r}s: connect_timeout + "
                     f"handshake_timeout + the longest ack_timeout); lower those or raise it")
         if self.max_message_size is not None:
-            check_positive("max_message_size", self.max_message_size, integer=True)
+            check_positive("max_message_size", self.max_message_size, integer=True,
+                           optional=True)
         if not isinstance(self.backoff, Backoff):
             raise ConfigError(f"backoff must be a nonstop.Backoff, got {self.backoff!r}")
         if not isinstance(self.alerts, AlertPolicy):

@@ -111,7 +111,7 @@ from ._logfmt import redact_text
 from ._metrics import Metrics
 from ._state import HAS_TRANSPORT, Input, State, next_state
 from ._subscriptions import AckMatcherFailed, Subscriptions
-from ._url import Endpoint, parse_url
+from ._url import Endpoint, parse_url, redact_url
 
 __all__ = ["FeedCore"]
 
@@ -390,8 +390,12 @@ class FeedCore:
                 raise ConfigError(f"it returned a {type(url).__name__}, not a str")
             endpoint = parse_url(url)
         except ConfigError as exc:
+            why = str(exc)
+            if isinstance(url, str):  # the error quotes the URL: its key stays hidden
+                why = why.replace(url, redact_url(url))
+                self._remember_secrets(url.partition("://")[2].partition("/")[2])
             self._disconnect(now, Verdict(reason=Reason.URL_PROVIDER,
-                                          detail=f"url provider {name}() gave a bad URL: {exc}"),
+                                          detail=f"url provider {name}() gave a bad URL: {why}"),
                              abort=True)
             return
         self._endpoint = endpoint
@@ -853,8 +857,7 @@ class FeedCore:
         except ConfigError as exc:
             self._callback_failed = str(exc)  # fails the connection once this read is done
             return
-        if login.payload is None:
-            self._remember_secrets(payload)
+        self._remember_secrets(payload)  # (a fixed one may hold an API key too)
         assert self._framing is not None
         self._framing.send(payload)
         self._login_due = after(now, login.timeout)

@@ -335,11 +335,13 @@ class AlertPolicy:
 
     def __post_init__(self) -> None:
         if self.consecutive_failures is not None:
-            check_positive("alerts.consecutive_failures", self.consecutive_failures, integer=True)
+            check_positive("alerts.consecutive_failures", self.consecutive_failures, integer=True,
+                           optional=True)
         if self.down_for is not None:
-            check_positive("alerts.down_for", self.down_for)
+            check_positive("alerts.down_for", self.down_for, optional=True)
         if self.reconnects_per_minute is not None:
-            check_positive("alerts.reconnects_per_minute", self.reconnects_per_minute, integer=True)
+            check_positive("alerts.reconnects_per_minute", self.reconnects_per_minute,
+                           integer=True, optional=True)
 
 
 #: The window of "reconnects per minute", seconds: the ``reconnect_rate``

@@ -61,7 +61,16 @@ class AsyncFeed(AnyioLoop):
             await self._finish_gracefully()
         finally:
             self._tg.cancel_scope.cancel()
-            result = await self._tg.__aexit__(exc_type, exc, tb)
+            try:
+                result = await self._tg.__aexit__(exc_type, exc, tb)
+            except BaseException as raised:
+                if exc is None or not _only(raised, exc):
+                    raise
+                # The body's own exception, which the task group wrapped in
+                # an exception group: returning False lets it out as it was
+                # raised, so ``except FeedGaveUp`` around ``async with``
+                # catches it.
+                result = False
         return result
 
     async def _finish_gracefully(self) -> None:
@@ -265,3 +274,13 @@ class AsyncFeed(AnyioLoop):
         kind = self._awaited_readiness()
         if kind is not None:
             await self.wait_for(kind, timeout=timeout)
+
+
+def _only(raised: BaseException, exc: BaseException) -> bool:
+    """Is *raised* *exc* itself, or groups holding nothing else?"""
+    while raised is not exc:
+        nested = getattr(raised, "exceptions", None)
+        if not isinstance(nested, tuple) or len(nested) != 1:
+            return False
+        raised = nested[0]
+    return True

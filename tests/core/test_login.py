@@ -629,3 +629,23 @@ def test_ready_means_open_and_logged_in() -> None:
     plain = make_pair()
     plain.connect()
     assert plain.core.ready
+
+
+def test_a_bad_url_from_the_provider_does_not_show_its_key() -> None:
+    key = "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZg"
+    pair = provided_pair()
+    pair.start()
+    pair.core.url_fetched(f"http://stream.example/ws/{key}", pair.now)
+    pair.pump()
+    gone = pair.of(Disconnected)[-1]
+    assert gone.reason is Reason.URL_PROVIDER and "scheme" in gone.detail
+    assert key not in gone.detail and "stream.example/ws/***" in gone.detail
+
+
+def test_a_fixed_login_message_is_scrubbed_too() -> None:
+    login = Login(message='{"op":"auth","apiKey":"AKIA0123456789ABCDEFGH"}', ack=is_accepted)
+    pair = make_pair(login=login)
+    pair.connect()
+    pair.server_close(1008, "unknown key AKIA0123456789ABCDEFGH")
+    gone = pair.of(Disconnected)[-1]
+    assert "AKIA0123456789ABCDEFGH" not in gone.detail

@@ -347,3 +347,26 @@ async def test_wait_connected_returns_once_the_login_is_accepted(backend: Backen
                     if message == "echo:after-login":
                         break
     assert [outcome for _, outcome in server.auth_log] == ["accepted"]
+
+
+async def test_credentials_refused_leaves_async_with_unwrapped(backend: Backend) -> None:
+    """``except CredentialsRefused`` around the ``async with`` catches it (the
+    feed's task group does not wrap the body's exception in a group)."""
+    server = FeedServer(interval=0.01, auth=HmacLogin(API_KEY, SECRET))
+    async with server:
+        with anyio.fail_after(10), pytest.raises(CredentialsRefused):
+            async with backend.connect(
+                server.url, login=Login(message=lambda: sign_login("wrong"), ack=login_accepted,
+                                        max_rejections=1), **FAST,
+            ) as feed:
+                async for _ in feed:
+                    pass
+
+
+async def test_the_body_s_own_exception_leaves_async_with_as_raised(backend: Backend) -> None:
+    server = FeedServer(interval=0.01)
+    async with server:
+        with anyio.fail_after(10), pytest.raises(ValueError, match="the application's"):
+            async with backend.connect(server.url, **FAST) as feed:
+                await feed.wait_connected()
+                raise ValueError("the application's")
