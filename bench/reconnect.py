@@ -17,7 +17,9 @@ Each client (:data:`CLIENTS`) runs in a process of its own, with the
 reconnect loop its documentation shows, for ``resets`` periods, and records
 ``(monotonic time, seq)`` of every message it gets.  ``time.monotonic`` is
 the machine's one monotonic clock, so the server's reset times and the
-client's receive times compare.  For each reset: **break to first message**
+client's receive times compare.  The two ``floor-*`` clients are no library at all: the least a client on
+that event loop can do to come back (see :class:`_Floor`); what a client
+measures above its loop's floor is its own cost.  For each reset: **break to first message**
 is the time from the reset to the first message the client got on its new
 connection; **missed** is the numbers it never got (the gap in its
 sequence); **break to subscription at the server** is the time from the
@@ -64,6 +66,8 @@ CLIENTS = {
     "websockets": ("websockets",),
     "websocket-client": ("websocket",),
     "aiohttp": ("aiohttp",),
+    "floor-asyncio": (),
+    "floor-trio": ("trio",),
 }
 SUBSCRIBE = '{"op":"subscribe","channel":"ticks"}'
 
@@ -267,8 +271,127 @@ def run_aiohttp(url: str, until: float, certs: str | None) -> list[tuple[float, 
     return got
 
 
+# The floor: the least a client on an event loop can do to come back, with no
+# library at all -- connect, write a fixed upgrade request, write the
+# subscription as soon as the response head is in, read frames by hand, and
+# on any error or EOF start over at once.  It checks nothing a real client must check (the 101,
+# masking rules, close frames), so no client can be faster on that loop:
+# what a client measures above its loop's floor is its own cost.
+_KEY_REQUEST = (
+    "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def _masked(text: str) -> bytes:
+    payload = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    return (bytes((0x81, 0x80 | len(payload))) + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+class _Floor:
+    """The bytes of one floor connection: skip the response head, then cut
+    text frames (7- and 16-bit lengths) and record their numbers."""
+
+    def __init__(self, got: list[tuple[float, int]]) -> None:
+        self.got = got
+        self.buf = b""
+        self.head = True
+
+    def feed(self, data: bytes) -> bool:
+        """Take *data*; True when it completed the response head (the
+        subscription goes out now)."""
+        buf = self.buf + data
+        opened = False
+        if self.head:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return False
+            buf, self.head, opened = buf[end + 4:], False, True
+        now = time.monotonic()
+        while len(buf) >= 2:
+            length, start = buf[1] & 0x7F, 2
+            if length == 126:
+                if len(buf) < 4:
+                    break
+                length, start = struct.unpack("!H", buf[2:4])[0], 4
+            if len(buf) < start + length:
+                break
+            seq = _seq(buf[start:start + length].decode())
+            if seq is not None:
+                self.got.append((now, seq))
+            buf = buf[start + length:]
+        self.buf = buf
+        return opened
+
+
+def _floor_parts(url: str) -> tuple[str, int, bytes]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+    return host, port, _KEY_REQUEST.format(host=f"{host}:{port}").encode()
+
+
+def run_floor_asyncio(url: str, until: float, certs: str | None) -> list[tuple[float, int]]:
+    got: list[tuple[float, int]] = []
+    host, port, hello = _floor_parts(url)
+    context = _context(certs)
+
+    async def main() -> None:
+        while True:
+            conn = _Floor(got)
+            try:
+                reader, writer = await asyncio.open_connection(host, port, ssl=context)
+                writer.write(hello)
+                while data := await reader.read(65536):
+                    if conn.feed(data):
+                        writer.write(_masked(SUBSCRIBE))
+                writer.close()
+            except OSError:
+                pass
+
+    _run_until(main(), until)
+    return got
+
+
+def run_floor_trio(url: str, until: float, certs: str | None) -> list[tuple[float, int]]:
+    import trio
+
+    got: list[tuple[float, int]] = []
+    host, port, hello = _floor_parts(url)
+    context = _context(certs)
+
+    async def main() -> None:
+        with trio.move_on_at(trio.current_time() + until - time.monotonic()):
+            while True:
+                conn = _Floor(got)
+                try:
+                    stream: trio.abc.Stream
+                    if context is None:
+                        stream = await trio.open_tcp_stream(host, port)
+                    else:
+                        stream = await trio.open_ssl_over_tcp_stream(host, port,
+                                                                     ssl_context=context)
+                    await stream.send_all(hello)
+                    while data := await stream.receive_some(65536):
+                        if conn.feed(data):
+                            await stream.send_all(_masked(SUBSCRIBE))
+                    await trio.aclose_forcefully(stream)
+                except (OSError, trio.BrokenResourceError):
+                    pass
+
+    trio.run(main)
+    return got
+
+
 def client_main(name: str, url: str, until: float, certs: str | None) -> None:
-    if name.startswith("nonstop-"):
+    if name == "floor-asyncio":
+        got = run_floor_asyncio(url, until, certs)
+    elif name == "floor-trio":
+        got = run_floor_trio(url, until, certs)
+    elif name.startswith("nonstop-"):
         got = run_nonstop(url, until, certs, name.removeprefix("nonstop-"))
     elif name == "websockets":
         got = run_websockets(url, until, certs)
