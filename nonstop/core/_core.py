@@ -1269,19 +1269,12 @@ class FeedCore:
         if login_due is not None and now >= login_due and self._paused_at is None:
             login = self.config.login
             assert login is not None
-            self._framing.close(GOING_AWAY, "login not acknowledged")
-            self._disconnect(now, Verdict(
-                reason=Reason.LOGIN_TIMEOUT, code=GOING_AWAY,
-                detail=f"{login.label} not acknowledged within {login.timeout}s"),
-                abort=False, close_sent=True)
+            self._not_acknowledged(now, Reason.LOGIN_TIMEOUT, "login", login.label, login.timeout)
             return
         sub = self._subs.expired(now)
         if sub is not None:
-            self._framing.close(GOING_AWAY, "subscription not acknowledged")
-            self._disconnect(now, Verdict(
-                reason=Reason.ACK_TIMEOUT, code=GOING_AWAY,
-                detail=f"{sub.label} not acknowledged within {sub.ack_timeout}s"),
-                abort=False, close_sent=True)
+            self._not_acknowledged(now, Reason.ACK_TIMEOUT, "subscription", sub.label,
+                                   sub.ack_timeout)
             return
         if self._rotate_at is not None and now >= self._rotate_at:
             self._rotate_at = None
@@ -1290,6 +1283,15 @@ class FeedCore:
                                          lifetime=self.lifetime))
         if self._stable_at is not None and now >= self._stable_at:
             self._become_stable()
+
+    def _not_acknowledged(self, now: float, reason: Reason, what: str, label: str,
+                          timeout: float) -> None:
+        """A login or subscription went unanswered: close with 1001."""
+        assert self._framing is not None
+        self._framing.close(GOING_AWAY, f"{what} not acknowledged")
+        self._disconnect(now, Verdict(reason=reason, code=GOING_AWAY,
+                                      detail=f"{label} not acknowledged within {timeout}s"),
+                         abort=False, close_sent=True)
 
     def _become_stable(self) -> None:
         """The connection has stayed up ``stable_after``: failures start over."""
