@@ -317,6 +317,8 @@ class BlockingLoop(Feed):
         url, error = box[0]
         with self._cond:
             now = time.monotonic()
+            if self._core.state is not State.CONNECTING:  # (stopped meanwhile)
+                return
             if error is not None:
                 self._core.url_failed(error, now)
             else:
