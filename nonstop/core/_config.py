@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Union
 
 from ._checks import check_positive
@@ -47,6 +47,14 @@ Matcher = Callable[[Payload], bool]
 UrlProvider = Callable[[], Any]
 """Called before every attempt for the URL to dial: a plain function (the
 blocking API) or a coroutine function (the async API) returning a ``str``."""
+
+
+def _repr(obj: object, shown: Mapping[str, str]) -> str:
+    """The dataclass *obj*'s repr, with the fields in *shown* written as
+    given (secrets left out) and the others as usual."""
+    parts = [f"{f.name}={shown[f.name] if f.name in shown else repr(getattr(obj, f.name))}"
+             for f in fields(obj) if f.repr]  # type: ignore[arg-type]
+    return f"{type(obj).__name__}({', '.join(parts)})"
 
 
 def callable_name(source: object) -> str:
@@ -253,6 +261,10 @@ class Login:
             check_positive("login max_rejections", self.max_rejections, integer=True,
                            optional=True)
 
+    def __repr__(self) -> str:
+        hidden = f"<built by {self.label}>" if self.payload is None else "<hidden>"
+        return _repr(self, {"message": hidden})
+
     def render(self) -> Payload:
         """The login message to send now."""
         if self.payload is not None:
@@ -403,6 +415,19 @@ class Config:
     endpoint: Endpoint | None = field(init=False, repr=False, compare=False)
     """The parsed URL; ``None`` when a provider gives it per attempt."""
     subscription_list: tuple[Subscription, ...] = field(init=False, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        headers = self.headers
+        if callable(headers):
+            shown_headers = f"<built by {callable_name(headers)}()>"
+        elif headers is None:
+            shown_headers = "None"
+        else:  # names only: values are credentials as often as not
+            names = [name for name, _ in normalize_headers(headers)]
+            shown_headers = f"<values hidden: {', '.join(names)}>"
+        return _repr(self, {"url": repr(self.label if self.endpoint is None
+                                        else self.endpoint.redacted),
+                            "headers": shown_headers})
 
     @property
     def rotation_lead(self) -> float:

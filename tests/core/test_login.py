@@ -649,3 +649,24 @@ def test_a_fixed_login_message_is_scrubbed_too() -> None:
     pair.server_close(1008, "unknown key AKIA0123456789ABCDEFGH")
     gone = pair.of(Disconnected)[-1]
     assert "AKIA0123456789ABCDEFGH" not in gone.detail
+
+
+def test_the_repr_of_a_config_shows_no_secret() -> None:
+    config = Config(url="wss://user:pw@feed.example/ws/pqkW4mT9xYz2Lr8vBn3Cd6Fg1Hj5?token=tk123",
+                    headers={"X-Api-Key": "hdr-secret"},
+                    login=Login(message='{"apiKey":"AKIA-fixed-key"}', ack=is_accepted))
+    text = repr(config)
+    for secret in ("pw", "pqkW4mT9xYz2Lr8vBn3Cd6Fg1Hj5", "tk123", "hdr-secret", "AKIA-fixed-key"):
+        assert secret not in text
+    assert "X-Api-Key" in text and "message=<hidden>" in text and "connect_timeout=10.0" in text
+
+    def headers() -> dict[str, str]:  # pragma: no cover - not called
+        return {}
+
+    def sign() -> str:  # pragma: no cover - not called
+        return ""
+
+    built = repr(Config(url=lambda: "ws://x/", headers=headers, login=Login(message=sign, ack=is_accepted)))
+    assert "headers=<built by" in built and "headers()>" in built
+    assert "url='" in built and "<lambda>()" in built and "message=<built by" in built
+    assert "headers=None" in repr(Config(url="ws://x/"))
