@@ -39,7 +39,7 @@ from ._events import (
     Subscribed,
 )
 from ._guard import ERROR, INFO, WARNING, AlertKind, AlertPolicy, Reason, classify_error, level_for
-from ._logfmt import KEYWORDS, format_event, redact_text
+from ._logfmt import KEYWORDS, event_level, format_event, redact_text
 from ._merge import Merge
 from ._metrics import Metrics
 from ._state import TRANSITIONS, Input, State
@@ -90,6 +90,7 @@ __all__ = [
     "redact_url",
     "redact_text",
     "format_event",
+    "event_level",
     "KEYWORDS",
     "classify_error",
     "level_for",

@@ -48,7 +48,7 @@ from ._events import (
 from ._guard import ERROR, INFO, WARNING, Reason
 from ._url import REDACTED, SECRET_WORDS
 
-__all__ = ["format_event", "redact_text", "KEYWORDS"]
+__all__ = ["format_event", "event_level", "redact_text", "KEYWORDS"]
 
 KEYWORDS = (
     "[CONNECTING]",
@@ -96,6 +96,24 @@ def _line(keyword: str, feed: str | None, **fields: object) -> str:
         parts.append(f"feed={_value(feed)}")
     parts.extend(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
     return " ".join(parts)
+
+
+_INFO_KINDS = (Connecting, Connected, LoggedIn, Subscribed, Rotating)
+
+
+def event_level(event: Event | Message) -> int | None:
+    """The level :func:`format_event` gives *event*, without making its
+    line (``None``: not logged): a driver asks its logger first, and makes
+    the line only if it will be written."""
+    if isinstance(event, _INFO_KINDS):
+        return INFO
+    if isinstance(event, (Disconnected, Alert)):
+        return event.level
+    if isinstance(event, Gap):
+        return WARNING
+    if isinstance(event, Stopped):
+        return INFO if event.reason is Reason.STOPPED else ERROR
+    return None
 
 
 def format_event(event: Event | Message, feed: str | None = None) -> tuple[int, str] | None:

@@ -36,6 +36,7 @@ from ..core import (
     Pong,
     Reason,
     Stopped,
+    event_level,
     format_event,
 )
 from ..errors import FeedGaveUp, WriteStalled  # public: nonstop.errors
@@ -321,9 +322,11 @@ class Observer:
         self.callback_errors = 0
 
     def observe(self, event: AppEvent) -> None:
-        line = format_event(event, self._label)
-        if line is not None:
-            self._logger.log(line[0], line[1])
+        level = event_level(event)
+        if level is not None and self._logger.isEnabledFor(level):  # (a line costs)
+            line = format_event(event, self._label)
+            assert line is not None
+            self._logger.log(level, line[1])
         if not isinstance(event, Pong):  # one every ping_interval: not history
             self.history.append(event)
         if isinstance(event, Stopped):

@@ -319,9 +319,10 @@ def test_secrets_never_reach_a_log_line() -> None:
 
 def test_secrets_never_reach_an_event() -> None:
     """Events are handed to the application and often logged with repr(): no
-    secret in any of them (only the Config holds the URL and headers)."""
+    secret in any of them (only the Config holds the URL and headers, and
+    its repr does not show them)."""
     pair = secret_lifecycle()
-    assert "SECRET" in repr(pair.config)
+    assert "SECRET" in str(pair.config.url) and "SECRET" not in repr(pair.config)
     for event in pair.events:
         assert "SECRET" not in repr(event), event
 
@@ -370,3 +371,40 @@ def test_secret_in_a_json_subscription_label_is_redacted() -> None:
 )
 def test_redact_text(text: str, expected: str) -> None:
     assert redact_text(text) == expected
+
+
+def test_event_level_is_format_event_s_level_without_the_line() -> None:
+    from nonstop.core import Alert as AlertEvent
+    from nonstop.core import (
+        AlertKind,
+        CloseTransport,
+        Connected,
+        Connecting,
+        Disconnected,
+        Gap,
+        LoggedIn,
+        OpenTransport,
+        Pong,
+        Reason,
+        Rotating,
+        Stopped,
+        event_level,
+    )
+    events = [
+        Connecting(attempt=1, total_attempts=1, url="ws://x/"),
+        Connected(connection=1, attempt=1, subprotocol=None, handshake_time=0.1, downtime=None),
+        LoggedIn(connection=1, login_time=0.01),
+        Disconnected(reason=Reason.EOF, code=1006, status=None, detail="", level=40, connection=1,
+                     uptime=1.0, failures=1, retry_in=0.5, retry_at=2.0),
+        Gap(start=1.0, end=2.0, reason="eof", connection=2),
+        Rotating(connection=1, age=5.0, lifetime=10.0),
+        AlertEvent(kind=AlertKind.DOWN, active=True, detail="x", level=40),
+        Stopped(reason=Reason.STOPPED, detail="stop requested"),
+        Stopped(reason=Reason.GAVE_UP, detail="x"),
+        Pong(rtt=0.1, connection=1),
+        OpenTransport(host="h", port=1, tls=False, server_hostname=None),
+        CloseTransport(abort=True),
+    ]
+    for event in events:
+        line = format_event(event, "f")
+        assert event_level(event) == (None if line is None else line[0])
