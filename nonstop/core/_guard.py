@@ -427,7 +427,7 @@ class AlertTracker:
             self._forget_before(now)
             self.reconnect_times.append(now)
             limit = self.policy.reconnects_per_minute
-            count = self.reconnects_in_window(now)
+            count = len(self.reconnect_times)  # every one left is in the window
             if limit is not None and count > limit:
                 self._set(AlertKind.RECONNECT_RATE, True, out,
                           f"{count} reconnects in the last {RATE_WINDOW:g}s (threshold {limit})")
@@ -468,7 +468,8 @@ class AlertTracker:
         if AlertKind.RECONNECT_RATE in self.active:
             limit = self.policy.reconnects_per_minute
             assert limit is not None
-            if self.reconnects_in_window(now) <= limit:
+            self._forget_before(now)
+            if len(self.reconnect_times) <= limit:  # every one left is in the window
                 self._set(AlertKind.RECONNECT_RATE, False, out)
         return out
 
