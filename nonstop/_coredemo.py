@@ -5,7 +5,8 @@ The command ``nonstop demo`` runs the real chaos demo instead (:mod:`nonstop._de
 No socket, no thread, no sleep: a wsproto server object plays the feed, a
 number plays the clock, and every lifecycle step the core decides is printed
 as the log line any driver would write.  It shows the strategy at work:
-subscriptions replayed after each reconnect, a zombie connection caught by
+a login signed over the clock on every connection, subscriptions replayed
+after each login, a zombie connection caught by
 the silence watchdog, a 503 with ``Retry-After`` honoured, garbage bytes
 answered with close 1002, backoff growing and resetting, a connection's
 replacement asked for before its lifetime, a graceful stop.
@@ -33,6 +34,7 @@ from .core import (
     CloseTransport,
     Config,
     FeedCore,
+    Login,
     Message,
     OpenTransport,
     State,
@@ -50,6 +52,8 @@ class _Demo:
         config = Config(
             url="wss://feed.example/v1/stream?apiKey=SECRET-KEY-123",
             name="demo",
+            login=Login(message=self.sign, ack=lambda m: isinstance(m, str) and '"login":"ok"' in m,
+                        timeout=2.0),
             subscriptions=[
                 Subscription(
                     message={"op": "subscribe", "channel": "trades"},
@@ -64,13 +68,18 @@ class _Demo:
             stable_after=10.0,
             connect_timeout=2.0,
             handshake_timeout=2.0,
-            max_lifetime=20.0,  # a replacement is asked for 9 s before (connect, upgrade, ACK)
+            max_lifetime=20.0,  # a replacement is asked for 11 s before (connect, upgrade,
+            # login, ACK)
             backoff=Backoff(initial=1.0, factor=2.0, cap=8.0),
             alerts=AlertPolicy(consecutive_failures=3, down_for=20.0),
         )
         self.core = FeedCore(config, rng=random.Random(seed))
         self.server: WSConnection | None = None
         self.messages = 0
+
+    def sign(self) -> dict[str, object]:
+        """The login, signed over the time it is sent (the demo's clock)."""
+        return {"op": "login", "ts": round(self.now, 3), "sig": f"{hash(round(self.now, 3)):x}"}
 
     # -- plumbing ------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -99,7 +108,9 @@ class _Demo:
         if data and self.server is not None:
             self.server.receive_data(data)
             for ev in self.server.events():
-                if isinstance(ev, TextMessage) and '"subscribe"' in ev.data:
+                if isinstance(ev, TextMessage) and '"op":"login"' in ev.data:
+                    self.feed(self.server.send(TextMessage(data='{"login":"ok"}')))
+                elif isinstance(ev, TextMessage) and '"subscribe"' in ev.data:
                     self.feed(self.server.send(TextMessage(data='{"event":"ack","channel":"trades"}')))
                 elif isinstance(ev, Ping):
                     self.feed(self.server.send(ev.response()))
@@ -111,6 +122,9 @@ class _Demo:
                     self.core.receive_eof(self.now)
                     break
         self.drain()
+        if self.core.pending_output and self.server is not None:  # an answer to an answer
+            self.pump()
+            return
         deadline = self.core.next_deadline()
         if deadline is not None and deadline <= self.now:  # due now, as in a driver's loop
             self.core.handle_timer(self.now)

@@ -999,17 +999,21 @@ class FeedCore:
             text = data if isinstance(data, str) else data.decode("utf-8", "replace")
             self._login_refused(now, f"the server refused {login.label}: {text[:120]}", code=None)
         elif accepted:
-            self._login_due = None
-            self._rejections = 0
+            # What came before the ACK, LoggedIn, the ACK, then the
+            # subscriptions: none of these messages is the feed's data, so
+            # the connection does not count as delivering yet (the login
+            # is still awaited while they are queued).
             kept.pop()
-            if kept:  # what came before the ACK, before LoggedIn (a copy: the event keeps it)
-                self._emit_messages(kept.copy(), now)
+            if kept:
+                self._emit_messages(kept.copy(), now)  # (a copy: the event keeps it)
                 kept.clear()
             assert self._opened_at is not None
             self._events.append(LoggedIn(connection=self._connections,
                                          login_time=now - self._opened_at))
             self._alert(self._alerts.on_logged_in())
-            kept.append(data)
+            self._emit_messages([data], now)
+            self._login_due = None
+            self._rejections = 0
             self._replay(now)
 
     def _login_refused(self, now: float, detail: str, *, code: int | None) -> None:
