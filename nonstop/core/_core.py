@@ -627,7 +627,7 @@ class FeedCore:
         sub = Subscription.coerce(subscription)
         if self._state in (State.STOPPING, State.STOPPED):
             raise LocalProtocolError(f"can't subscribe in state {self._state.value}")
-        send = self._sending_subscriptions
+        send = self.ready
         payload = None
         if send:  # built before anything changes: a callable that fails raises here
             try:
@@ -644,13 +644,8 @@ class FeedCore:
     @property
     def ready(self) -> bool:
         """A connection is open and its login, if any, accepted: what
-        ``wait_connected`` waits for."""
-        return self._sending_subscriptions
-
-    @property
-    def _sending_subscriptions(self) -> bool:
-        """Subscriptions go out now: the connection is open and its login,
-        if any, acknowledged (else they wait for the replay)."""
+        ``wait_connected`` waits for, and when a subscription goes out at
+        once (else it waits for the replay)."""
         return (self._state is State.OPEN and self._framing is not None
                 and self._framing.is_open and self._login_due is None)
 
@@ -669,7 +664,7 @@ class FeedCore:
             key = encode_message(subscription, "subscription")
         sub = self._subs.remove(key)  # raises if unknown, changing nothing
         self._now = now
-        if self._sending_subscriptions and sub.unsubscribe is not None:
+        if self.ready and sub.unsubscribe is not None:
             try:
                 unsub = sub.render_unsubscribe()
             except ConfigError as exc:  # forgotten all the same: it is not replayed
