@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import pytest
 
+import nonstop
 from nonstop import CredentialsRefused, Disconnected, LoggedIn, Login, Reason, Subscribed, Subscription
 from nonstop.testing import Fault, FeedServer, HmacLogin, ListenKeys, TokenSubscriptions
 
@@ -335,18 +336,20 @@ async def test_every_leg_of_a_redundant_feed_logs_in_on_its_own(backend: Backend
 
 async def test_wait_connected_returns_once_the_login_is_accepted(backend: Backend) -> None:
     server = FeedServer(interval=0.01, auth=HmacLogin(API_KEY, SECRET))
+    events: list[Any] = []
     async with server:
         async with backend.connect(server.url, login=Login(message=sign_login, ack=login_accepted),
-                                   **FAST) as feed:
+                                   on_event=events.append, **FAST) as feed:
             with anyio.fail_after(5):
                 await feed.wait_connected()
-            assert any(isinstance(e, LoggedIn) for e in feed.history)
+            assert feed.state is nonstop.State.OPEN  # (the blocking driver may log it a moment later)
             await feed.send("echo:after-login")  # the server takes it: no "login required"
             with anyio.fail_after(5):
                 async for message in feed:
                     if message == "echo:after-login":
                         break
     assert [outcome for _, outcome in server.auth_log] == ["accepted"]
+    assert [e.connection for e in events if isinstance(e, LoggedIn)] == [1]
 
 
 async def test_credentials_refused_leaves_async_with_unwrapped(backend: Backend) -> None:
