@@ -101,8 +101,9 @@ async def serve(port_file: str, rate: float, period: float, certs: str | None) -
         await asyncio.sleep(period)
         subscribers.discard(ws)
         sock = ws.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if sock is None or ws.transport.is_closing():
+            return  # the client left first: nothing to reset
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         resets.append(time.monotonic())
         ws.transport.abort()
 

@@ -73,10 +73,19 @@ _PLAIN = re.compile(r"^[A-Za-z0-9._:/@+*?=&%-]+$")
 
 
 def redact_text(text: str) -> str:
-    """Scrub credentials from free text (exception messages, close reasons)."""
-    text = _USERINFO.sub(r"\1" + REDACTED + "@", text)
-    text = _BEARER.sub(lambda m: m.group(1) + " " + REDACTED, text)
-    return _SECRET_PAIR.sub(lambda m: m.group(1) + REDACTED, text)
+    """Scrub credentials from free text (exception messages, close reasons).
+
+    Each pattern runs only if the text holds what it needs (an ``@``, a
+    scheme word, a secret word): most texts are plain errors, and this is
+    on the way from a broken connection to the next attempt."""
+    if "@" in text:
+        text = _USERINFO.sub(r"\1" + REDACTED + "@", text)
+    lower = text.lower()
+    if "bearer" in lower or "basic" in lower:
+        text = _BEARER.sub(lambda m: m.group(1) + " " + REDACTED, text)
+    if any(word in lower for word in SECRET_WORDS):
+        text = _SECRET_PAIR.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
 
 
 def _value(value: object) -> str:

@@ -169,8 +169,8 @@ class AsyncFeed(AnyioLoop):
                 session.observer.end(self._crash, StopAsyncIteration)
             if self._tg is None:
                 raise RuntimeError(NOT_STARTED)
-            if await self._consumer_turn():
-                continue
+            if await self._consumer_turn() or len(self._buffer) or self._finished:
+                continue  # (what the loop's task did while the consumer read: not lost below)
             if self._has_data.is_set():
                 self._has_data = self._new_event()
             session.consumer_waiting = True

@@ -185,6 +185,9 @@ class FastAsyncFeed(AsyncFeed):
                     try:
                         await wait_readable(raw)
                     except Exception:  # closed under us (a stop, a reconnect)
+                        if self._loop_deep:  # the loop's task parked for this wait: not any more
+                            self._loop_deep = False
+                            self._kick(force=True)
                         return False
                     finally:
                         session.consumer_waiting = False

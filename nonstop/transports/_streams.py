@@ -80,12 +80,13 @@ class SocketStream(AnyioStream):
     what is there without waiting (the consumer's inline read).
     """
 
-    __slots__ = ("_raw", "send")
+    __slots__ = ("_raw", "_sock", "send")
 
     def __init__(self, stream: anyio.abc.ByteStream, reads: ReadSize,
-                 raw: socket.socket | None = None) -> None:
+                 raw: socket.socket | None = None, sock: socket.socket | None = None) -> None:
         super().__init__(stream, reads)
         self._raw = raw
+        self._sock = sock  # the socket under the stream, TLS or not
         self.send = stream.send  # type: ignore[method-assign, assignment]  # (no frame of ours per write)
 
     async def receive(self) -> bytes:
@@ -126,6 +127,28 @@ class SocketStream(AnyioStream):
         if raw is None or self._reads.size <= MIN_READ:
             return b""
         return _recv_nowait(raw, self._reads)
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        if self._raw is not None:  # plain TCP (anyio's look-up builds a dict of its attributes)
+            return None
+        return super().ssl_object()
+
+    async def abort(self) -> None:
+        """Drop the connection with an RST, at once.  The socket is closed
+        the way trio's own ``close`` does it (whoever waits on it is told
+        first), without the checkpoint of anyio's forced close: the loop's
+        next wait yields anyway, and a reconnect starts a loop turn sooner.
+        No TLS close_notify: an abort sends none either way."""
+        sock = self._sock
+        if sock is None:
+            await super().abort()
+            return
+        import trio  # on trio: it is there
+
+        linger_zero(sock)
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
 
     def write_nowait(self, data: bytes) -> int:
         """Write what the socket takes now (plain TCP): how much, maybe 0."""
@@ -405,4 +428,4 @@ async def open_stream(
         return AsyncioStream(transport, protocol, None if tls or not reads_behind(transport) else sock)
     stream = await wrap_socket(sock, tls=tls, ssl_context=ssl_context, server_hostname=server_hostname,
                                session=session)
-    return SocketStream(stream, reads, None if tls else sock)
+    return SocketStream(stream, reads, None if tls else sock, sock)
