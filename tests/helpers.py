@@ -185,9 +185,11 @@ class Pair:
         self.core.transport_opened(self.now)
         return self.pump()
 
-    def accept(self, subprotocol: str | None = None) -> list[Event]:
+    def accept(self, subprotocol: str | None = None, extensions: list[Any] | None = None) -> list[Event]:
+        """The server's 101 (with *extensions*, e.g. wsproto's
+        ``PerMessageDeflate()``, if the request offered them)."""
         assert self.server is not None
-        self.feed(self.server.send(AcceptConnection(subprotocol=subprotocol)))
+        self.feed(self.server.send(AcceptConnection(subprotocol=subprotocol, extensions=extensions or [])))
         return self.pump()
 
     def reject(self, status: int, headers: Iterable[tuple[bytes, bytes]] = ()) -> list[Event]:

@@ -403,7 +403,11 @@ class Config:
     fatal_close_codes: frozenset[int] = frozenset()
     """Server close codes that stop the feed instead of retrying."""
     max_message_size: int | None = 1 << 20
-    """Bytes (text: UTF-8 bytes) a message may have; bigger closes with 1009."""
+    """Bytes (text: UTF-8 bytes) a message may have; bigger closes with 1009
+    (a compressed message: once inflated, and inflating stops there)."""
+    compression: str | None = "deflate"
+    """``"deflate"``: offer permessage-deflate (RFC 7692); ``None``: offer
+    no compression."""
     alerts: AlertPolicy = field(default_factory=AlertPolicy)
     max_lifetime: float | None = None
     """Seconds a connection may live: ``rotation_lead`` seconds before, a
@@ -500,6 +504,8 @@ class Config:
         if self.max_message_size is not None:
             check_positive("max_message_size", self.max_message_size, integer=True,
                            optional=True)
+        if self.compression not in ("deflate", None):
+            raise ConfigError(f"compression must be 'deflate' or None, got {self.compression!r}")
         if not isinstance(self.backoff, Backoff):
             raise ConfigError(f"backoff must be a nonstop.Backoff, got {self.backoff!r}")
         if not isinstance(self.alerts, AlertPolicy):

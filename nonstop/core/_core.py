@@ -767,7 +767,8 @@ class FeedCore:
         self._attempts_in_row += 1
         self._attempt_started = now
         self._retry_at = None
-        self._framing = Framing(self.config.max_message_size)
+        self._framing = Framing(self.config.max_message_size,
+                                compression=self.config.compression is not None)
         self._health = None
         self._opened_at = None
         self._stable_at = None

@@ -37,6 +37,7 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from ._config import Payload
+from ._deflate import OFFER, InflateFailed, Inflater, Negotiated, WsprotoInflate, deflate, negotiate
 from ._guard import Reason
 from ._handshake import MAX_HEAD, HandshakeError, check_101, nonce_from, parse_head, request
 from ._url import Endpoint
@@ -185,11 +186,12 @@ class Framing:
     """One connection's wire protocol.  Create a new one per connection."""
 
     __slots__ = ("_accepted", "_big_decoder", "_big_need", "_big_parts", "_big_text", "_dead",
-                 "_fast", "_fragmented", "_handshake", "_key", "_key_at", "_keys", "_keys_fork",
-                 "_limit", "_max_size", "_offered", "_owed", "_parts", "_passthrough", "_size",
-                 "_tail", "_ws", "outgoing")
+                 "_deflate", "_extension", "_fast", "_fragmented", "_handshake", "_inflater", "_key",
+                 "_key_at", "_keys", "_keys_fork", "_limit", "_max_size", "_offer_deflate",
+                 "_offered", "_owed", "_parts", "_passthrough", "_size", "_tail", "_ws", "outgoing")
 
-    def __init__(self, max_message_size: int | None, *, fast: bool = True) -> None:
+    def __init__(self, max_message_size: int | None, *, fast: bool = True,
+                 compression: bool = False) -> None:
         # wsproto's reader of frames, used once the 101 is accepted (until
         # then its OPEN state means nothing: ``_accepted`` says).
         self._ws = Connection(ConnectionType.CLIENT)
@@ -219,6 +221,12 @@ class Framing:
         self._keys = b""  # masking keys from urandom, used from _key_at on
         self._key_at = 0
         self._keys_fork = _fork_generation  # the generation the pool was drawn in
+        # permessage-deflate: offered, then (if the server accepted it) what
+        # was settled, the connection's decompressor and wsproto's view of it.
+        self._offer_deflate = compression
+        self._deflate: Negotiated | None = None
+        self._inflater: Inflater | None = None
+        self._extension: WsprotoInflate | None = None
 
     # -- handshake --------------------------------------------------------
     def request(
@@ -231,7 +239,10 @@ class Framing:
         """
         self._key = nonce_from(urandom(16))
         self._offered = tuple(subprotocols)
+        if self._offer_deflate:
+            headers = [*headers, ("Sec-WebSocket-Extensions", OFFER)]
         self.outgoing += request(endpoint, headers, subprotocols, self._key)
+
 
     @property
     def is_open(self) -> bool:
@@ -292,12 +303,26 @@ class Framing:
             status, fields = parse_head(buffer[:end])
             if status != 101:  # its body, if any, is never read
                 return [Rejected(status, fields)]
-            chosen = check_101(fields, self._key, self._offered)
+            extensions: list[bytes] | None = [] if self._offer_deflate else None
+            chosen = check_101(fields, self._key, self._offered, extensions)
+            if extensions:
+                self._use_deflate(negotiate(extensions))
         except HandshakeError as exc:
             return [HandshakeFailed(str(exc))]
         self._dead = False
         self._accepted = True
         return [Accepted(chosen)]
+
+    def _use_deflate(self, negotiated: Negotiated | None) -> None:
+        """The server accepted permessage-deflate: frames with RSV1 are
+        compressed messages, read by the fast path and by wsproto through
+        one decompressor."""
+        if negotiated is None:
+            return
+        self._deflate = negotiated
+        self._inflater = Inflater(self._max_size, negotiated)
+        self._extension = WsprotoInflate(self._inflater)
+        self._ws = Connection(ConnectionType.CLIENT, extensions=[self._extension])
 
     def _complete_tail(self, data: bytes) -> list[Item]:
         """Finish the frame waiting in ``_tail`` with the start of *data*,
@@ -414,12 +439,22 @@ class Framing:
                 minimal = 65536 <= length < _NO_LIMIT
                 start = pos + 10
             end = start + length
-            if masked or b0 & 0x70:
+            if masked or (b0 & 0x70 and (b0 & 0x30 or self._inflater is None)):
                 # A masked server frame, or RSV bits without an extension:
                 # wsproto fails the connection once it has read the length.
                 self._passthrough = True
                 self._to_wsproto(data[pos:], run, out)
                 return out
+            if (b0 == 0xC1 or b0 == 0xC2) and minimal and length <= limit and length < _BIG:
+                # A compressed message in one frame (RSV1 and FIN; RSV1
+                # anywhere else is wsproto's to refuse): inflated here once
+                # it is whole, bounded by the limit.
+                if end > n:
+                    break
+                if not self._inflate(data[start:end], b0 == 0xC1, run, out):
+                    return out
+                pos = end
+                continue
             if (b0 == 0x81 or b0 == 0x82) and minimal and length <= limit:
                 if end > n:
                     if length >= _BIG:
@@ -469,6 +504,31 @@ class Framing:
         if run:
             out.append(run)
         return out
+
+    def _inflate(self, payload: bytes, text: bool, run: list[Payload], out: list[Item]) -> bool:
+        """Inflate a whole compressed message into *run*; False if it failed
+        the connection (past the limit, not deflate, not UTF-8)."""
+        assert self._inflater is not None
+        try:
+            data = self._inflater.whole(payload)
+        except InflateFailed as exc:
+            if run:
+                out.append(run[:])
+                run.clear()
+            self._fail(exc.code, exc.detail, out)
+            return False
+        if not text:
+            run.append(data)
+            return True
+        try:
+            run.append(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            if run:
+                out.append(run[:])
+                run.clear()
+            self._fail(INVALID_DATA, f"{_INVALID_UTF8}: {exc.reason}", out)
+            return False
+        return True
 
     def _start_big(self, text: bool, length: int, piece: bytes, out: list[Item]) -> None:
         """Begin a big frame whose header is read: keep its first *piece*
@@ -614,7 +674,9 @@ class Framing:
             # close frame would have moved the state on (to REMOTE_CLOSING or
             # CLOSED).  The close frame, if one can still be sent, is ours.
             detail = event.reason or "protocol error"
-            if code == INVALID_DATA:  # drop the chunk-relative byte offset
+            if self._extension is not None and self._extension.failure is not None:
+                detail = self._extension.failure  # (wsproto says "error in extension")
+            elif code == INVALID_DATA:  # drop the chunk-relative byte offset
                 detail = _INVALID_UTF8 + ": " + detail.rpartition(": ")[2]
             self._fail(code, detail, out)
             return
@@ -637,8 +699,8 @@ class Framing:
 
         One frame, masked (RFC 6455 5.3), serialized here rather than
         through wsproto, which builds an event object, draws a fresh
-        ``os.urandom(4)`` and makes a masker object per message.  We never
-        negotiate an extension, so a data frame has nothing else in it;
+        ``os.urandom(4)`` and makes a masker object per message.  With
+        permessage-deflate the payload is compressed first (RSV1 set);
         ``tests/core/test_framing.py`` checks wsproto reads back what this
         writes.  Only while open: the core makes sure (:meth:`is_open`),
         so this does not ask wsproto again.
@@ -647,6 +709,10 @@ class Framing:
             data, opcode = payload.encode("utf-8"), 0x81
         else:
             data, opcode = payload, 0x82
+        if self._deflate is not None:
+            compressed = deflate(data, self._deflate)
+            if compressed is not None:
+                data, opcode = compressed, opcode | 0x40
         n = len(data)
         if n < 126:
             header = bytes((opcode, 0x80 | n))

@@ -19,7 +19,8 @@ What is checked, in order (the first problem is the error):
 * a 101 needs ``Upgrade: websocket`` and an ``upgrade`` token in
   ``Connection`` (any case), exactly one ``Sec-WebSocket-Accept`` equal to
   the key's token, at most one subprotocol and one that was offered, and no
-  extension (none is offered).  The fields it reads must be ASCII.
+  extension unless one was offered (then :mod:`._deflate` reads the
+  answer).  The fields it reads must be ASCII.
 """
 
 from __future__ import annotations
@@ -127,10 +128,12 @@ def _shown(line: bytes) -> str:
 
 
 def check_101(fields: Sequence[tuple[bytes, bytes]], key: bytes,
-              offered: Sequence[str]) -> str | None:
+              offered: Sequence[str], extensions_out: list[bytes] | None = None) -> str | None:
     """The subprotocol a 101 chose (``None``: none), if the 101 completes
     the handshake for *key*; else :class:`HandshakeError` naming what is
-    wrong."""
+    wrong.  *extensions_out*: we offered an extension, and the
+    ``Sec-WebSocket-Extensions`` values go there, for the caller to check;
+    otherwise any such value is an error."""
     connection: list[bytes] = []
     upgrade: list[bytes] = []
     accepts: list[bytes] = []
@@ -158,7 +161,9 @@ def check_101(fields: Sequence[tuple[bytes, bytes]], key: bytes,
     chosen = protocols[0].decode("ascii") if protocols else None
     if chosen is not None and chosen not in offered:
         raise HandshakeError(f"unrecognized subprotocol {chosen}")
-    if extensions:
+    if extensions_out is not None:
+        extensions_out += extensions
+    elif extensions:
         names = ", ".join(repr(v.decode("ascii").split(";")[0].strip()) for v in extensions)
         raise HandshakeError(f"the server accepted an extension that was not offered: {names}")
     return chosen

@@ -651,11 +651,18 @@ def test_a_head_without_an_end_fails_once_it_passes_16_kib() -> None:
 
 
 def test_an_extension_that_was_not_offered_fails_the_handshake() -> None:
-    pair = opened()
+    pair = opened(compression=None)
     pair.feed(response_101(pair, extra=b"Sec-WebSocket-Extensions: permessage-deflate; "
                                        b"server_no_context_takeover\r\n"))
     assert_handshake_failed(pair, pair.pump(),
                             "the server accepted an extension that was not offered: 'permessage-deflate'")
+
+
+def test_an_extension_other_than_the_one_offered_fails_the_handshake() -> None:
+    pair = opened()
+    pair.feed(response_101(pair, extra=b"Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n"))
+    assert_handshake_failed(pair, pair.pump(),
+                            "the server accepted an extension that was not offered: 'x-webkit-deflate-frame'")
 
 
 def test_a_folded_connection_header_and_bare_lf_line_ends_still_open() -> None:
