@@ -185,6 +185,7 @@ def options(
     fatal_statuses: Iterable[int] = (),
     fatal_close_codes: Iterable[int] = (),
     max_message_size: int | None = 1 << 20,
+    compression: str | None = "deflate",
     alerts: AlertPolicy | None = None,
     user_agent: str | None = "nonstop",
     server_hostname: str | None = None,
@@ -293,7 +294,12 @@ def options(
     fatal_close_codes
         Close codes that stop the feed instead of retrying.
     max_message_size
-        Bytes a message may have; bigger ones close with 1009 (``None``: no limit).
+        Bytes a message may have; bigger ones close with 1009 (``None``: no
+        limit).  A compressed message is measured inflated, and inflating
+        stops at the limit.
+    compression
+        ``"deflate"``: offer permessage-deflate (RFC 7692), which most feeds
+        accept; ``None``: offer no compression.
     alerts
         An :class:`~nonstop.AlertPolicy`; ``None``: ``AlertPolicy()``.
     user_agent
@@ -352,6 +358,7 @@ def options(
         fatal_statuses=_codes("fatal_statuses", fatal_statuses),
         fatal_close_codes=_codes("fatal_close_codes", fatal_close_codes),
         max_message_size=max_message_size,
+        compression=compression,
         alerts=AlertPolicy() if alerts is None else alerts,
         max_lifetime=max_lifetime,
     )

@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "that cut connections at a fixed age (default: off)")
     add("--backoff-cap", metavar="S", type=_positive_seconds, default=60.0,
         help="longest wait between reconnect attempts (default: %(default)g)")
+    add("--no-compression", action="store_true",
+        help="do not offer permessage-deflate (default: offered; most feeds then send compressed)")
     add("--insecure", action="store_true",
         help="wss:// only: do not verify the server's certificate (default: verify)")
     add("--output", choices=("raw", "jsonl"), default="raw",
@@ -314,6 +316,7 @@ def _connect(args: argparse.Namespace, label: str, context: ssl.SSLContext | Non
         redundancy=args.redundancy,
         sequence=None if args.sequence is None else sequence_of(args.sequence),
         max_lifetime=args.max_lifetime,
+        compression=None if args.no_compression else "deflate",
         ssl=context,
         on_event=None if exporter is None else exporter.on_event(label),
     )

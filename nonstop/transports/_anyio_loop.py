@@ -309,8 +309,7 @@ class AnyioLoop(Feed):
         stream, self._stream = self._stream, None
         if stream is None:
             return
-        if self._endpoint is not None:  # its TLS session, for the next connection
-            self._tls_sessions.keep(self._endpoint, stream.ssl_object())
+        self._tls_sessions.take()  # its TLS session, for the next connection, if not read yet
         if effect.abort:
             await stream.abort()
             return
@@ -323,6 +322,8 @@ class AnyioLoop(Feed):
         core = self._core
         now = self._clock()
         deadline = self._session.prepare_wait(now)
+        if self._tls_sessions.pending and core.state is State.OPEN:  # idle: read it now
+            self._tls_sessions.take()
         if deadline is not None and deadline <= now and core.state is State.BACKOFF:
             # The retry is due already (the one at once after a stable
             # connection): no trip through the event loop.  Other due
@@ -377,6 +378,8 @@ class AnyioLoop(Feed):
             return
         self._stream = stream
         self._opened(stream)
+        if effect.tls:
+            self._tls_sessions.watch(self._endpoint, stream.ssl_object())
         core.transport_opened(self._clock())
 
     async def _fetch_url(self) -> None:

@@ -205,9 +205,7 @@ class BlockingLoop(Feed):
         with self._write_lock:  # no send() is writing to it; its leftovers go too
             sock, self._sock = self._sock, None
             self._unsent = b""
-        effect = self._effect
-        if isinstance(sock, ssl.SSLSocket) and effect is not None:  # its session, for the next
-            self._tls_sessions.keep((effect.host, effect.port, effect.server_hostname), sock)
+        self._tls_sessions.take()  # its TLS session, for the next connection, if not read yet
         self._reading = False
         for s in (tls, sock):
             if s is None:
@@ -220,6 +218,8 @@ class BlockingLoop(Feed):
                 s.close()
 
     def _wait(self, limit: float | None = None) -> None:
+        if self._tls_sessions.pending and self._core.state is State.OPEN:  # idle: read it now
+            self._tls_sessions.take()  # (outside the lock: the consumer may take messages)
         with self._cond:
             deadline = self._session.prepare_wait(time.monotonic())
             held = self._buffer.held
@@ -398,6 +398,9 @@ class BlockingLoop(Feed):
 
     def _connected(self, sock: socket.socket) -> None:
         self._sock = sock
+        effect = self._effect
+        if isinstance(sock, ssl.SSLSocket) and effect is not None:
+            self._tls_sessions.watch((effect.host, effect.port, effect.server_hostname), sock)
         with self._cond:
             self._session.new_reads()
             self._core.transport_opened(time.monotonic())

@@ -9,11 +9,15 @@ in TLS 1.2 a session ID or ticket).  The server may decline: then the
 handshake is a full one, nothing else changes.
 
 :class:`TlsSessions` keeps one feed's last session, for the endpoint it
-came from (host, port, TLS name): :meth:`~TlsSessions.keep` reads it from
-the connection's ``ssl`` object when the connection ends (TLS 1.3 tickets
-arrive after the handshake, so that is the moment it is surely there), and
-:meth:`~TlsSessions.offer` gives it for the next connection to the same
-endpoint.
+came from (host, port, TLS name).  The driver names each new TLS
+connection (:meth:`~TlsSessions.watch`) and the session is read from its
+``ssl`` object once (:meth:`~TlsSessions.take`): when the connection is
+open (TLS 1.3 tickets arrive after the handshake, before the upgrade
+response) and the driver is about to wait, or when it ends before that.
+Reading it copies the session with the server's certificate in it, a few
+hundred microseconds: done at close, that time would be on the way from
+the break to the next attempt.  :meth:`~TlsSessions.offer` gives it for the
+next connection to the same endpoint.
 
 How the session reaches the handshake depends on the TLS layer:
 
@@ -91,14 +95,31 @@ def offering(context: ssl.SSLContext | None, session: ssl.SSLSession | None) -> 
 class TlsSessions:
     """One feed's last TLS session, for the endpoint it belongs to."""
 
-    __slots__ = ("_endpoint", "_session")
+    __slots__ = ("_endpoint", "_pending", "_session")
 
     def __init__(self) -> None:
         self._endpoint: Endpoint | None = None
         self._session: ssl.SSLSession | None = None
+        self._pending: tuple[Endpoint, ssl.SSLObject | ssl.SSLSocket] | None = None
+
+    def watch(self, endpoint: Endpoint, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> None:
+        """A connection to *endpoint* is up (``None``: not TLS): its session
+        is read by :meth:`take`, later."""
+        self._pending = None if ssl_object is None else (endpoint, ssl_object)
+
+    @property
+    def pending(self) -> bool:
+        """A connection's session is still to be read."""
+        return self._pending is not None
+
+    def take(self) -> None:
+        """Read the watched connection's session now, if not done yet."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.keep(*pending)
 
     def keep(self, endpoint: Endpoint, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> None:
-        """A connection to *endpoint* ends: keep its session to offer next."""
+        """Keep the session of *ssl_object*, a connection to *endpoint*, to offer next."""
         if ssl_object is None:
             return
         try:
