@@ -496,3 +496,35 @@ def test_the_status_line_shows_legs_live_and_gaps() -> None:
     assert "legs" not in one and "2 gaps" in one
     two = status_text(Metrics(**base, legs=2, legs_live=1), 10.0)  # type: ignore[arg-type]
     assert "legs 1/2 live" in two and "gaps" not in two
+
+
+@pytest.mark.parametrize(("flags", "negotiated"), [((), ["permessage-deflate"]),
+                                                   (("--no-compression",), [])])
+def test_compression_is_offered_unless_no_compression(flags: tuple[str, ...], negotiated: list[str]) -> None:
+    """Against the websockets package's server (which accepts deflate): the
+    command's messages arrive either way; the server saw the offer or not."""
+    from websockets.sync.server import ServerConnection, serve
+
+    seen: list[list[str]] = []
+
+    def behaviour(ws: ServerConnection) -> None:
+        seen.append([ext.name for ext in ws.protocol.extensions])
+        for seq in range(3):
+            ws.send(json.dumps({"seq": seq, "conn": 1, "pad": "x" * 500}))
+        for _ in ws:
+            pass
+
+    with serve(behaviour, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            port = server.socket.getsockname()[1]
+            with cli(f"ws://127.0.0.1:{port}/", "--no-status", *flags) as proc:
+                proc.wait_until(lambda: len(proc.out) >= 3)
+                proc.p.send_signal(signal.SIGINT)
+                assert proc.finish() == 0
+        finally:
+            server.shutdown()
+            thread.join(10)
+    assert [numbered(line) for line in proc.out[:3]] == [(0, 1), (1, 1), (2, 1)]
+    assert seen == [negotiated]
