@@ -22,6 +22,13 @@ picks the mode:
     is the same on every connection: the stream of a feed several clients,
     or several connections of one client (``bench/merge.py``), receive.  The
     frames are encoded once per (kind, size, count) and shared.
+``/stream?kind=json&size=BYTES&count=N&deflate=1``
+    a feed of distinct JSON messages of *size* bytes each (an order book's
+    levels, pseudo-random digits, numbered), sent compressed
+    (permessage-deflate, the context kept between messages as most servers
+    do) when the client offered it, else plain.  1,000 messages are
+    compressed once with one compressor and the block is sent again and
+    again: a block made from an empty window is valid after any history.
 ``/echo`` (also ``/idle``)
     reads the client's masked frames and sends each data frame back unmasked
     with the same opcode; answers pings with pongs and a close with a close.
@@ -38,10 +45,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import resource
 import socket
 import sys
 import threading
+import zlib
 from urllib.parse import parse_qs, urlsplit
 
 from wire import (
@@ -86,6 +95,51 @@ def _numbered_frames(kind: str, size: int, count: int) -> bytes:
             tail = payload_for(kind, size)[10:]
             cached = _numbered[(kind, size, count)] = b"".join(
                 encode_frame(opcode, (b"%010d" % i + tail)[:size]) for i in range(1, count + 1))
+        return cached
+
+
+_json_blocks: dict[tuple[int, bool], tuple[bytes, int]] = {}
+JSON_BLOCK = 1000
+
+
+def json_messages(size: int, count: int = JSON_BLOCK) -> list[bytes]:
+    """*count* distinct JSON messages of exactly *size* bytes (an order
+    book update: numbered, prices and quantities from a seeded generator;
+    spaces before the last brace make up the size)."""
+    rng = random.Random(size)
+    out = []
+    for i in range(count):
+        head = b'{"e":"depthUpdate","s":"BTCUSDT","u":%d,"b":[' % (1_000_000_000 + i)
+        levels: list[bytes] = []
+        length = len(head) + 2
+        while True:
+            level = b'["%d.%02d","%d.%05d"]' % (rng.randrange(65000, 65100), rng.randrange(0, 100, 5),
+                                               rng.randrange(3), rng.randrange(0, 100000, 250))
+            extra = len(level) + (1 if levels else 0)
+            if length + extra > size:
+                break
+            levels.append(level)
+            length += extra
+        body = head + b",".join(levels) + b"]"
+        out.append(body + b" " * (size - len(body) - 1) + b"}")
+    return out
+
+
+def _json_block(size: int, deflate: bool) -> tuple[bytes, int]:
+    """The frames of :data:`JSON_BLOCK` JSON messages, compressed in one
+    stream (RSV1 set) or plain, and how many there are."""
+    with _blocks_lock:
+        cached = _json_blocks.get((size, deflate))
+        if cached is None:
+            frames = []
+            z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+            for message in json_messages(size):
+                if deflate:
+                    data = (z.compress(message) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+                    frames.append(encode_frame(OP_TEXT, data, rsv1=True))
+                else:
+                    frames.append(encode_frame(OP_TEXT, message))
+            cached = _json_blocks[(size, deflate)] = (b"".join(frames), len(frames))
         return cached
 
 
@@ -147,12 +201,20 @@ class _Conn:
                     self.sock.sendall(encode_frame(OP_CLOSE, payload[:2]))
                     return False
 
-    def stream(self, kind: str, size: int, count: int, numbered: bool = False) -> None:
+    def stream(self, kind: str, size: int, count: int, numbered: bool = False,
+               deflate: bool = False) -> None:
         frames = _numbered_frames(kind, size, count) if numbered else b""
         if not self.wait_for_data_frame():
             return
         sock = self.sock
-        if numbered:
+        if kind == "json":
+            block, per_block = _json_block(size, deflate)
+            full, rest = divmod(count, per_block)
+            for _ in range(full):
+                sock.sendall(block)
+            if rest:  # the first *rest* frames of the block
+                sock.sendall(_json_prefix(size, deflate, rest))
+        elif numbered:
             view = memoryview(frames)
             for start in range(0, len(frames), BLOCK_BYTES):
                 sock.sendall(view[start:start + BLOCK_BYTES])
@@ -193,6 +255,16 @@ class _Conn:
                 sock.sendall(b"".join(out))
 
 
+def _json_prefix(size: int, deflate: bool, n: int) -> bytes:
+    block, _ = _json_block(size, deflate)
+    reader = FrameReader()
+    reader.feed(block)
+    out = b""
+    for _fin, _op, payload in reader.frames()[:n]:
+        out += encode_frame(OP_TEXT, payload, rsv1=deflate)
+    return out
+
+
 def _serve(sock: socket.socket) -> None:
     try:
         with sock:
@@ -209,7 +281,10 @@ def _serve(sock: socket.socket) -> None:
                     kind = query.get("kind", "text")
                     size = int(query.get("size", "64"))
                     count = int(query.get("count", "1000"))
-                    payload_for(kind, size)
+                    if kind != "json":
+                        payload_for(kind, size)
+                    elif size < 200:
+                        raise ValueError("json messages are 200 bytes or more")
                     if size < 0 or count < 0:
                         raise ValueError("size and count must be >= 0")
                 except ValueError as exc:
@@ -218,14 +293,17 @@ def _serve(sock: socket.socket) -> None:
             elif url.path not in ("/echo", "/idle"):
                 _refuse(sock, f"unknown path {url.path!r}: use /stream, /echo or /idle\n")
                 return
+            deflate = (query.get("deflate") == "1"
+                       and "permessage-deflate" in headers.get("sec-websocket-extensions", ""))
             sock.sendall(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + (b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b"")
                 + f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode("ascii")
             )
             conn = _Conn(sock)
             conn.reader.feed(rest)
             if url.path == "/stream":
-                conn.stream(kind, size, count, query.get("numbered") == "1")
+                conn.stream(kind, size, count, query.get("numbered") == "1", deflate)
             else:
                 conn.echo()
     except (OSError, ConnectionError):

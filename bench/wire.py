@@ -47,9 +47,11 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + GUID).digest()).decode("ascii")
 
 
-def encode_frame(opcode: int, payload: bytes, *, mask: bytes | None = None, fin: bool = True) -> bytes:
-    """One frame: unmasked (server to client) or masked with the 4-byte *mask* (client to server)."""
-    first = (0x80 if fin else 0) | opcode
+def encode_frame(opcode: int, payload: bytes, *, mask: bytes | None = None, fin: bool = True,
+                 rsv1: bool = False) -> bytes:
+    """One frame: unmasked (server to client) or masked with the 4-byte *mask*
+    (client to server); *rsv1*: a compressed message (permessage-deflate)."""
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
     n = len(payload)
     mask_bit = 0x80 if mask is not None else 0
     if n < 126:

@@ -103,7 +103,10 @@ def _bomb() -> bytes:
     for i, piece in enumerate(pieces):
         first = (0x80 if i == len(pieces) - 1 else 0) | (0x42 if i == 0 else 0x00)
         n = len(piece)
-        head = bytes([first, 127]) + n.to_bytes(8, "big") if n >= 65536 else bytes([first, 126]) + n.to_bytes(2, "big")
+        if n >= 65536:
+            head = bytes([first, 127]) + n.to_bytes(8, "big")
+        else:
+            head = bytes([first, 126]) + n.to_bytes(2, "big")
         out.append(head + piece)
     return b"".join(out)
 
