@@ -5,7 +5,7 @@ Theory of operation
 Everything RFC 6455 says about bytes on the wire lives behind this one class,
 so the state machine never sees a frame.  The handshake is
 :mod:`._handshake`'s; wsproto reads every frame the fast path of
-:meth:`Framing.feed` does not take; this class adds three things wsproto
+:meth:`Framing.feed` does not take; this class adds what wsproto
 does not do for a client:
 
 * **Reassembly with a size limit.**  wsproto hands out frame *pieces* as they
@@ -16,6 +16,11 @@ does not do for a client:
   a peer's close.  We tell them apart by the state, queue our own
   close frame with the right code (1002, 1007) and mark the parser dead: the
   bytes that follow are discarded, never buffered.
+* **permessage-deflate** (:mod:`._deflate`), when the server accepted our
+  offer: whole compressed frames are inflated by the fast path, the others
+  by wsproto through a small extension, both with the connection's one
+  decompressor, bounded by ``max_message_size``; what we send is
+  compressed in :meth:`Framing.send`.
 * **Automatic answers.**  Pings are answered with pongs and a peer's close is
   echoed (RFC 6455 5.5.1) inside :meth:`feed`; the bytes go to ``outgoing``.
 
@@ -242,7 +247,6 @@ class Framing:
         if self._offer_deflate:
             headers = [*headers, ("Sec-WebSocket-Extensions", OFFER)]
         self.outgoing += request(endpoint, headers, subprotocols, self._key)
-
 
     @property
     def is_open(self) -> bool:
