@@ -164,10 +164,23 @@ class Inflater:
         return out
 
     def whole(self, payload: bytes) -> bytes:
-        """A whole message in one frame."""
-        out = self.piece(payload)
-        rest = self.finish()
-        return out + rest if rest else out
+        """A whole message in one frame (none in progress): one call to zlib."""
+        z = self._zlib
+        if z is None:
+            z = self._zlib = zlib.decompressobj(-15)
+        limit = self._limit
+        try:
+            out = z.decompress(payload + TAIL) if limit is None else z.decompress(payload + TAIL, limit + 1)
+        except zlib.error as exc:
+            self._zlib = None
+            raise InflateFailed(1007, f"a compressed message is not valid deflate data ({exc})") from None
+        if limit is not None and (len(out) > limit or z.unconsumed_tail):
+            self._zlib = None
+            raise InflateFailed(1009, f"message larger than max_message_size ({limit} bytes) "
+                                      f"once inflated")
+        if self._reset:
+            self._zlib = None
+        return out
 
 
 def deflate(data: bytes, negotiated: Negotiated) -> bytes | None:

@@ -369,6 +369,7 @@ class Framing:
             pos = end
         append = run.append
         u16 = _U16
+        inflating = self._inflater is not None
         while n - pos >= 2:
             if not self._fragmented:
                 # The hottest loop: whole text and binary frames in their
@@ -406,6 +407,10 @@ class Framing:
                                 break  # the general case reports it
                         elif b0 == 0x82:
                             append(data[start:end])
+                        elif (b0 == 0xC1 or b0 == 0xC2) and inflating and length < _BIG:
+                            # compressed, whole: inflated (or the connection failed)
+                            if not self._inflate(data[start:end], b0 == 0xC1, run, out):
+                                return out
                         else:
                             break
                         pos = end
@@ -451,14 +456,10 @@ class Framing:
                 return out
             if (b0 == 0xC1 or b0 == 0xC2) and minimal and length <= limit and length < _BIG:
                 # A compressed message in one frame (RSV1 and FIN; RSV1
-                # anywhere else is wsproto's to refuse): inflated here once
-                # it is whole, bounded by the limit.
-                if end > n:
-                    break
-                if not self._inflate(data[start:end], b0 == 0xC1, run, out):
-                    return out
-                pos = end
-                continue
+                # anywhere else is wsproto's to refuse) that the hot loop
+                # left: cut by the end of the read (it inflates whole ones).
+                assert end > n
+                break
             if (b0 == 0x81 or b0 == 0x82) and minimal and length <= limit:
                 if end > n:
                     if length >= _BIG:

@@ -336,3 +336,21 @@ def test_a_fragmented_message_whose_end_is_not_deflate_closes_1007() -> None:
     pair.settle()
     down = [e for e in pair.events if isinstance(e, Disconnected)]
     assert down and down[0].code == 1007 and "not valid deflate data" in down[0].detail
+
+
+@pytest.mark.parametrize(("params", "limit"), [({}, None), ({"server_no_context_takeover": True}, 1 << 20)],
+                         ids=["no-limit", "no-context-takeover"])
+def test_fragmented_messages_in_a_row(params: dict[str, object], limit: int | None) -> None:
+    """Through wsproto's path: without a size limit, and with the
+    decompressor dropped after each message (no context takeover)."""
+    pair = Pair(ping_interval=None, max_message_size=limit)
+    pair.start()
+    pair.open()
+    pair.accept(extensions=[PerMessageDeflate(**params)])  # type: ignore[arg-type]
+    assert pair.server is not None
+    for i in range(3):
+        body = f"message {i} " * 300
+        pair.feed(pair.server.send(TextMessage(data=body[:1000], message_finished=False)))
+        pair.feed(pair.server.send(TextMessage(data=body[1000:], message_finished=True)))
+    pair.pump()
+    assert pair.messages() == [f"message {i} " * 300 for i in range(3)]
