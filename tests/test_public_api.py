@@ -232,6 +232,7 @@ INTERNAL = {
     "AlertTracker": "the alert state the core keeps",
     "AckMatcherFailed": "raised inside the core when an ACK matcher raises; never leaves it",
     "HandshakeError": "raised by the handshake parser inside the framing layer; never leaves it",
+    "InflateFailed": "raised by the decompressor inside the framing layer; never leaves it",
     "Stream": "the byte-stream protocol between the anyio loop and its streams",
     "AnyioStream": "the plain loop's stream over anyio",
     "AnyioLoop": "the anyio driver's loop, AsyncFeed's base class",

@@ -96,7 +96,9 @@ def test_a_blocking_send_never_waits_for_the_io_threads_stalled_write() -> None:
     stop = threading.Event()
     with server(deaf(stop)) as port:
         try:
-            with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", write_timeout=5.0,
+            # (compression off: "x" * 100 KiB deflates to almost nothing and
+            # would never fill the socket)
+            with nonstop.sync.connect(f"ws://127.0.0.1:{port}/", write_timeout=5.0, compression=None,
                                       **FAST) as feed:
                 feed.wait_connected(10)
                 deadline = time.monotonic() + 20
@@ -235,7 +237,10 @@ async def test_the_asyncio_protocol_stops_reading_while_the_queue_is_full() -> N
     back); when the consumer comes back every message arrives, in order."""
     count = 3000
     with server(burst(count, pad=4096)) as port, anyio.fail_after(40):
-        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=16, fast=True, **FAST) as feed:
+        # (compression off: the padding deflates to almost nothing, and the
+        # kernel's buffers would never fill)
+        async with nonstop.connect(f"ws://127.0.0.1:{port}/", queue_size=16, fast=True, compression=None,
+                                   **FAST) as feed:
             await feed.wait_connected(10)
             stream = feed._stream
             assert isinstance(stream, AsyncioStream)
