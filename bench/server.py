@@ -295,6 +295,8 @@ def _serve(sock: socket.socket) -> None:
                 return
             deflate = (query.get("deflate") == "1"
                        and "permessage-deflate" in headers.get("sec-websocket-extensions", ""))
+            if url.path == "/stream" and kind == "json":
+                _json_block(size, deflate)  # made once, before the client's clock can start
             sock.sendall(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 + (b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b"")
