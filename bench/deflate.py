@@ -26,6 +26,7 @@ the run; the exit status is 1 only if a client failed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -42,6 +43,8 @@ sys.path.insert(0, str(BENCH))
 from run import child_env, pin_cpus, start_server, stop_server  # noqa: E402
 
 CLIENTS = ["nonstop-asyncio", "nonstop-trio", "nonstop-blocking", "websockets", "aiohttp"]
+#: The packages each client needs beyond nonstop (the ``bench`` extra has them).
+NEEDS = {"nonstop-trio": ["trio"], "websockets": ["websockets"], "aiohttp": ["aiohttp"]}
 MAX_MESSAGE = 1 << 20
 
 
@@ -187,7 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.count, args.repeat = 2000, 1
-    clients = [c for c in args.clients.split(",") if c]
+    clients = []
+    for name in (c for c in args.clients.split(",") if c):
+        missing = [pkg for pkg in NEEDS.get(name, []) if importlib.util.find_spec(pkg) is None]
+        if missing:
+            print(f"note: {name} skipped: {', '.join(missing)} not installed (pip install -e '.[bench]')")
+        else:
+            clients.append(name)
     server, port = start_server()
     failed = False
     rates: dict[tuple[str, bool], list[float]] = {}
