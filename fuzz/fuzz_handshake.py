@@ -15,9 +15,13 @@ status, reported in ``Disconnected.status``), ``handshake_failed`` or
   an extension, fuzzed names and values), then trailing bytes.  The
   expectation is computed here from the fields: ``must_not_open`` (wrong
   status, any accept value that is not the right one, no ``Upgrade:
-  websocket``, no ``upgrade`` connection token, any extension, a subprotocol
-  that was not offered or more than one) and ``must_open`` (a plain, clean
-  valid response: each of those fields once, nothing odd).
+  websocket``, no ``upgrade`` connection token, any extension when none was
+  offered, a subprotocol that was not offered or more than one) and
+  ``must_open`` (a plain, clean valid response: each of those fields once,
+  nothing odd).  When permessage-deflate was offered, a plain
+  ``permessage-deflate`` answer may open; any other extension answer has no
+  expectation here beyond the ones every opening must meet (its parameters
+  are the core tests' to check).
 * **raw**: the bytes as they are, ``$A`` replaced by the right accept key.
   If the core opens, a lenient parse of the response head must find status
   101 and only right accept values.
@@ -27,7 +31,8 @@ by wsproto, so the check is independent of the code under test.
 
 Input layout::
 
-    byte 0   config: bits 0-1 offered subprotocols, bit 2 fatal 401, bit 3 max_attempts=1
+    byte 0   config: bits 0-1 offered subprotocols, bit 2 fatal 401, bit 3 max_attempts=1,
+             bit 4 permessage-deflate offered
     byte 1   bit 0: raw form
     byte 2   n (low 4 bits), then n chunk-size bytes (``_common.chunk_size``)
     raw:        rest = the response
@@ -111,8 +116,9 @@ def clean(value: bytes) -> bool:
 
 
 def expectation(status: int, version: bytes, phrase: bytes, headers: list[tuple[bytes, bytes]],
-                offered: tuple[str, ...], accept: bytes) -> tuple[bool, bool]:
-    """(must_not_open, must_open) for a structured response."""
+                offered: tuple[str, ...], accept: bytes, deflate: bool) -> tuple[bool, bool]:
+    """(must_not_open, must_open) for a structured response (*deflate*:
+    permessage-deflate was offered)."""
     fields: dict[bytes, list[bytes]] = {}
     for name, value in headers:
         fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
@@ -121,17 +127,20 @@ def expectation(status: int, version: bytes, phrase: bytes, headers: list[tuple[
     connections = fields.get(b"connection", [])
     protocols = {t.strip(b" \t") for v in fields.get(b"sec-websocket-protocol", [])
                  for t in v.split(b",")}
+    extensions = [v.lower() for v in fields.get(b"sec-websocket-extensions", [])]
+    plain_deflate = deflate and extensions == [b"permessage-deflate"]
+    unsure = deflate and bool(extensions) and not plain_deflate
     must_not_open = (
         status != 101
         or not accepts or any(a != accept for a in accepts)
         or not any(u.lower() == b"websocket" for u in upgrades)
         or not any(t.strip(b" \t").lower() == b"upgrade" for c in connections for t in c.split(b","))
-        or b"sec-websocket-extensions" in fields
+        or (bool(extensions) and not deflate)
         or len(protocols) > 1
         or any(p.decode("latin-1") not in offered for p in protocols)
     )
     must_open = (
-        not must_not_open and version == b"HTTP/1.1" and clean(phrase)
+        not must_not_open and not unsure and version == b"HTTP/1.1" and clean(phrase)
         and len(accepts) == len(upgrades) == len(connections) == 1
         and len(fields.get(b"sec-websocket-protocol", [])) <= 1
         and b"content-length" not in fields and b"transfer-encoding" not in fields
@@ -175,7 +184,7 @@ def play(config: Config, r: Reader, raw: bool, table: bytes) -> None:
         head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         response = head + b"\r\n" + r.rest()
         must_not_open, must_open = expectation(status, version, phrase, headers,
-                                               config.subprotocols, accept)
+                                               config.subprotocols, accept, config.compression is not None)
     overhead, largest = subscription_overhead(core), 0
     for chunk in [*split(response, table), None]:
         if chunk is None:
@@ -200,7 +209,7 @@ def play(config: Config, r: Reader, raw: bool, table: bytes) -> None:
         assert accepts and all(a == accept for a in accepts), f"opened with accept {accepts}"
         protocol = opened[0].subprotocol
         assert protocol is None or protocol in config.subprotocols, protocol
-        assert b"sec-websocket-extensions" not in fields
+        assert config.compression is not None or b"sec-websocket-extensions" not in fields
     else:
         assert not must_open, f"a valid 101 did not open: {gone}"
         assert gone.reason in OPEN_FAILURES, gone
@@ -220,6 +229,7 @@ def TestOneInput(data: bytes) -> None:
         subprotocols=OFFERED[flags & 3],
         fatal_statuses=frozenset({401}) if flags & 4 else frozenset(),
         max_attempts=1 if flags & 8 else None,
+        compression="deflate" if flags & 16 else None,
     )
     raw = bool(r.byte() & 1)
     table = read_chunk_table(r)
