@@ -105,7 +105,7 @@ def linger_zero(sock: object) -> None:
     """Make the coming close an RST (SO_LINGER 0)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # type: ignore[attr-defined]
-    except (OSError, AttributeError):  # already closed underneath us
+    except (OSError, AttributeError, ValueError):  # already closed underneath us (uvloop: fd -1)
         pass
 
 

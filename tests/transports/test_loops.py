@@ -188,3 +188,20 @@ async def test_the_loop_reads_into_the_buffer_it_is_given_as_much_as_it_holds() 
     finally:
         transport.close()
         peer.close()
+
+
+def test_linger_zero_on_a_socket_closed_underneath_is_a_no_op() -> None:
+    """The abort of a connection the loop already closed (uvloop hands out a
+    pseudo-socket whose fd is -1 then: ValueError, not OSError)."""
+    from nonstop.transports._anyio_loop import linger_zero
+
+    sock = socket.socket()
+    sock.close()
+    linger_zero(sock)  # OSError (bad file descriptor) swallowed
+
+    class Closed:
+        def setsockopt(self, *args: object) -> None:
+            raise ValueError("negative file descriptor")
+
+    linger_zero(Closed())
+    linger_zero(None)  # no socket at all
