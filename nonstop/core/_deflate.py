@@ -155,29 +155,11 @@ class Inflater:
                                       f"once inflated")
         return out
 
-    def finish(self) -> bytes:
-        """The end of the message: what the stripped tail still yields."""
-        out = self.piece(TAIL)
+    def finish(self, last: bytes = b"") -> bytes:
+        """The end of the message, with its *last* bytes (a message in one
+        frame: all of it, in one call to zlib), then the stripped tail."""
+        out = self.piece(last + TAIL)
         self._size = 0
-        if self._reset:
-            self._zlib = None
-        return out
-
-    def whole(self, payload: bytes) -> bytes:
-        """A whole message in one frame (none in progress): one call to zlib."""
-        z = self._zlib
-        if z is None:
-            z = self._zlib = zlib.decompressobj(-15)
-        limit = self._limit
-        try:
-            out = z.decompress(payload + TAIL) if limit is None else z.decompress(payload + TAIL, limit + 1)
-        except zlib.error as exc:
-            self._zlib = None
-            raise InflateFailed(1007, f"a compressed message is not valid deflate data ({exc})") from None
-        if limit is not None and (len(out) > limit or z.unconsumed_tail):
-            self._zlib = None
-            raise InflateFailed(1009, f"message larger than max_message_size ({limit} bytes) "
-                                      f"once inflated")
         if self._reset:
             self._zlib = None
         return out
@@ -210,7 +192,7 @@ class WsprotoInflate(Extension):
     def enabled(self) -> bool:
         return True
 
-    def offer(self) -> bool | str:  # pragma: no cover - the handshake is ours
+    def offer(self) -> bool | str:  # (wsproto asks for it; our handshake sends OFFER itself)
         return OFFER
 
     def frame_inbound_header(self, proto: object, opcode: Opcode, rsv: RsvBits,

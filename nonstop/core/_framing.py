@@ -515,7 +515,7 @@ class Framing:
         the connection (past the limit, not deflate, not UTF-8)."""
         assert self._inflater is not None
         try:
-            data = self._inflater.whole(payload)
+            data = self._inflater.finish(payload)
         except InflateFailed as exc:
             if run:
                 out.append(run[:])

@@ -257,10 +257,10 @@ def test_the_inflater_counts_each_message_on_its_own() -> None:
     z = zlib.compressobj(wbits=-15)
     for _ in range(5):  # 5 x 80 bytes: each under the limit, with context kept
         payload = (z.compress(b"x" * 80) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
-        assert inflater.whole(payload) == b"x" * 80
+        assert inflater.finish(payload) == b"x" * 80
     payload = (z.compress(b"x" * 101) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
     with pytest.raises(InflateFailed) as failed:
-        inflater.whole(payload)
+        inflater.finish(payload)
     assert failed.value.code == 1009
 
 
@@ -268,7 +268,7 @@ def test_the_wsproto_extension_refuses_rsv1_on_continuations() -> None:
     from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 
     ext = WsprotoInflate(Inflater(None, Negotiated()))
-    assert ext.enabled()
+    assert ext.enabled() and ext.offer() == OFFER
     rsv1 = RsvBits(True, False, False)
     assert ext.frame_inbound_header(None, Opcode.CONTINUATION, rsv1, 3) is CloseReason.PROTOCOL_ERROR
     assert ext.frame_inbound_header(None, Opcode.TEXT, RsvBits(False, False, False), 3) == rsv1
