@@ -44,7 +44,7 @@ import ssl as _ssl
 import typing
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from .core import (
     AlertPolicy,
@@ -56,12 +56,17 @@ from .core import (
     FeedCore,
     Login,
     Merge,
+    Proxy,
+    ProxyRules,
     UrlProvider,
+    rules_from_environment,
 )
 from .core._config import HeaderProvider, HeadersLike, Payload
 from .core._merge import DEDUPE_COUNT, DEDUPE_WINDOW, LEG_LAG, REORDER_WINDOW
 
 __all__ = [
+    "FROM_ENVIRONMENT",
+    "FromEnvironment",
     "options",
     "Options",
     "with_options",
@@ -154,6 +159,32 @@ class Options:
         return FeedCore(self.legs[leg % len(self.legs)], rng=random.Random(self.rng.getrandbits(64)))
 
 
+
+class FromEnvironment(enum.Enum):
+    """The ``proxy`` option's default: the environment's proxy variables."""
+
+    FROM_ENVIRONMENT = "the environment"
+
+    def __repr__(self) -> str:
+        return "FROM_ENVIRONMENT"
+
+
+#: ``proxy=FROM_ENVIRONMENT`` (the default): read ``https_proxy`` and the rest.
+FROM_ENVIRONMENT: Final = FromEnvironment.FROM_ENVIRONMENT
+
+
+def _proxy_rules(proxy: object) -> ProxyRules | None:
+    """The ``proxy`` option as the core's rules (the environment is read
+    here, once, when the feed is made)."""
+    if proxy is FROM_ENVIRONMENT:
+        return rules_from_environment(os.environ)
+    if proxy is None:
+        return None
+    if isinstance(proxy, (str, Proxy)):
+        return ProxyRules.fixed(proxy)
+    raise ConfigError(f"proxy must be a proxy URL such as 'http://host:3128', None (no proxy) or "
+                      f"left out (the environment's proxy), got {proxy!r}")
+
 def options(
     url: str | UrlProvider | None = None,
     *,
@@ -186,6 +217,7 @@ def options(
     fatal_close_codes: Iterable[int] = (),
     max_message_size: int | None = 1 << 20,
     compression: str | None = "deflate",
+    proxy: str | Proxy | FromEnvironment | None = FROM_ENVIRONMENT,
     alerts: AlertPolicy | None = None,
     user_agent: str | None = "nonstop",
     server_hostname: str | None = None,
@@ -300,6 +332,14 @@ def options(
     compression
         ``"deflate"``: offer permessage-deflate (RFC 7692), which most feeds
         accept; ``None``: offer no compression.
+    proxy
+        The proxy every connection goes through: ``http://[user:pass@]host:port``
+        (HTTP ``CONNECT``), ``https://...`` (the same over TLS to the proxy),
+        ``socks5://`` (the feed's name looked up here), ``socks5h://`` (by
+        the proxy) or ``socks4a://``.  By default the environment's
+        ``https_proxy`` (``wss://``), ``http_proxy`` (``ws://``),
+        ``all_proxy`` and ``no_proxy``, as curl reads them; ``None``: no
+        proxy, whatever the environment says.
     alerts
         An :class:`~nonstop.AlertPolicy`; ``None``: ``AlertPolicy()``.
     user_agent
@@ -359,6 +399,7 @@ def options(
         fatal_close_codes=_codes("fatal_close_codes", fatal_close_codes),
         max_message_size=max_message_size,
         compression=compression,
+        proxy=_proxy_rules(proxy),
         alerts=AlertPolicy() if alerts is None else alerts,
         max_lifetime=max_lifetime,
     )

@@ -8,7 +8,7 @@ uses the global :mod:`random`.  See ``docs/core.md``.
 
 from __future__ import annotations
 
-from ._backoff import ceiling, first_retry_delay, parse_retry_after, retry_delay
+from ._backoff import ceiling, first_retry_delay, retry_delay
 from ._config import AppPing, Backoff, Config, Login, Payload, Subscription, UrlProvider
 from ._core import FeedCore
 from ._errors import (
@@ -38,10 +38,22 @@ from ._events import (
     Stopped,
     Subscribed,
 )
-from ._guard import ERROR, INFO, WARNING, AlertKind, AlertPolicy, Reason, classify_error, level_for
+from ._guard import (
+    ERROR,
+    INFO,
+    WARNING,
+    AlertKind,
+    AlertPolicy,
+    ProxyError,
+    Reason,
+    classify_error,
+    level_for,
+)
 from ._logfmt import KEYWORDS, event_level, format_event, redact_text
 from ._merge import Merge
 from ._metrics import Metrics
+from ._proxy import Proxy, ProxyHandshake, ProxyRules, parse_proxy, proxy_unreachable, rules_from_environment
+from ._retry_after import parse_retry_after
 from ._state import TRANSITIONS, Input, State
 from ._url import Endpoint, parse_url, redact_url
 
@@ -86,6 +98,13 @@ __all__ = [
     "InvalidURL",
     "NotConnected",
     "Endpoint",
+    "Proxy",
+    "ProxyError",
+    "ProxyHandshake",
+    "ProxyRules",
+    "parse_proxy",
+    "proxy_unreachable",
+    "rules_from_environment",
     "parse_url",
     "redact_url",
     "redact_text",

@@ -24,6 +24,7 @@ from typing import Any, Union
 from ._checks import check_positive
 from ._errors import ConfigError
 from ._guard import AlertPolicy
+from ._proxy import ProxyRules
 from ._url import Endpoint, parse_url
 
 __all__ = [
@@ -408,6 +409,9 @@ class Config:
     compression: str | None = "deflate"
     """``"deflate"``: offer permessage-deflate (RFC 7692); ``None``: offer
     no compression."""
+    proxy: ProxyRules | None = None
+    """Which proxy each connection goes through (``None``: every
+    connection goes direct); see :class:`~nonstop.core.ProxyRules`."""
     alerts: AlertPolicy = field(default_factory=AlertPolicy)
     max_lifetime: float | None = None
     """Seconds a connection may live: ``rotation_lead`` seconds before, a
@@ -504,6 +508,8 @@ class Config:
         if self.max_message_size is not None:
             check_positive("max_message_size", self.max_message_size, integer=True,
                            optional=True)
+        if self.proxy is not None and not isinstance(self.proxy, ProxyRules):
+            raise ConfigError(f"proxy must be a nonstop.core.ProxyRules or None, got {self.proxy!r}")
         if self.compression not in ("deflate", None):
             raise ConfigError(f"compression must be 'deflate' or None, got {self.compression!r}")
         if not isinstance(self.backoff, Backoff):

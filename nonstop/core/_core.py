@@ -58,7 +58,7 @@ import math
 import random
 import re
 
-from ._backoff import ceiling, first_retry_delay, parse_retry_after, retry_delay
+from ._backoff import ceiling, first_retry_delay, retry_delay
 from ._config import (
     _RESERVED_HEADERS,
     Config,
@@ -102,6 +102,7 @@ from ._guard import (
     Reason,
     Verdict,
     error_detail,
+    proxy_retry_after,
     server_closed,
     transport_error,
     upgrade_rejected,
@@ -109,6 +110,7 @@ from ._guard import (
 from ._health import Health, after
 from ._logfmt import redact_text
 from ._metrics import Metrics
+from ._retry_after import parse_retry_after
 from ._state import HAS_TRANSPORT, Input, State, next_state
 from ._subscriptions import AckMatcherFailed, Subscriptions
 from ._url import Endpoint, parse_url, redact_url
@@ -436,7 +438,8 @@ class FeedCore:
         connecting_to = None
         if ep is not None and self._state is State.CONNECTING:
             connecting_to = (ep.host, ep.port)
-        self._disconnect(now, transport_error(error, connecting_to=connecting_to), abort=True)
+        self._disconnect(now, transport_error(error, connecting_to=connecting_to), abort=True,
+                         retry_after=proxy_retry_after(error))
 
     def transport_lost(self, error: BaseException, now: float) -> bool:
         """Reading or writing failed on a transport the core may already have
@@ -788,12 +791,14 @@ class FeedCore:
             self._open_transport(ep)
 
     def _open_transport(self, ep: Endpoint) -> None:
+        rules = self.config.proxy
         self._events.append(
             OpenTransport(
                 host=ep.host,
                 port=ep.port,
                 tls=ep.tls,
                 server_hostname=(self.config.server_hostname or ep.host) if ep.tls else None,
+                proxy=None if rules is None else rules.choose(tls=ep.tls, host=ep.host, port=ep.port),
             )
         )
 
@@ -1119,7 +1124,9 @@ class FeedCore:
         self._health = None
         self._stable_at = None
         self._rotate_at = None
-        if give_up and reason is Reason.LOGIN_REJECTED:
+        if give_up and fatal and reason is Reason.PROXY_AUTH:
+            self._stop_reason = (reason, verdict.detail)
+        elif give_up and reason is Reason.LOGIN_REJECTED:
             self._stop_reason = (reason, (
                 f"the server refused the login {self._rejections} times in a row "
                 f"(max_rejections): check the credentials (key, secret, permissions) "

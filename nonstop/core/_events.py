@@ -25,6 +25,7 @@ from typing import Union, final
 
 from ._config import Payload, Subscription
 from ._guard import AlertKind, Reason
+from ._proxy import Proxy
 
 __all__ = [
     "FetchUrl",
@@ -75,6 +76,10 @@ class OpenTransport:
     tls: bool
     server_hostname: str | None
     """Name for SNI and certificate checks; ``None`` when ``tls`` is false."""
+    proxy: Proxy | None = None
+    """The proxy to reach ``host:port`` through (``None``: direct): connect
+    to it, open the tunnel with :class:`~nonstop.core.ProxyHandshake`, then
+    speak to ``host:port`` (TLS included) through it."""
 
 
 @final

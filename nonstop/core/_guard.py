@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from ._checks import check_positive
+from ._errors import NonstopError
 
 __all__ = [
     "Reason",
@@ -101,6 +102,15 @@ class Reason(enum.Enum):
     ``max_rejections`` in a row."""
     LOGIN_TIMEOUT = "login_timeout"
     """The login was not acknowledged within its ``timeout``."""
+    PROXY = "proxy"
+    """The proxy could not be reached, broke the connection during its
+    handshake or answered what no proxy of its kind would."""
+    PROXY_AUTH = "proxy_auth"
+    """The proxy wants credentials, or refused the ones given (HTTP 407, a
+    SOCKS authentication failure): fatal."""
+    PROXY_REFUSED = "proxy_refused"
+    """The proxy would not open a tunnel to the feed (HTTP 403/502/503, a
+    SOCKS reply code); ``Retry-After`` is honoured."""
     URL_PROVIDER = "url_provider"
     """The URL provider raised, returned a bad URL, or did not return
     within ``connect_timeout``."""
@@ -206,6 +216,31 @@ def _walk(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+class ProxyError(NonstopError):
+    """The proxy did not open the tunnel to the feed (raised by
+    :class:`~nonstop.core._proxy.ProxyHandshake`, or by a driver with
+    :func:`~nonstop.core._proxy.proxy_unreachable`).
+
+    ``reason``: ``proxy``, ``proxy_auth`` or ``proxy_refused``; ``fatal``:
+    retrying cannot help (credentials); ``retry_after``: the seconds the
+    proxy asked us to wait, if it said; ``later``: it asked us to come back
+    later (HTTP 429/503).
+    """
+
+    def __init__(self, reason: Reason, message: str, *, fatal: bool = False,
+                 retry_after: float | None = None, later: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.fatal = fatal
+        self.retry_after = retry_after
+        self.later = later
+
+
+def proxy_retry_after(error: BaseException) -> float | None:
+    """The wait a proxy asked for in *error* (``Retry-After``), if any."""
+    return next((e.retry_after for e in _walk(error) if isinstance(e, ProxyError)), None)
+
+
 def classify_error(exc: BaseException) -> Reason:
     """Map a transport exception to a :class:`Reason`.
 
@@ -215,6 +250,9 @@ def classify_error(exc: BaseException) -> Reason:
     :attr:`Reason.NETWORK`.
     """
     chain = _walk(exc)
+    for e in chain:
+        if isinstance(e, ProxyError):
+            return e.reason
     names = [{cls.__name__ for cls in type(e).__mro__} for e in chain]
     for found in names:
         if found & _TLS_NAMES:
@@ -264,6 +302,9 @@ def transport_error(error: BaseException, *, connecting_to: tuple[str, int] | No
     ``connecting_to``: ``(host, port)`` while the connection is being opened;
     a TLS, DNS or refused error then says what to check.
     """
+    proxy = next((e for e in _walk(error) if isinstance(e, ProxyError)), None)
+    if proxy is not None:
+        return Verdict(reason=proxy.reason, detail=str(proxy), later=proxy.later, fatal=proxy.fatal)
     reason = classify_error(error)
     detail = error_detail(error)
     hint = _HINTS.get(reason)

@@ -122,7 +122,9 @@ class FastAsyncFeed(AsyncFeed):
                                  ssl_context=self._opts.ssl_context,
                                  server_hostname=effect.server_hostname, reads=reads,
                                  lookup=self._lookup_rules(self._clock()),
-                                 session=self._tls_sessions.offer(self._endpoint))
+                                 session=self._tls_sessions.offer(self._endpoint),
+                                 proxy=effect if effect.proxy is not None else None,
+                                 user_agent=self._core.config.user_agent, read_size=self._opts.read_size)
 
     def _opened(self, stream: Stream) -> None:
         if type(stream) is AsyncioStream:

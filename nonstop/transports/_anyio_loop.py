@@ -62,6 +62,7 @@ from ..core import (
 )
 from ._common import DriverOptions, ReadSize, WriteStalled
 from ._dial import dial
+from ._proxy import open_through_proxy
 from ._session import Feed
 from ._tls import Endpoint, offering
 
@@ -405,7 +406,15 @@ class AnyioLoop(Feed):
 
     async def _connect(self, effect: OpenTransport, reads: ReadSize) -> Stream:
         """Open the connection *effect* asks for."""
-        sock = await dial(effect.host, effect.port, **self._lookup_rules(self._clock()))
+        lookup = self._lookup_rules(self._clock())
+        if effect.proxy is None:
+            sock = await dial(effect.host, effect.port, **lookup)
+        else:
+            through = await open_through_proxy(effect, lookup, user_agent=self._core.config.user_agent,
+                                               ssl_context=self._opts.ssl_context)
+            if not isinstance(through, socket.socket):
+                return AnyioStream(through, reads, self._opts.read_size if on_asyncio() else None)
+            sock = through
         if effect.tls:
             self._session.release()
         stream = await wrap_socket(sock, tls=effect.tls, ssl_context=self._opts.ssl_context,

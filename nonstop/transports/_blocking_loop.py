@@ -50,18 +50,25 @@ from ..core import (
     FeedCore,
     FetchUrl,
     OpenTransport,
+    ProxyError,
+    Reason,
     State,
+    proxy_unreachable,
 )
+from ..core._dial import lookup_limit
 from ._common import DriverOptions, WriteStalled
 from ._dial import SelectorDial
+from ._proxy import SocketTunnel, handshake_for, proxy_context
 from ._session import Feed
 
 __all__ = ["BlockingLoop"]
 
 
-#: Selector data of the open socket and of a TLS handshake in progress.
+#: Selector data of the open socket, of a TLS handshake and of a proxy's
+#: handshake in progress.
 _READ = "read"
 _TLS = "tls"
+_PROXY = "proxy"
 
 
 class BlockingLoop(Feed):
@@ -76,6 +83,8 @@ class BlockingLoop(Feed):
         self._reading = False  # the socket is registered for reading
         self._dial: SelectorDial | None = None
         self._tls: ssl.SSLSocket | None = None  # a TLS handshake in progress
+        self._tls_to_proxy = False  # ... with an https:// proxy, not the feed
+        self._tunnel: SocketTunnel | None = None  # a proxy's handshake in progress
         self._effect: OpenTransport | None = None  # the connect in progress
         self._pending_open: FetchUrl | OpenTransport | None = None
         #: The URL provider's answer, from its thread: ``(url, None)`` or
@@ -202,12 +211,13 @@ class BlockingLoop(Feed):
         if dial is not None:
             dial.close()
         tls, self._tls = self._tls, None
+        tunnel, self._tunnel = self._tunnel, None
         with self._write_lock:  # no send() is writing to it; its leftovers go too
             sock, self._sock = self._sock, None
             self._unsent = b""
         self._tls_sessions.take()  # its TLS session, for the next connection, if not read yet
         self._reading = False
-        for s in (tls, sock):
+        for s in (tls, None if tunnel is None else tunnel.sock, sock):
             if s is None:
                 continue
             with contextlib.suppress(KeyError, ValueError):
@@ -255,6 +265,9 @@ class BlockingLoop(Feed):
                 return
             elif key.data is _TLS:
                 self._tls_step()
+                return
+            elif key.data is _PROXY:
+                self._tunnel_step(readable=bool(_mask & selectors.EVENT_READ))
                 return
             elif dial is not None and key.data is dial:
                 dial.on_ready(key.fileobj, time.monotonic())
@@ -330,7 +343,15 @@ class BlockingLoop(Feed):
         with self._cond:
             rules = self._lookup_rules(time.monotonic())
         rules["waiting"] = self._release  # (a lookup waits in this thread)
-        self._dial = dial = SelectorDial.open(effect.host, effect.port, self._selector, **rules)
+        proxy = effect.proxy
+        if proxy is not None and proxy.tls and effect.tls:
+            self._fail_connect(ProxyError(Reason.PROXY, (
+                f"wss:// through the https:// proxy {proxy} needs TLS inside TLS, which the blocking "
+                "API cannot run: use an http:// proxy (its tunnel carries the feed's TLS), or the "
+                "async API"), fatal=True))
+            return
+        host, port = (effect.host, effect.port) if proxy is None else (proxy.host, proxy.port)
+        self._dial = dial = SelectorDial.open(host, port, self._selector, **rules)
         if not dial.done:
             # A connect on this host or LAN is often over at once: take it
             # now (the request goes out before the held events are written)
@@ -350,11 +371,32 @@ class BlockingLoop(Feed):
             return
         self._dial = None
         if dial.error is not None:
-            self._fail_connect(dial.error)
+            self._fail_connect(self._proxy_error(dial.error))
         else:
             self._tcp_connected(dial.take())
 
+    def _proxy_error(self, error: OSError) -> BaseException:
+        """*error* while reaching the proxy, if there is one: the proxy's."""
+        effect = self._effect
+        if effect is None or effect.proxy is None:
+            return error
+        wrapped = proxy_unreachable(effect.proxy, error)
+        wrapped.__cause__ = error
+        return wrapped
+
     def _tcp_connected(self, sock: socket.socket) -> None:
+        effect = self._effect
+        assert effect is not None
+        proxy = effect.proxy
+        if proxy is not None and proxy.tls:
+            self._begin_tls(sock, proxy_context(self._opts.ssl_context), proxy.host, None, to_proxy=True)
+        elif proxy is not None:
+            self._begin_tunnel(sock)
+        else:
+            self._through(sock)
+
+    def _through(self, sock: socket.socket) -> None:
+        """*sock* leads to the feed: TLS to it if asked, then the upgrade."""
         effect = self._effect
         assert effect is not None
         if not effect.tls:
@@ -363,13 +405,18 @@ class BlockingLoop(Feed):
         context = self._opts.ssl_context
         assert context is not None
         offer = self._tls_sessions.offer((effect.host, effect.port, effect.server_hostname))
+        self._begin_tls(sock, context, effect.server_hostname, offer, to_proxy=False)
+
+    def _begin_tls(self, sock: socket.socket, context: ssl.SSLContext, name: str | None,
+                   offer: ssl.SSLSession | None, *, to_proxy: bool) -> None:
         try:
-            self._tls = context.wrap_socket(sock, server_hostname=effect.server_hostname,
+            self._tls = context.wrap_socket(sock, server_hostname=name,
                                             do_handshake_on_connect=False, session=offer)
         except (OSError, ValueError) as exc:
             sock.close()
-            self._fail_connect(exc)
+            self._fail_connect(self._proxy_error(exc) if to_proxy and isinstance(exc, OSError) else exc)
             return
+        self._tls_to_proxy = to_proxy
         self._selector.register(self._tls, selectors.EVENT_READ, _TLS)
         self._tls_step()
 
@@ -385,11 +432,50 @@ class BlockingLoop(Feed):
             self._selector.modify(tls, selectors.EVENT_WRITE, _TLS)
             return
         except OSError as exc:
-            self._fail_connect(exc)
+            self._fail_connect(self._proxy_error(exc) if self._tls_to_proxy else exc)
             return
         self._selector.unregister(tls)
         self._tls = None
-        self._connected(tls)
+        if self._tls_to_proxy:
+            self._begin_tunnel(tls)
+        else:
+            self._connected(tls)
+
+    def _begin_tunnel(self, sock: socket.socket) -> None:
+        """The proxy is reached: open the tunnel through it."""
+        effect = self._effect
+        assert effect is not None and effect.proxy is not None
+        try:
+            address = None
+            if effect.proxy.resolves_locally:  # socks5:// sends the feed's address
+                self._release()  # (the lookup waits in this thread)
+                address = self._lookup.resolve_blocking(effect.host, effect.port, reuse=False,
+                                                        limit=lookup_limit(self._core.config.connect_timeout))
+            handshake = handshake_for(effect, None if address is None else str(address[0][4][0]),
+                                      self._core.config.user_agent)
+        except OSError as exc:
+            sock.close()
+            self._fail_connect(exc)
+            return
+        self._tunnel = SocketTunnel(sock, effect.proxy, handshake)
+        self._selector.register(sock, selectors.EVENT_WRITE, _PROXY)
+        self._tunnel_step(readable=False)
+
+    def _tunnel_step(self, *, readable: bool) -> None:
+        tunnel = self._tunnel
+        assert tunnel is not None
+        try:
+            done = tunnel.step(readable)
+        except ProxyError as exc:
+            self._fail_connect(exc)
+            return
+        if not done:
+            wanted = selectors.EVENT_WRITE if tunnel.wants_write else selectors.EVENT_READ
+            self._selector.modify(tunnel.sock, wanted, _PROXY)
+            return
+        self._selector.unregister(tunnel.sock)
+        self._tunnel = None
+        self._through(tunnel.sock)
 
     def _fail_connect(self, exc: BaseException) -> None:
         self._drop_socket(abort=True)

@@ -47,10 +47,12 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..core import OpenTransport
 from ._anyio_loop import AnyioStream, Stream, linger_zero, on_asyncio, wrap_socket
 from ._common import MIN_READ, ReadSize
 from ._dial import dial
 from ._loops import loop_clock, read_size_knob, reads_behind, reads_into_buffer
+from ._proxy import open_through_proxy
 from ._tls import offering
 
 __all__ = ["SocketStream", "AsyncioStream", "open_stream", "on_asyncio"]
@@ -398,6 +400,9 @@ async def open_stream(
     reads: ReadSize,
     lookup: dict[str, Any] | None = None,
     session: ssl.SSLSession | None = None,
+    proxy: OpenTransport | None = None,
+    user_agent: str | None = None,
+    read_size: int = 1 << 20,
 ) -> Stream:
     """Connect (and shake hands for TLS) with the stream that suits the loop.
 
@@ -405,9 +410,18 @@ async def open_stream(
     read brought into it.  *lookup*: how to look the host up (the keyword
     arguments of :func:`._dial.dial`; its ``waiting`` is called before the
     TLS handshake too).  *session*: the TLS session to offer (:mod:`._tls`).
+    *proxy*: the effect, when it names a proxy to go through (:mod:`._proxy`;
+    *user_agent* for its ``CONNECT``; *read_size*: the largest read of a
+    stream through an ``https://`` proxy).
     """
     lookup = lookup or {}
-    sock = await dial(host, port, **lookup)
+    if proxy is None:
+        sock = await dial(host, port, **lookup)
+    else:
+        through = await open_through_proxy(proxy, lookup, user_agent=user_agent, ssl_context=ssl_context)
+        if not isinstance(through, socket.socket):
+            return AnyioStream(through, reads, read_size if on_asyncio() else None)
+        sock = through
     waiting = lookup.get("waiting")
     if tls and waiting is not None:
         waiting()

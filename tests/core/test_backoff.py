@@ -706,7 +706,7 @@ def test_every_http_date_form_is_understood(date: str) -> None:
 
 
 def test_two_digit_years_before_70_are_this_century() -> None:
-    from nonstop.core._backoff import parse_http_date
+    from nonstop.core._retry_after import parse_http_date
 
     assert parse_http_date("Monday, 01-Jan-24 00:00:00 GMT") == parse_http_date(
         "Mon, 01 Jan 2024 00:00:00 GMT"
