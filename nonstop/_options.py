@@ -535,7 +535,9 @@ def build_driver_options(
     a ``wss://`` URL) and return them as :class:`DriverOptions`."""
     if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
         raise ConfigError(f"ssl must be an ssl.SSLContext or None, got {ssl!r}")
-    if ssl is not None and config.endpoint is not None and not config.endpoint.tls:
+    https_proxy = config.proxy is not None and any(
+        p is not None and p.tls for p in (config.proxy.ws, config.proxy.wss))
+    if ssl is not None and config.endpoint is not None and not config.endpoint.tls and not https_proxy:
         raise ConfigError("ssl was given but the URL is ws://; use wss:// for TLS")
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise ConfigError(f"queue_size must be an integer >= 1, got {queue_size!r}")

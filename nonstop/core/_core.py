@@ -1124,7 +1124,7 @@ class FeedCore:
         self._health = None
         self._stable_at = None
         self._rotate_at = None
-        if give_up and fatal and reason is Reason.PROXY_AUTH:
+        if give_up and fatal and reason in (Reason.PROXY, Reason.PROXY_AUTH):  # the proxy's own words
             self._stop_reason = (reason, verdict.detail)
         elif give_up and reason is Reason.LOGIN_REJECTED:
             self._stop_reason = (reason, (
