@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from . import errors, sync
 from ._api import connect
-from ._options import Overflow, OverflowName
+from ._options import FROM_ENVIRONMENT, FromEnvironment, Overflow, OverflowName
 from .core import (
     Alert,
     AlertKind,
@@ -58,6 +58,8 @@ from .transports._blocking import SyncFeed
 __version__ = "0.1.0"
 
 __all__ = [
+    "FROM_ENVIRONMENT",
+    "FromEnvironment",
     # opening a feed
     "connect",
     "sync",

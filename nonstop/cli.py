@@ -72,6 +72,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _proxy_option(args: argparse.Namespace) -> dict[str, Any]:
+    """``proxy=`` for ``connect``: the one named, none, or (left out) the environment's."""
+    if args.no_proxy and args.proxy is not None:
+        raise ConfigError("--proxy and --no-proxy contradict each other: give one")
+    if args.no_proxy:
+        return {"proxy": None}
+    return {} if args.proxy is None else {"proxy": args.proxy}
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -192,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait between reconnect attempts (default: %(default)g)")
     add("--no-compression", action="store_true",
         help="do not offer permessage-deflate (default: offered; most feeds then send compressed)")
+    add("--proxy", metavar="URL", default=None,
+        help="reach the feed through this proxy: http://[user:pass@]host:port, https://..., "
+             "socks5://, socks5h:// or socks4a:// (default: the environment's https_proxy, "
+             "http_proxy, all_proxy and no_proxy)")
+    add("--no-proxy", action="store_true",
+        help="connect directly, whatever proxy the environment names (default: the environment decides)")
     add("--insecure", action="store_true",
         help="wss:// only: do not verify the server's certificate (default: verify)")
     add("--output", choices=("raw", "jsonl"), default="raw",
@@ -317,6 +332,7 @@ def _connect(args: argparse.Namespace, label: str, context: ssl.SSLContext | Non
         sequence=None if args.sequence is None else sequence_of(args.sequence),
         max_lifetime=args.max_lifetime,
         compression=None if args.no_compression else "deflate",
+        **_proxy_option(args),
         ssl=context,
         on_event=None if exporter is None else exporter.on_event(label),
     )

@@ -528,3 +528,27 @@ def test_compression_is_offered_unless_no_compression(flags: tuple[str, ...], ne
             thread.join(10)
     assert [numbered(line) for line in proc.out[:3]] == [(0, 1), (1, 1), (2, 1)]
     assert seen == [negotiated]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--proxy", "ftp://proxy:21"), "proxy scheme 'ftp' is not supported"),
+    (("--proxy", "http://proxy:3128", "--no-proxy"), "contradict each other"),
+])
+def test_proxy_options_that_make_no_sense_exit_2(args: tuple[str, ...], says: str) -> None:
+    result = run_cli("ws://127.0.0.1:9/", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert says in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_the_command_reaches_the_feed_through_the_proxy_it_is_given(tmp_path: Path) -> None:
+    """``--proxy`` against a real HTTP proxy (tinyproxy): the messages come
+    through its tunnel."""
+    from .transports.proxies import Tinyproxy
+
+    with Tinyproxy(tmp_path) as proxy, feed_server() as server, \
+            cli(server.url, "--no-status", "--proxy", proxy.url()) as proc:
+        proc.wait_until(lambda: len(proc.out) >= 3)
+        proc.p.send_signal(signal.SIGINT)
+        assert proc.finish() == 0
+        assert proxy.tunnels() == 1
+    assert [numbered(line) for line in proc.out[:3]][0] is not None

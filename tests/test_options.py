@@ -99,7 +99,7 @@ def _documented_default(cell: str) -> object:
     """The cell's first backticked span, evaluated as a Python expression."""
     code = re.match(r"`([^`]+)`", cell)
     assert code is not None, f"the default column must start with the default in backticks: {cell!r}"
-    return eval(code.group(1), {"__builtins__": {}})
+    return eval(code.group(1), {"__builtins__": {}, "FROM_ENVIRONMENT": nonstop.FROM_ENVIRONMENT})
 
 
 def test_usage_table_lists_every_option_in_order() -> None:
