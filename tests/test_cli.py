@@ -551,4 +551,4 @@ def test_the_command_reaches_the_feed_through_the_proxy_it_is_given(tmp_path: Pa
         proc.p.send_signal(signal.SIGINT)
         assert proc.finish() == 0
         assert proxy.tunnels() == 1
-    assert [numbered(line) for line in proc.out[:3]][0] is not None
+    assert all(numbered(line) is not None for line in proc.out[:3])

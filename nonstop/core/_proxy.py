@@ -388,7 +388,7 @@ class ProxyHandshake:
     def _socks4_request(self) -> bytes:
         user = (self.proxy.username or "").encode()
         return (struct.pack("!BBH", 4, 1, self.port) + b"\x00\x00\x00\x01" + user + b"\x00"
-                + self.host.encode("idna") + b"\x00")
+                + self._name() + b"\x00")
 
     def _socks4_answer(self) -> bool:
         if len(self._in) < 8:
@@ -449,7 +449,7 @@ class ProxyHandshake:
             kind = 1 if address.version == 4 else 4
             where = bytes((kind,)) + address.packed
         else:
-            name = self.host.encode("idna")
+            name = self._name()
             if len(name) > 255:
                 raise ProxyError(Reason.PROXY, f"the host name {self.host[:40]}... is too long for "
                                                "SOCKS5 (255 bytes at most)", fatal=True)
@@ -478,6 +478,14 @@ class ProxyHandshake:
                                            "before the client spoke")
         self.done = True
         return False
+
+    def _name(self) -> bytes:
+        """The feed's host name as the proxy gets it (IDNA)."""
+        try:
+            return self.host.encode("idna")
+        except UnicodeError as exc:
+            raise ProxyError(Reason.PROXY, f"the host name {self.host[:40]!r} cannot be sent to the "
+                                           f"proxy ({exc})", fatal=True) from None
 
     def _nonsense(self, what: str) -> ProxyError:
         return ProxyError(Reason.PROXY, f"the proxy {self.proxy} answered with {what}: "
