@@ -453,7 +453,7 @@ class BlockingLoop(Feed):
                                                         limit=lookup_limit(self._core.config.connect_timeout))
             handshake = handshake_for(effect, None if address is None else str(address[0][4][0]),
                                       self._core.config.user_agent)
-        except OSError as exc:
+        except (OSError, ProxyError) as exc:  # the lookup, or a name the proxy cannot be sent
             sock.close()
             self._fail_connect(exc)
             return

@@ -191,6 +191,10 @@ class SocketTunnel:
             if readable and not self._out:
                 try:
                     data = sock.recv(_READ)
+                    # (TLS to the proxy: take what its buffer holds, which
+                    # the selector would never report)
+                    while data and isinstance(sock, ssl.SSLSocket) and sock.pending():
+                        data += sock.recv(_READ)
                 except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     return False
                 shake.receive_data(data)
