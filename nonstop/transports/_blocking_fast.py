@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +61,7 @@ from typing import Any, TypeVar
 from ..core import FeedCore, State
 from ._blocking import TAKE, SyncFeed
 from ._common import HANDBACK, DriverOptions
+from ._proxy import TLS_SOCKETS
 
 __all__ = ["FastSyncFeed"]
 
@@ -276,7 +276,7 @@ class FastSyncFeed(SyncFeed):
         the loop holds it for as long as a backlog takes to drain.
         False: the loop must write (or write the rest)."""
         sock = self._sock
-        if sock is None or isinstance(sock, ssl.SSLSocket):
+        if sock is None or isinstance(sock, TLS_SOCKETS):
             return False
         if not self._write_lock.acquire(blocking=False):
             return False  # the bytes stay queued in the core, in order

@@ -44,6 +44,7 @@ import ssl
 import struct
 import threading
 import time
+from typing import cast
 
 from ..core import (
     CloseTransport,
@@ -51,14 +52,13 @@ from ..core import (
     FetchUrl,
     OpenTransport,
     ProxyError,
-    Reason,
     State,
     proxy_unreachable,
 )
 from ..core._dial import lookup_limit
 from ._common import DriverOptions, WriteStalled
 from ._dial import SelectorDial
-from ._proxy import SocketTunnel, handshake_for, proxy_context
+from ._proxy import TLS_SOCKETS, NestedTLS, SocketTunnel, handshake_for, proxy_context
 from ._session import Feed
 
 __all__ = ["BlockingLoop"]
@@ -82,7 +82,7 @@ class BlockingLoop(Feed):
         self._sock: socket.socket | None = None
         self._reading = False  # the socket is registered for reading
         self._dial: SelectorDial | None = None
-        self._tls: ssl.SSLSocket | None = None  # a TLS handshake in progress
+        self._tls: ssl.SSLSocket | NestedTLS | None = None  # a TLS handshake in progress
         self._tls_to_proxy = False  # ... with an https:// proxy, not the feed
         self._tunnel: SocketTunnel | None = None  # a proxy's handshake in progress
         self._effect: OpenTransport | None = None  # the connect in progress
@@ -344,12 +344,6 @@ class BlockingLoop(Feed):
             rules = self._lookup_rules(time.monotonic())
         rules["waiting"] = self._release  # (a lookup waits in this thread)
         proxy = effect.proxy
-        if proxy is not None and proxy.tls and effect.tls:
-            self._fail_connect(ProxyError(Reason.PROXY, (
-                f"wss:// through the https:// proxy {proxy} needs TLS inside TLS, which the blocking "
-                "API cannot run: use an http:// proxy (its tunnel carries the feed's TLS), or the "
-                "async API"), fatal=True))
-            return
         host, port = (effect.host, effect.port) if proxy is None else (proxy.host, proxy.port)
         self._dial = dial = SelectorDial.open(host, port, self._selector, **rules)
         if not dial.done:
@@ -410,8 +404,11 @@ class BlockingLoop(Feed):
     def _begin_tls(self, sock: socket.socket, context: ssl.SSLContext, name: str | None,
                    offer: ssl.SSLSession | None, *, to_proxy: bool) -> None:
         try:
-            self._tls = context.wrap_socket(sock, server_hostname=name,
-                                            do_handshake_on_connect=False, session=offer)
+            if isinstance(sock, ssl.SSLSocket):  # inside TLS to an https:// proxy
+                self._tls = NestedTLS(sock, context, name, offer)
+            else:
+                self._tls = context.wrap_socket(sock, server_hostname=name,
+                                                do_handshake_on_connect=False, session=offer)
         except (OSError, ValueError) as exc:
             sock.close()
             self._fail_connect(self._proxy_error(exc) if to_proxy and isinstance(exc, OSError) else exc)
@@ -436,7 +433,9 @@ class BlockingLoop(Feed):
             return
         self._selector.unregister(tls)
         self._tls = None
-        if self._tls_to_proxy:
+        if isinstance(tls, NestedTLS):
+            self._connected(cast(socket.socket, tls))  # (the calls of a socket the loop makes)
+        elif self._tls_to_proxy:
             self._begin_tunnel(tls)
         else:
             self._connected(tls)
@@ -485,8 +484,9 @@ class BlockingLoop(Feed):
     def _connected(self, sock: socket.socket) -> None:
         self._sock = sock
         effect = self._effect
-        if isinstance(sock, ssl.SSLSocket) and effect is not None:
-            self._tls_sessions.watch((effect.host, effect.port, effect.server_hostname), sock)
+        if isinstance(sock, TLS_SOCKETS) and effect is not None and effect.tls:
+            watched = sock.ssl_object if isinstance(sock, NestedTLS) else sock
+            self._tls_sessions.watch((effect.host, effect.port, effect.server_hostname), watched)
         with self._cond:
             self._session.new_reads()
             self._core.transport_opened(time.monotonic())
@@ -505,7 +505,7 @@ class BlockingLoop(Feed):
                     break
                 chunks.append(data)
                 reads.update(len(data))
-                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                if not (isinstance(sock, TLS_SOCKETS) and sock.pending()):
                     break
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             if not chunks:

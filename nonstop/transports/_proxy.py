@@ -10,13 +10,12 @@ through that proxy.  The driver dials the proxy instead of the feed, then:
   :class:`SocketTunnel` steps for the blocking driver's selector), and the
   socket, now a pipe to the feed, goes on exactly as a direct one would:
   TLS to the feed, the upgrade, the fast loops;
-* ``https://``: TLS to the proxy first (:func:`tls_tunnel`, anyio's
-  ``TLSStream``, which can run TLS to the feed inside it), the handshake
-  over that stream, then the feed's own TLS inside.  The blocking driver
-  runs TLS to the proxy for a ``ws://`` feed; a ``wss://`` feed through an
-  ``https://`` proxy needs TLS inside TLS, which :class:`ssl.SSLSocket`
-  cannot do: that combination is refused by ``connect`` (use the async API,
-  or an ``http://`` proxy, whose tunnel carries the feed's TLS).
+* ``https://``: TLS to the proxy first, the handshake over it, then the
+  feed's own TLS inside it.  anyio's ``TLSStream`` runs TLS over any stream
+  (:func:`tls_tunnel`); the blocking driver's proxy connection is an
+  :class:`ssl.SSLSocket`, which cannot carry another, so the feed's TLS
+  there is :class:`NestedTLS`: an :class:`ssl.SSLObject` whose bytes go
+  through the proxy's socket, with the calls of a socket the driver makes.
 
 What to do is the core's: which proxy, the bytes of the handshake, and the
 verdict on its failure.  Anything that goes wrong between the dial and the
@@ -41,11 +40,14 @@ from anyio.streams.tls import TLSStream
 from ..core import OpenTransport, Proxy, ProxyError, ProxyHandshake, proxy_unreachable
 from ._dial import Lookup, dial
 
-__all__ = ["SocketTunnel", "dial_proxy", "handshake_for", "open_through_proxy", "proxy_context", "tunnel",
-           "tls_tunnel"]
+__all__ = ["NestedTLS", "TLS_SOCKETS", "SocketTunnel", "dial_proxy", "handshake_for", "open_through_proxy",
+           "proxy_context", "tunnel", "tls_tunnel"]
 
 #: Bytes of one read of the proxy's answer (answers are a few hundred bytes).
 _READ = 4096
+#: Seconds :class:`NestedTLS` may wait to hand its handshake's bytes to the
+#: proxy's socket (whose buffer takes them at once unless the proxy is stuck).
+_HANDSHAKE_WRITE = 10.0
 
 
 def proxy_context(feed_context: ssl.SSLContext | None) -> ssl.SSLContext:
@@ -220,3 +222,110 @@ def handshake_for(effect: OpenTransport, address: str | None, user_agent: str | 
     """The core's handshake for *effect* (*address*: the feed's IP address,
     for ``socks5://``)."""
     return _handshake(effect, address, user_agent)
+
+
+class NestedTLS:
+    """TLS to the feed inside the blocking driver's TLS connection to an
+    ``https://`` proxy: an :class:`ssl.SSLObject` over memory buffers, its
+    bytes carried by *outer* (non-blocking, like every socket of that
+    driver).  It answers the calls the driver makes of a TLS socket:
+    ``do_handshake``, ``recv``, ``pending``, ``sendall`` with a timeout,
+    ``fileno`` for the selector, ``setsockopt`` and ``close``.
+
+    A read drains *outer* entirely (its own buffered records included), so
+    no byte waits where the selector cannot see it.
+    """
+
+    def __init__(self, outer: ssl.SSLSocket, context: ssl.SSLContext, server_hostname: str | None,
+                 session: ssl.SSLSession | None = None) -> None:
+        self._outer = outer
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname,
+                                           session=session)
+        self._timeout: float | None = 0.0
+
+    def fileno(self) -> int:
+        return self._outer.fileno()
+
+    def setsockopt(self, *args: Any) -> None:
+        self._outer.setsockopt(*args)
+
+    def getpeername(self) -> Any:
+        return self._outer.getpeername()
+
+    def close(self) -> None:
+        self._outer.close()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def setblocking(self, blocking: bool) -> None:
+        self._timeout = None if blocking else 0.0
+
+    def pending(self) -> int:
+        """Bytes a ``recv`` may give without the socket being readable: the
+        decrypted ones, and records already taken from the socket."""
+        return self.ssl_object.pending() or self._incoming.pending
+
+    def do_handshake(self) -> None:
+        self._step(self.ssl_object.do_handshake)
+
+    def recv(self, size: int) -> bytes:
+        try:
+            data: bytes = self._step(self.ssl_object.read, size)
+            return data
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # the feed's end of TLS: EOF, as SSLSocket says it
+            return b""
+
+    def sendall(self, data: bytes) -> None:
+        self.ssl_object.write(data)
+        self._outer.settimeout(self._timeout)
+        try:
+            self._outer.sendall(self._outgoing.read())
+        finally:
+            self._outer.setblocking(False)
+
+    def _step(self, call: Any, *args: Any) -> Any:
+        """*call* on the TLS object, moving its bytes to and from *outer*
+        until it is done, or must wait for the proxy's socket to be readable
+        (:class:`ssl.SSLWantReadError`, as a non-blocking socket raises)."""
+        while True:
+            try:
+                result = call(*args)
+            except ssl.SSLWantReadError:
+                self._send()
+                if not self._receive():
+                    raise
+                continue
+            self._send()
+            return result
+
+    def _send(self) -> None:
+        """Hand what the TLS object wrote to *outer* (a handshake's few
+        kilobytes: the socket's buffer takes them)."""
+        data = self._outgoing.read()
+        if data:
+            self._outer.settimeout(_HANDSHAKE_WRITE)
+            try:
+                self._outer.sendall(data)
+            finally:
+                self._outer.setblocking(False)
+
+    def _receive(self) -> bool:
+        """Move everything *outer* has to the TLS object; False: nothing."""
+        got = False
+        while True:
+            try:
+                data = self._outer.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return got
+            if not data:
+                self._incoming.write_eof()
+                return True
+            self._incoming.write(data)
+            got = True
+
+
+#: What the blocking driver treats as a TLS socket.
+TLS_SOCKETS = (ssl.SSLSocket, NestedTLS)

@@ -86,8 +86,6 @@ async def test_messages_flow_through_each_kind_of_proxy(
     ``wss://`` the feed's TLS runs inside it, verified for the feed's name,
     and permessage-deflate is negotiated through it as without a proxy."""
     server, scheme = _kinds(tmp_path, pem)[kind]
-    if backend.blocking and tls and scheme == "https":
-        pytest.skip("TLS inside TLS: the blocking API refuses it (test_blocking_refuses_tls_in_tls)")
     counter = Counter()
     with server, websockets_server(counter, server_ssl if tls else None) as port:
         url = f"{'wss' if tls else 'ws'}://localhost:{port}/"
@@ -102,19 +100,25 @@ async def test_messages_flow_through_each_kind_of_proxy(
         assert server.tunnels() == 1
 
 
-@pytest.mark.parametrize("proxy_kind", ["http", "socks5"])
+@pytest.mark.parametrize("proxy_kind", ["http", "socks5", "https"])
 @pytest.mark.anyio
 async def test_the_feed_recovers_through_a_proxy_that_died_and_came_back(
-        proxy_kind: str, tmp_path: Path, backend: Backend) -> None:
+        proxy_kind: str, tmp_path: Path, pem: Path, server_ssl: ssl.SSLContext,
+        client_ssl: ssl.SSLContext, backend: Backend) -> None:
     """The proxy is killed mid-stream: the connection ends, attempts fail
     with reason ``proxy`` while it is down, and once it is back on its port
-    the feed reconnects through it and resubscribes."""
-    server: ProxyServer = Tinyproxy(tmp_path) if proxy_kind == "http" else Microsocks(tmp_path)
+    the feed reconnects through it and resubscribes (through an
+    ``https://`` proxy, to a ``wss://`` feed: TLS inside TLS, both times)."""
+    server: ProxyServer = {"http": lambda: Tinyproxy(tmp_path), "socks5": lambda: Microsocks(tmp_path),
+                           "https": lambda: Pproxy(tmp_path, pem)}[proxy_kind]()
+    tls = proxy_kind == "https"
     counter = Counter(count=3)
     events: list[Any] = []
-    with server, websockets_server(counter) as port:
+    with server, websockets_server(counter, server_ssl if tls else None) as port:
+        url = f"wss://localhost:{port}/" if tls else f"ws://127.0.0.1:{port}/"
         with anyio.fail_after(40):
-            async with backend.connect(f"ws://127.0.0.1:{port}/", subscribe=["go"], proxy=server.url(),
+            async with backend.connect(url, subscribe=["go"], proxy=server.url(),
+                                       ssl=client_ssl if tls else None,
                                        on_event=events.append, **QUIET) as feed:
                 first = await take(feed, 3)
                 server.stop()
@@ -214,20 +218,6 @@ async def test_a_proxy_that_cannot_reach_the_feed_is_retried(tmp_path: Path, bac
                 seen = await until_seen(events, lambda e: isinstance(e, Disconnected)
                                         and e.reason is Reason.PROXY_REFUSED and e.retry_in is not None)
     assert "would not open a tunnel" in seen.detail
-
-
-@pytest.mark.anyio
-async def test_blocking_refuses_tls_in_tls(tmp_path: Path, pem: Path, client_ssl: ssl.SSLContext) -> None:
-    """``wss://`` through an ``https://`` proxy needs TLS inside TLS, which
-    the blocking API cannot run: the feed stops at once and says what to use."""
-    with Pproxy(tmp_path, pem) as server, pytest.raises(FeedGaveUp) as raised:
-        def run() -> None:
-            with nonstop.sync.connect("wss://localhost:1/", proxy=server.url(scheme="https"),
-                                      ssl=client_ssl, **QUIET) as feed:
-                next(iter(feed))
-        await anyio.to_thread.run_sync(run)
-    assert raised.value.stopped.reason is Reason.PROXY
-    assert "TLS inside TLS" in raised.value.stopped.detail
 
 
 def test_the_environment_proxy_is_checked_when_the_feed_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
