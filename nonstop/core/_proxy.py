@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -131,8 +132,12 @@ def parse_proxy(url: str, *, what: str = "proxy") -> Proxy:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(f"{what}={shown!r}: a proxy URL has no path, query or fragment; "
                           f"write {scheme}://host:port")
+    if port == 0:
+        raise ConfigError(f"{what}={shown!r}: port 0 is not a port you can connect to")
     username = None if parts.username is None else unquote(parts.username)
     password = None if parts.password is None else unquote(parts.password)
+    if username is not None and "\x00" in username + (password or ""):
+        raise ConfigError(f"{what}={shown!r}: the user name or password holds a NUL character (%00)")
     if scheme == "socks4a" and password:
         raise ConfigError(f"{what}={shown!r}: SOCKS4A has a user id but no password; "
                           "give socks4a://user@host:port, or use socks5://")
@@ -145,13 +150,8 @@ def parse_proxy(url: str, *, what: str = "proxy") -> Proxy:
 def _shown(text: str) -> str:
     """*text* with the user info of a URL replaced by ``***``, for errors."""
     head, sep, rest = text.partition("://")
-    at = rest.rfind("@", 0, _end_of_authority(rest))
+    at = rest.rfind("@")  # (the last: a password may hold an unescaped "/", "?" or "#")
     return f"{head}{sep}***@{rest[at + 1:]}" if at >= 0 else text
-
-
-def _end_of_authority(rest: str) -> int:
-    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
-    return min(ends) if ends else len(rest)
 
 
 # ---------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class ProxyRules:
         for entry in self.no_proxy:
             if entry == "*":
                 return True
-            pattern, wanted = _split_port(entry)
+            pattern, wanted = _split_port(entry.lower().strip("."))
             if wanted is not None and wanted != port:
                 continue
             if address is not None and "/" in pattern:
@@ -201,9 +201,15 @@ class ProxyRules:
                         return True
                 except ValueError:
                     continue
-            elif name == pattern or (address is None and name.endswith("." + pattern)):
+            elif name == pattern or (address is None and name.endswith("." + pattern)) \
+                    or (address is not None and _ip(pattern) == address):
                 return True
         return False
+
+
+def _digits(text: str) -> bool:
+    """Is *text* a run of ASCII digits (``str.isdigit`` also takes "²")?"""
+    return text.isascii() and text.isdigit()
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -222,7 +228,7 @@ def _split_port(entry: str) -> tuple[str, int | None]:
         host, _, port = entry.partition(":")
     else:
         return entry, None
-    return host, int(port) if port.isdigit() else None
+    return host, int(port) if _digits(port) else None
 
 
 def rules_from_environment(environ: Mapping[str, str]) -> ProxyRules | None:
@@ -249,7 +255,7 @@ def rules_from_environment(environ: Mapping[str, str]) -> ProxyRules | None:
         return None
     found = get("no_proxy")
     entries = () if found is None else tuple(
-        e.lower().lstrip(".").rstrip(".") for e in found[1].replace(" ", ",").split(",") if e.strip(" ."))
+        e.lower().strip(".") for e in re.split(r"[,\s]+", found[1]) if e.strip("."))
     return ProxyRules(ws, wss, entries, source="the environment")
 
 
@@ -335,7 +341,8 @@ class ProxyHandshake:
 
     # -- HTTP CONNECT -----------------------------------------------------
     def _connect_request(self, user_agent: str | None) -> bytes:
-        target = f"{self._target}:{self.port}"
+        host = self._target if _ip(self.host) is not None else self._name().decode("ascii")
+        target = f"{host}:{self.port}"
         lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
         proxy = self.proxy
         if proxy.username is not None:
@@ -354,7 +361,7 @@ class ProxyHandshake:
         head = bytes(self._in[:end]).decode("latin-1")
         status_line, *lines = head.split("\r\n")
         parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _digits(parts[1]):
             raise self._nonsense(f"the answer {status_line[:80]!r} to CONNECT")
         status = int(parts[1])
         text = parts[2].strip() if len(parts) > 2 else ""
@@ -429,13 +436,19 @@ class ProxyHandshake:
         if method == 0xFF and proxy.username is None:
             raise ProxyError(Reason.PROXY_AUTH, f"the proxy {proxy} wants a user name and password; "
                              "put them in the proxy URL, socks5://user:password@host:port", fatal=True)
+        if method == 0xFF:
+            raise ProxyError(Reason.PROXY_AUTH, f"the proxy {proxy} accepts neither a user name and "
+                             "password nor no authentication: it wants a method nonstop does not "
+                             "speak (GSSAPI?)", fatal=True)
         raise self._nonsense(f"SOCKS5 method {method:#04x}, which the client did not offer")
 
     def _socks5_auth(self) -> bool:
         if len(self._in) < 2:
             return False
-        status = self._in[1]
+        version, status = self._in[0], self._in[1]
         del self._in[:2]
+        if version != 1:
+            raise self._nonsense(f"a user name and password answer of version {version}")
         if status != 0:
             raise ProxyError(Reason.PROXY_AUTH, f"the proxy {self.proxy} refused the credentials "
                              f"(SOCKS5 status {status}): check the user name and password in the "

@@ -370,7 +370,7 @@ def test_socks5_authentication_failures_are_fatal() -> None:
 @pytest.mark.parametrize(("proxy", "answers", "words"), [
     ("socks5h://p", (b"\x04\x00",), "SOCKS answer of version 4"),
     ("socks5h://p", (b"\x05\x02",), "method 0x02, which the client did not offer"),
-    ("socks5h://u:p@p", (b"\x05\xff",), "method 0xff, which the client did not offer"),
+    ("socks5h://u:p@p", (b"\x05\x02", b"\x05\x00"), "user name and password answer of version 5"),
     ("socks5h://p", (b"\x05\x00", b"\x04\x00\x00\x01" + bytes(6)), "SOCKS answer of version 4"),
     ("socks5h://p", (b"\x05\x00", b"\x05\x00\x00\x09\x00"), "address type 9"),
     ("socks5h://p", (b"\x05\x00", REPLY + b"x"), "before the client spoke"),
@@ -451,3 +451,17 @@ def test_a_fatal_proxy_failure_stops_the_feed_in_its_own_words(reason: Reason) -
     assert pair.of(Disconnected)[-1].reason is reason
     stopped = pair.of(Stopped)[-1]
     assert (stopped.reason, stopped.detail) == (reason, words)
+
+
+def test_no_proxy_details_a_demanding_user_would_check() -> None:
+    proxy = parse_proxy("http://p")
+    by_hand = ProxyRules(proxy, proxy, (".Example.COM", "2001:db8:0::1", "[2001:DB8::2]:443"))
+    assert by_hand.bypasses("ws.example.com", 1) and by_hand.bypasses("2001:db8::1", 1)
+    assert by_hand.bypasses("2001:db8::2", 443) and not by_hand.bypasses("2001:db8::2", 80)
+    rules = rules_from_environment({"http_proxy": "http://p", "no_proxy": "a.example,\tb.example\nc.example"})
+    assert rules is not None and rules.no_proxy == ("a.example", "b.example", "c.example")
+
+
+def test_a_nul_in_the_credentials_is_refused() -> None:
+    with pytest.raises(ConfigError, match="NUL character"):
+        parse_proxy("socks4a://a%00b@p")
