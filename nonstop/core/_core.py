@@ -172,6 +172,7 @@ class FeedCore:
         self._health: Health | None = None
         # per-attempt / per-connection
         self._attempt_started = 0.0
+        self._proxy: str | None = None  # the current attempt's proxy, shown redacted
         self._deadline: float | None = None  # connect, handshake or close timeout
         self._opened_at: float | None = None  # 101 received
         self._stable_at: float | None = None
@@ -792,13 +793,15 @@ class FeedCore:
 
     def _open_transport(self, ep: Endpoint) -> None:
         rules = self.config.proxy
+        proxy = None if rules is None else rules.choose(tls=ep.tls, host=ep.host, port=ep.port)
+        self._proxy = None if proxy is None else str(proxy)
         self._events.append(
             OpenTransport(
                 host=ep.host,
                 port=ep.port,
                 tls=ep.tls,
                 server_hostname=(self.config.server_hostname or ep.host) if ep.tls else None,
-                proxy=None if rules is None else rules.choose(tls=ep.tls, host=ep.host, port=ep.port),
+                proxy=proxy,
             )
         )
 
@@ -845,6 +848,7 @@ class FeedCore:
                 subprotocol=item.subprotocol,
                 handshake_time=now - self._attempt_started,
                 downtime=downtime,
+                proxy=self._proxy,
             )
         )
         login = self.config.login

@@ -122,6 +122,9 @@ class Connected:
     """Seconds from the attempt's start (DNS, TCP, TLS, upgrade) to 101."""
     downtime: float | None
     """Seconds since the previous connection was lost; ``None`` the first time."""
+    proxy: str | None = None
+    """The proxy this connection goes through, its credentials shown as
+    ``***`` (``None``: direct)."""
 
 
 @final

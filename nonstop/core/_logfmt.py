@@ -140,7 +140,7 @@ def format_event(event: Event | Message, feed: str | None = None) -> tuple[int, 
     if isinstance(event, Connected):
         return INFO, _line("[CONNECTED]", feed, connection=event.connection,
                            attempt=event.attempt, handshake=event.handshake_time,
-                           downtime=event.downtime, subprotocol=event.subprotocol)
+                           downtime=event.downtime, subprotocol=event.subprotocol, proxy=event.proxy)
     if isinstance(event, LoggedIn):
         return INFO, _line("[LOGGED_IN]", feed, connection=event.connection,
                            time=event.login_time)

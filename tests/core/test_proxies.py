@@ -13,6 +13,7 @@ from nonstop.core import (
     Backoff,
     Config,
     ConfigError,
+    Connected,
     Disconnected,
     Proxy,
     ProxyError,
@@ -21,6 +22,7 @@ from nonstop.core import (
     Reason,
     Stopped,
     classify_error,
+    format_event,
     parse_proxy,
     proxy_unreachable,
     rules_from_environment,
@@ -415,12 +417,20 @@ def proxied(proxy: str | None, url: str = "ws://feed.example/", **options: objec
 
 
 def test_the_open_effect_names_the_proxy_the_rules_choose() -> None:
-    pair = proxied("socks5h://u:p@127.0.0.1:1080")
+    pair = proxied(f"socks5h://u:{SECRET}@127.0.0.1:1080")
     pair.start()
-    assert pair.opens[-1].proxy == parse_proxy("socks5h://u:p@127.0.0.1:1080")
+    assert pair.opens[-1].proxy == parse_proxy(f"socks5h://u:{SECRET}@127.0.0.1:1080")
+    pair.connect()
+    connected = pair.of(Connected)[-1]
+    assert connected.proxy == "socks5h://***@127.0.0.1:1080"
+    line = format_event(connected, "feed")
+    assert line is not None and "proxy=socks5h://***@127.0.0.1:1080" in line[1] and SECRET not in line[1]
     direct = proxied("http://p", url="wss://direct.example/")
     direct.start()
     assert direct.opens[-1].proxy is None and direct.opens[-1].tls
+    direct.connect()
+    line = format_event(direct.of(Connected)[-1], "feed")
+    assert direct.of(Connected)[-1].proxy is None and line is not None and "proxy=" not in line[1]
     none = proxied(None)
     none.start()
     assert none.opens[-1].proxy is None

@@ -19,7 +19,7 @@ from websockets.sync.server import ServerConnection
 
 import nonstop
 import nonstop.sync
-from nonstop import Disconnected, FeedGaveUp, Reason
+from nonstop import Connected, Disconnected, FeedGaveUp, Reason
 
 from .conftest import QUIET, Backend, until_seen
 from .proxies import Microsocks, Pproxy, ProxyServer, Tinyproxy, free_port
@@ -94,7 +94,10 @@ async def test_messages_flow_through_each_kind_of_proxy(
                                        ssl=client_ssl if tls or scheme == "https" else None,
                                        **QUIET) as feed:
                 got = await take(feed, counter.count)
+                connected = [e for e in feed.history if isinstance(e, Connected)]
     assert [m["seq"] for m in got] == list(range(counter.count))
+    shown = f"{scheme}://{'***@' if server.user else ''}127.0.0.1:{server.port}"
+    assert [e.proxy for e in connected] == [shown]
     assert counter.extensions == [["permessage-deflate"]]
     if isinstance(server, Tinyproxy):
         assert server.tunnels() == 1
