@@ -333,8 +333,7 @@ class ProxyHandshake:
             raise ProxyError(Reason.PROXY, f"the proxy {self.proxy} closed the connection "
                                            "in the middle of its handshake")
         if self.done:
-            raise ProxyError(Reason.PROXY, f"the proxy {self.proxy} sent data for the feed "
-                                           "before the client spoke")
+            raise self._early()
         self._in += data
         while not self.done and self._step():
             pass
@@ -367,8 +366,7 @@ class ProxyHandshake:
         text = parts[2].strip() if len(parts) > 2 else ""
         if 200 <= status < 300:
             if len(self._in) > end + 4:
-                raise ProxyError(Reason.PROXY, f"the proxy {self.proxy} sent data for the feed "
-                                               "before the client spoke")
+                raise self._early()
             self.done = True
             return False
         headers = []
@@ -404,8 +402,7 @@ class ProxyHandshake:
         if version != 0:
             raise self._nonsense(f"a SOCKS4 answer of version {version}")
         if len(self._in) > 8:
-            raise ProxyError(Reason.PROXY, f"the proxy {self.proxy} sent data for the feed "
-                                           "before the client spoke")
+            raise self._early()
         if code == 0x5A:
             self.done = True
             return False
@@ -487,8 +484,7 @@ class ProxyHandshake:
         if len(self._in) < size:
             return False
         if len(self._in) > size:
-            raise ProxyError(Reason.PROXY, f"the proxy {self.proxy} sent data for the feed "
-                                           "before the client spoke")
+            raise self._early()
         self.done = True
         return False
 
@@ -499,6 +495,10 @@ class ProxyHandshake:
         except UnicodeError as exc:
             raise ProxyError(Reason.PROXY, f"the host name {self.host[:40]!r} cannot be sent to the "
                                            f"proxy ({exc})", fatal=True) from None
+
+    def _early(self) -> ProxyError:
+        return ProxyError(Reason.PROXY, f"the proxy {self.proxy} sent data for the feed "
+                                        "before the client spoke")
 
     def _nonsense(self, what: str) -> ProxyError:
         return ProxyError(Reason.PROXY, f"the proxy {self.proxy} answered with {what}: "

@@ -37,7 +37,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from ..core import OpenTransport, Proxy, ProxyError, ProxyHandshake, proxy_unreachable
+from ..core import OpenTransport, Proxy, ProxyHandshake, proxy_unreachable
 from ._dial import Lookup, dial
 
 __all__ = ["NestedTLS", "TLS_SOCKETS", "SocketTunnel", "dial_proxy", "handshake_for", "open_through_proxy",
@@ -79,7 +79,9 @@ async def _address(effect: OpenTransport, lookup: dict[str, Any]) -> str | None:
     return str(infos[0][4][0])
 
 
-def _handshake(effect: OpenTransport, address: str | None, user_agent: str | None) -> ProxyHandshake:
+def handshake_for(effect: OpenTransport, address: str | None, user_agent: str | None) -> ProxyHandshake:
+    """The core's handshake for *effect* (*address*: the feed's IP address,
+    for ``socks5://``)."""
     assert effect.proxy is not None
     return ProxyHandshake(effect.proxy, effect.host, effect.port, address=address, user_agent=user_agent)
 
@@ -90,7 +92,7 @@ async def tunnel(sock: socket.socket, effect: OpenTransport, lookup: dict[str, A
     one: not ``https://``); on return *sock* leads to the feed."""
     proxy = effect.proxy
     assert proxy is not None
-    shake = _handshake(effect, await _address(effect, lookup), user_agent)
+    shake = handshake_for(effect, await _address(effect, lookup), user_agent)
     try:
         while not shake.done:
             out = shake.data_to_send()
@@ -106,8 +108,6 @@ async def tunnel(sock: socket.socket, effect: OpenTransport, lookup: dict[str, A
             except BlockingIOError:
                 continue
             shake.receive_data(data)
-    except ProxyError:
-        raise
     except OSError as exc:
         raise proxy_unreachable(proxy, exc) from exc
 
@@ -124,7 +124,7 @@ async def tls_tunnel(sock: socket.socket, effect: OpenTransport, lookup: dict[st
         sock.close()
         raise
     try:
-        shake = _handshake(effect, await _address(effect, lookup), user_agent)
+        shake = handshake_for(effect, await _address(effect, lookup), user_agent)
         try:
             stream = await TLSStream.wrap(stream, hostname=proxy.host, ssl_context=proxy_context(context),
                                           standard_compatible=False)
@@ -135,7 +135,7 @@ async def tls_tunnel(sock: socket.socket, effect: OpenTransport, lookup: dict[st
                 shake.receive_data(await stream.receive(_READ))
         except anyio.EndOfStream:
             shake.receive_data(b"")  # raises: the proxy closed mid-handshake
-        except (OSError, ssl.SSLError, anyio.BrokenResourceError) as exc:
+        except (OSError, anyio.BrokenResourceError) as exc:  # (ssl.SSLError is an OSError)
             raise proxy_unreachable(proxy, exc) from exc
     except BaseException:
         await anyio.aclose_forcefully(stream)
@@ -206,8 +206,6 @@ class SocketTunnel:
                     self._out = self._out[sock.send(self._out):]
                 except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     return False
-        except ProxyError:
-            raise
         except OSError as exc:
             raise proxy_unreachable(self.proxy, exc) from exc
         return shake.done
@@ -216,12 +214,6 @@ class SocketTunnel:
     def wants_write(self) -> bool:
         """Bytes of the handshake wait for the socket to take them."""
         return bool(self._out)
-
-
-def handshake_for(effect: OpenTransport, address: str | None, user_agent: str | None) -> ProxyHandshake:
-    """The core's handshake for *effect* (*address*: the feed's IP address,
-    for ``socks5://``)."""
-    return _handshake(effect, address, user_agent)
 
 
 class NestedTLS:
